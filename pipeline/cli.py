@@ -1,0 +1,80 @@
+"""The `pipeline` command. It parses arguments and prints; the work lives in the stage modules."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipeline.errors import PipelineError
+
+EPILOG = """examples:
+  pipeline validate recipes/llama2-7b-70pct.yaml   check a recipe without loading anything heavy
+  pipeline run recipes/smollm2-embedded.yaml       prune the embedded SmolLM2-135M offline and report
+
+A recipe is a YAML file: model, calibration, prune, evaluation (see recipes/ and README.md).
+Outputs go to the recipe's output_dir (default runs/<name>): pruned/ (safetensors, tokenizer,
+sparsity.json), perplexity.json, summary.json, report.md."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipeline",
+        description="Prune GLU language models with DaSS (or Wanda / magnitude) and measure perplexity.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run every stage of a recipe", description="Run every stage of a recipe.")
+    run.add_argument("recipe", help="path of a YAML recipe")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    validate = sub.add_parser("validate", help="check a recipe and print it with defaults filled in",
+                              description="Check a recipe (schema, values) and print it with every default filled in.")
+    validate.add_argument("recipe", help="path of a YAML recipe")
+    return parser
+
+
+def _print_summary(summary: dict) -> None:
+    ppl = summary.get("perplexity") or {}
+    print(f"run folder: {summary['run_dir']}")
+    if "dense" in ppl:
+        print(f"perplexity dense:  {ppl['dense']['perplexity']:.3f}  ({ppl['dataset']})")
+    if "pruned" in ppl:
+        print(f"perplexity pruned: {ppl['pruned']['perplexity']:.3f}  ({summary['method']} {summary['sparsity']})")
+    achieved = summary.get("sparsity_achieved")
+    if achieved:
+        roles = ", ".join(f"{r} {v:.3f}" for r, v in achieved["by_role"].items())
+        print(f"sparsity: overall {achieved['overall']:.4f} ({roles})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        from pipeline.recipe import load_recipe
+
+        recipe = load_recipe(args.recipe)
+        if args.command == "validate":
+            import yaml
+
+            print(f"recipe {args.recipe} is valid")
+            print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")
+            return 0
+        from pipeline.run import run_recipe
+
+        _print_summary(run_recipe(recipe, progress=not args.no_progress))
+        return 0
+    except PipelineError as exc:
+        if args.debug:
+            logging.exception("failed")
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted — fix: run the same command again", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

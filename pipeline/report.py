@@ -1,0 +1,38 @@
+"""Renders summary.json as Markdown. It only formats numbers a run wrote; it computes nothing."""
+
+from __future__ import annotations
+
+ROLE_ORDER = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _ppl(entry: dict | None) -> str:
+    return f"{entry['perplexity']:.3f}" if entry else "–"
+
+
+def render_report(summary: dict) -> str:
+    lines = [f"# Run `{summary['recipe']}`", "",
+             f"- model: `{summary['model']}`",
+             f"- method: **{summary['method']}**, sparsity **{summary['sparsity']}**, scope {summary['scope']}"
+             + (f", alpha {summary['alpha']}" if summary.get("alpha") is not None else "")]
+    cal = summary.get("calibration")
+    if cal:
+        lines.append(f"- calibration: {cal['dataset']}, {cal['num_samples']} x {cal['seq_len']} tokens, seed {cal['seed']}")
+    if "prune_seconds" in summary:
+        lines.append(f"- pruning time: {summary['prune_seconds']:.1f} s; whole run {summary['seconds']:.1f} s")
+    ppl = summary.get("perplexity") or {}
+    if ppl:
+        first = ppl.get("pruned") or ppl.get("dense")
+        lines += ["", f"## Perplexity ({ppl['dataset']}, {first['windows']} windows of {first['context_length']} tokens)", "",
+                  "| model | perplexity |", "|---|---|"]
+        if "dense" in ppl:
+            lines.append(f"| dense | {_ppl(ppl['dense'])} |")
+        if "pruned" in ppl:
+            lines.append(f"| {summary['method']} {summary['sparsity']} | {_ppl(ppl['pruned'])} |")
+    achieved = summary.get("sparsity_achieved")
+    if achieved:
+        lines += ["", "## Sparsity achieved", "", f"Overall over the pruned projections: **{achieved['overall']:.4f}** "
+                  f"of {achieved['pruned_parameters']:,} weights.", "", "| projection | mean sparsity |", "|---|---|"]
+        roles = sorted(achieved["by_role"], key=lambda r: ROLE_ORDER.index(r) if r in ROLE_ORDER else 99)
+        lines += [f"| {r} | {achieved['by_role'][r]:.4f} |" for r in roles]
+        lines += ["", "Per-layer figures: `pruned/sparsity.json`."]
+    return "\n".join(lines) + "\n"

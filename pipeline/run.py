@@ -1,0 +1,114 @@
+"""Runs a recipe's stages in order: load → data → (dense perplexity) → prune → perplexity → save.
+
+Everything that can be checked is checked before the first file is written: the recipe, the
+model (it loads, it has a GLU MLP when DaSS asks for one, N:M fits every projection), and the
+calibration / evaluation text (long enough). Outputs are written atomically, stage by stage:
+
+    RUN/recipe.yaml        the validated recipe
+    RUN/pruned/            save_pretrained (safetensors) + tokenizer + sparsity.json
+    RUN/perplexity.json    dense and pruned perplexity
+    RUN/summary.json       everything the report shows
+    RUN/report.md          a readable summary
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from pipeline.data import calibration_windows, evaluation_tokens
+from pipeline.evaluate import perplexity
+from pipeline.errors import PipelineError
+from pipeline.models import load_model, require_glu
+from pipeline.outputs import StagingDir, write_json_atomic, write_text_atomic
+from pipeline.prune import make_method
+from pipeline.prune.sequential import plan_projections, prune_model
+from pipeline.recipe import Recipe
+from pipeline.report import render_report
+
+log = logging.getLogger(__name__)
+
+
+def sparsity_summary(layers: dict[str, dict]) -> dict:
+    """Per-role mean sparsity and the overall fraction of zeros in the pruned projections."""
+    by_role: dict[str, list[float]] = defaultdict(list)
+    zeros = total = 0
+    for info in layers.values():
+        by_role[info["role"]].append(info["sparsity"])
+        count = info["shape"][0] * info["shape"][1]
+        zeros += info["sparsity"] * count
+        total += count
+    return {
+        "overall": zeros / total if total else 0.0,
+        "pruned_parameters": total,
+        "by_role": {role: sum(v) / len(v) for role, v in by_role.items()},
+    }
+
+
+def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
+    run_dir = recipe.run_dir()
+    started = time.time()
+    p, ev, cal = recipe.prune, recipe.evaluation, recipe.calibration
+
+    # --- everything that can fail on bad input, before anything is written ---
+    model, tokenizer = load_model(recipe.model.source, recipe.model.gguf_file, recipe.model.dtype,
+                                  recipe.model.trust_remote_code, recipe.model.revision)
+    method = None
+    if p.method != "none":
+        method = make_method(p.method, p.alpha)
+        if p.method == "dass":
+            require_glu(model, "DaSS")
+        plan_projections(model, method, p.spec, p.scope, p.ignore)
+    calib = None
+    if method is not None and method.needs_calibration:
+        calib = calibration_windows(tokenizer, cal.dataset, cal.num_samples, cal.seq_len, cal.seed, cal.path)
+        log.info("calibration: %d windows of %d tokens from %s", *calib.shape, cal.dataset)
+    eval_ids = None
+    if ev.enabled:
+        eval_ids = evaluation_tokens(tokenizer, ev.dataset, ev.path)
+        if eval_ids.numel() < ev.context_length:
+            raise PipelineError(
+                f"the evaluation text ({ev.dataset}) has {eval_ids.numel()} tokens, fewer than context_length={ev.context_length}",
+                "use a longer evaluation text or a smaller evaluation.context_length",
+            )
+
+    # --- the work ---
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    summary: dict = {"recipe": recipe.name, "recipe_hash": recipe.content_hash(), "model": recipe.model.source,
+                     "method": p.method, "sparsity": str(p.sparsity), "scope": p.scope,
+                     "alpha": p.alpha if p.method == "dass" else None,
+                     "calibration": {"dataset": cal.dataset, "num_samples": cal.num_samples, "seq_len": cal.seq_len,
+                                     "seed": cal.seed} if calib is not None else None}
+    ppl: dict = {}
+    eval_args = dict(context_length=ev.context_length, max_windows=ev.max_windows, progress=progress)
+    if eval_ids is not None and (ev.dense_baseline or method is None):
+        ppl["dense"] = perplexity(model, eval_ids, desc="perplexity (dense)", **eval_args)
+        log.info("dense perplexity on %s: %.3f", ev.dataset, ppl["dense"]["perplexity"])
+
+    if method is not None:
+        t0 = time.time()
+        result = prune_model(model, method, p.spec, calib, scope=p.scope, ignore=p.ignore, device=p.device,
+                             sequential=p.sequential, progress=progress)
+        summary["prune_seconds"] = time.time() - t0
+        summary["sparsity_achieved"] = sparsity_summary(result.layers)
+        with StagingDir(run_dir / "pruned") as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            write_json_atomic(tmp / "sparsity.json", {"summary": summary["sparsity_achieved"], "layers": result.layers})
+        if eval_ids is not None:
+            ppl["pruned"] = perplexity(model, eval_ids, desc=f"perplexity ({p.method})", **eval_args)
+            log.info("pruned perplexity on %s: %.3f", ev.dataset, ppl["pruned"]["perplexity"])
+    if ppl:
+        ppl["dataset"] = ev.dataset
+        write_json_atomic(run_dir / "perplexity.json", ppl)
+    summary["perplexity"] = ppl
+    summary["seconds"] = time.time() - started
+    write_json_atomic(run_dir / "summary.json", summary)
+    write_text_atomic(run_dir / "report.md", render_report(summary))
+    summary["run_dir"] = str(run_dir)
+    return summary
