@@ -24,11 +24,16 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, context_length: int, max_
             "use a longer evaluation text or a smaller evaluation.context_length",
         )
     total_nll = 0.0
-    for w in tqdm(range(windows), desc=desc, disable=not progress, leave=False):
-        ids = tokens[w * context_length : (w + 1) * context_length].unsqueeze(0).to(device)
-        logits = model(input_ids=ids, use_cache=False).logits.float()
-        loss = nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="mean")
-        total_nll += loss.item() * (context_length - 1)
+    home = next(model.parameters()).device
+    model.to(device)
+    try:
+        for w in tqdm(range(windows), desc=desc, disable=not progress, leave=False):
+            ids = tokens[w * context_length : (w + 1) * context_length].unsqueeze(0).to(device)
+            logits = model(input_ids=ids, use_cache=False).logits.float()
+            loss = nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="mean")
+            total_nll += loss.item() * (context_length - 1)
+    finally:
+        model.to(home)
     mean = total_nll / (windows * (context_length - 1))
     return {"perplexity": math.exp(mean), "windows": windows, "context_length": context_length,
             "tokens": windows * context_length}

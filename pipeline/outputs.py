@@ -19,6 +19,7 @@ def write_text_atomic(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -48,6 +49,7 @@ class StagingDir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
+        os.chmod(self.tmp, 0o755)
         old = None
         if self.target.exists():
             old = self.target.with_name(f".{self.target.name}.old")

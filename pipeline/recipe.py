@@ -70,6 +70,7 @@ class EvaluationSection(_Section):
     context_length: int = Field(2048, gt=1)
     max_windows: Optional[int] = Field(None, gt=0)
     dense_baseline: bool = Field(True, description="also measure the unpruned model")
+    device: str = Field("cpu", description="where the whole model runs for perplexity (cpu, cuda)")
 
 
 class _LaterStage(_Section):

@@ -85,7 +85,7 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
                      "calibration": {"dataset": cal.dataset, "num_samples": cal.num_samples, "seq_len": cal.seq_len,
                                      "seed": cal.seed} if calib is not None else None}
     ppl: dict = {}
-    eval_args = dict(context_length=ev.context_length, max_windows=ev.max_windows, progress=progress)
+    eval_args = dict(context_length=ev.context_length, max_windows=ev.max_windows, device=ev.device, progress=progress)
     if eval_ids is not None and (ev.dense_baseline or method is None):
         ppl["dense"] = perplexity(model, eval_ids, desc="perplexity (dense)", **eval_args)
         log.info("dense perplexity on %s: %.3f", ev.dataset, ppl["dense"]["perplexity"])

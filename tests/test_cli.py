@@ -1,0 +1,112 @@
+"""The real `pipeline` CLI in a child process: bad input ends in one clear line, exit 2,
+no traceback and nothing written; good input writes the run folder."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import save_checkpoint, tiny_model, tiny_non_glu_model
+
+TEXT = " ".join(f"word{i % 37} and more text number {i}." for i in range(3000))
+
+
+def run_cli(*args, cwd):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    save_checkpoint(root / "tiny-llama", tiny_model("llama"))
+    save_checkpoint(root / "tiny-opt", tiny_non_glu_model())
+    (root / "calib.txt").write_text(TEXT)
+    (root / "short.txt").write_text("too short")
+    (root / "empty.txt").write_text("")
+    return root
+
+
+def recipe(root: Path, name: str, **changes) -> Path:
+    data = {
+        "name": name,
+        "output_dir": str(root / "runs" / name),
+        "model": {"source": str(root / "tiny-llama"), "dtype": "float32"},
+        "calibration": {"dataset": "file", "path": str(root / "calib.txt"), "num_samples": 4, "seq_len": 32},
+        "prune": {"method": "dass", "sparsity": "2:4", "scope": "attention+mlp"},
+        "evaluation": {"dataset": "file", "path": str(root / "calib.txt"), "context_length": 64, "max_windows": 4},
+    }
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        data[section][key] = value
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+BAD = {
+    "unknown-method": ({"prune__method": "obs"}, "prune.method"),
+    "sparsity-too-big": ({"prune__sparsity": 1.5}, "outside (0, 1)"),
+    "n-not-below-m": ({"prune__sparsity": "4:4"}, "N < M"),
+    "m-does-not-divide": ({"prune__sparsity": "3:7"}, "not a multiple of 7"),
+    "unknown-key": ({"prune__sparsityy": 0.5}, "prune.sparsityy: unknown key"),
+    "missing-model": ({"model__source": "/nonexistent/model/folder"}, "does not exist"),
+    "unreachable-hub-id": ({"model__source": "no-such-org/no-such-model-xyz"}, "cannot load model"),
+    "non-glu-with-dass": ({"model__source": "TINY_OPT"}, "needs a GLU MLP"),
+    "empty-calibration": ({"calibration__path": "EMPTY"}, "empty"),
+    "short-calibration": ({"calibration__path": "SHORT"}, "not more than seq_len=32"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_clear_line(workspace, case):
+    changes, expected = BAD[case]
+    subst = {"TINY_OPT": str(workspace / "tiny-opt"), "EMPTY": str(workspace / "empty.txt"),
+             "SHORT": str(workspace / "short.txt")}
+    changes = {k: subst.get(v, v) if isinstance(v, str) else v for k, v in changes.items()}
+    path = recipe(workspace, case, **changes)
+    proc = run_cli("run", str(path), cwd=workspace)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0] and "fix:" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (workspace / "runs" / case).exists(), "nothing may be written for bad input"
+
+
+def test_validate_prints_the_full_recipe(workspace):
+    proc = run_cli("validate", str(recipe(workspace, "ok-validate")), cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    assert "is valid" in proc.stdout and "alpha: 0.5" in proc.stdout
+
+
+def test_help_explains_the_commands(workspace):
+    proc = run_cli("--help", cwd=workspace)
+    assert proc.returncode == 0 and "run" in proc.stdout and "validate" in proc.stdout and "recipe" in proc.stdout
+
+
+def test_run_writes_a_complete_run_folder(workspace):
+    path = recipe(workspace, "ok-run")
+    proc = run_cli("run", str(path), "--no-progress", cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    out = workspace / "runs" / "ok-run"
+    assert {"recipe.yaml", "summary.json", "perplexity.json", "report.md", "pruned"} <= {p.name for p in out.iterdir()}
+    assert not [p for p in out.rglob("*") if ".partial" in p.name or p.name.endswith(".tmp")]
+    weights = load_file(out / "pruned" / "model.safetensors")
+    gate = weights["model.layers.1.mlp.gate_proj.weight"]
+    assert ((gate != 0).t().reshape(gate.shape[1], -1, 4).sum(-1) == 2).all(), "2:4 along the output dim survives saving"
+    down = weights["model.layers.0.mlp.down_proj.weight"]
+    assert ((down != 0).reshape(down.shape[0], -1, 4).sum(-1) == 2).all()
+    table = json.loads((out / "pruned" / "sparsity.json").read_text())
+    assert table["summary"]["overall"] == pytest.approx(0.5)
+    assert len(table["layers"]) == 2 * 7
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["perplexity"]["pruned"]["perplexity"] > 0
+    assert "perplexity dense" in proc.stdout and "sparsity: overall 0.5000" in proc.stdout
+    assert "| dass 2:4 |" in (out / "report.md").read_text()

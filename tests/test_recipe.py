@@ -1,0 +1,83 @@
+"""Recipes: every shipped recipe validates; bad ones are refused with one clear line."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.errors import PipelineError
+from pipeline.recipe import load_recipe, parse_recipe
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+MINIMAL = {"name": "t", "model": {"source": "some/model"}}
+
+
+def test_shipped_recipes_exist_and_validate():
+    names = {p.name for p in RECIPES}
+    assert {"llama2-7b-70pct.yaml", "llama2-7b-50pct.yaml", "llama2-7b-dense.yaml", "smollm2-embedded.yaml"} <= names
+    for path in RECIPES:
+        load_recipe(path)
+
+
+def test_llama2_recipes_follow_the_paper_cpu_experiment():
+    root = Path(__file__).parent.parent / "recipes"
+    for pct, fraction in (("70", 0.7), ("50", 0.5)):
+        r = load_recipe(root / f"llama2-7b-{pct}pct.yaml")
+        assert r.model.source == "meta-llama/Llama-2-7b-hf"
+        assert r.prune.method == "dass" and r.prune.spec.fraction == pytest.approx(fraction)
+        assert r.prune.scope == "attention+mlp" and r.prune.alpha == 0.5
+        assert (r.calibration.dataset, r.calibration.num_samples, r.calibration.seq_len) == ("c4", 128, 2048)
+    assert load_recipe(root / "llama2-7b-dense.yaml").prune.method == "none"
+
+
+def test_defaults_are_the_papers():
+    r = parse_recipe(MINIMAL)
+    assert (r.calibration.dataset, r.calibration.num_samples, r.calibration.seq_len) == ("c4", 128, 2048)
+    assert r.prune.method == "dass" and r.prune.alpha == 0.5
+
+
+def _error(patch: dict) -> str:
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    for dotted, value in patch.items():
+        *parents, key = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[key] = value
+    with pytest.raises(PipelineError) as info:
+        parse_recipe(data, "r.yaml")
+    message = str(info.value)
+    assert "\n" not in message and "fix:" in message
+    return message
+
+
+@pytest.mark.parametrize("patch,expected", [
+    ({"prune.method": "sparsegptx"}, "prune.method"),
+    ({"prune.sparsity": 1.2}, "outside (0, 1)"),
+    ({"prune.sparsity": 0}, "outside (0, 1)"),
+    ({"prune.sparsity": "4:4"}, "need 0 < N < M"),
+    ({"prune.sparsity": "5:4"}, "need 0 < N < M"),
+    ({"prune.scope": "everything"}, "prune.scope"),
+    ({"prune.alpah": 0.5}, "prune.alpah: unknown key"),
+    ({"modle": {"source": "x"}}, "modle: unknown key"),
+    ({"calibration.num_samples": 0}, "calibration.num_samples"),
+    ({"calibration.dataset": "file"}, "needs path"),
+    ({"export.enabled": True}, "export stage is not implemented"),
+    ({"name": "bad name/with slash"}, "name"),
+])
+def test_bad_recipes_name_the_key(patch, expected):
+    assert expected in _error(patch)
+
+
+def test_missing_model_section():
+    with pytest.raises(PipelineError, match="model: required key is missing"):
+        parse_recipe({"name": "x"}, "r.yaml")
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(PipelineError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(PipelineError, match="not valid YAML"):
+        load_recipe(bad)
