@@ -58,7 +58,7 @@ def resolve_source(source: str) -> str:
 def load_model(source: str, gguf_file: str | None = None, dtype: str = "float16", trust_remote_code: bool = False,
                revision: str | None = None):
     """Load (model, tokenizer). Errors name the source and the fix."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     location = resolve_source(source)
     if gguf_file and not (Path(location) / gguf_file).is_file() and Path(location).is_dir():
@@ -73,6 +73,7 @@ def load_model(source: str, gguf_file: str | None = None, dtype: str = "float16"
         kwargs["gguf_file"] = gguf_file
     log.info("loading model %s%s as %s", source, f" ({gguf_file})" if gguf_file else "", dtype)
     try:
+        AutoConfig.from_pretrained(location, **kwargs)  # the cheapest file first: fail fast when unreachable
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES[dtype], low_cpu_mem_usage=True, **kwargs)
     except (OSError, ValueError) as exc:

@@ -1,0 +1,175 @@
+"""Pruning cost on LLaMA-2-7B shapes, with random weights (no download needed).
+
+Two measurements, each printed as figures and ratios from one run:
+
+``layer``: time to prune one LLaMA-2-7B-shaped decoder layer (hidden 4096, intermediate 11008,
+32 heads; attention + MLP in scope) with DaSS, Wanda and magnitude, in float32 on the CPU.
+Reported twice: the whole per-layer step (calibration forwards + hooks + scoring + selection +
+propagation; magnitude needs no forwards) and the scoring + selection alone. Target: DaSS / Wanda <= 1.2.
+
+``memory``: peak resident memory (RSS) of a full 32-layer LLaMA-2-7B-shaped prune, model held in
+float16 as the llama2-7b recipes do, run in a child process so the figure is that prune's alone.
+Calibrating 128 x 2048 tokens through 7B on 2 CPU cores would take many hours, so the measured
+run uses fewer samples at the full 2048-token length and the report adds what the 128-sample
+activation buffer would add (it is one float16 [samples, 2048, 4096] tensor). Target: <= 20 GiB.
+
+    python -m benchmarks.prune_cost layer
+    python -m benchmarks.prune_cost memory --samples 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from pipeline.models import decoder_layers, layer_projections
+from pipeline.prune import make_method
+from pipeline.prune.masks import SparsitySpec, select_mask
+from pipeline.prune.sequential import _InputNorms, capture_layer_inputs, prune_model
+
+GiB = 1024**3
+
+
+def llama2_7b_config(layers: int, vocab: int = 32000) -> LlamaConfig:
+    return LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
+                       num_hidden_layers=layers, vocab_size=vocab, max_position_embeddings=4096, rms_norm_eps=1e-5)
+
+
+def random_model(config: LlamaConfig, dtype: torch.dtype) -> LlamaForCausalLM:
+    """A model of that shape with random weights, built without a slow per-module init."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM._from_config(config, dtype=dtype)
+    model.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.fill_(1.0)
+            else:
+                param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float32).mul_(0.02).to(dtype))
+    model.model.rotary_emb = LlamaRotaryEmbedding(config)  # its buffer was left empty on the meta device
+    return model.eval()
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_layer(args) -> dict:
+    model = random_model(llama2_7b_config(1, vocab=1000), torch.float32)
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(0, 1000, (args.samples, args.seq_len), generator=torch.Generator().manual_seed(1))
+    # statistics once, for the scoring-only timing
+    inputs = capture_layer_inputs(model, ids, progress=False)
+    layer = decoder_layers(model)[0]
+    projections = layer_projections(layer)
+    norms = _InputNorms(layer, projections)
+    with torch.no_grad():
+        for s in range(args.samples):
+            layer(inputs.hidden[s : s + 1], **inputs.kwargs)
+    norms.remove()
+    results = {}
+    for pattern in args.sparsities.split(","):
+        spec = SparsitySpec.parse(pattern)
+        for name in ("dass", "wanda", "magnitude"):
+            method = make_method(name)
+            whole, scoring = [], []
+            for _ in range(args.repeats):
+                model.load_state_dict(dense)
+                t0 = time.perf_counter()
+                prune_model(model, method, spec, ids, scope="attention+mlp", progress=False)
+                whole.append(time.perf_counter() - t0)
+                model.load_state_dict(dense)
+                t0 = time.perf_counter()
+                for p in projections:
+                    w = layer.get_submodule(p.path).weight.data
+                    select_mask(method.score(p.role, w, norms.sums), spec, method.axis(p.role))
+                scoring.append(time.perf_counter() - t0)
+            results[f"{name} {pattern}"] = {"whole_s": min(whole), "scoring_s": min(scoring)}
+    return results
+
+
+def bench_memory(args) -> dict:
+    """Runs in the child: the full-depth prune, then reports its own peak RSS."""
+    t0 = time.time()
+    model = random_model(llama2_7b_config(args.layers), torch.float16)
+    built = time.time() - t0
+    rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ids = torch.randint(0, 32000, (args.samples, args.seq_len), generator=torch.Generator().manual_seed(1))
+    t0 = time.time()
+    prune_model(model, make_method("dass"), SparsitySpec.parse(0.7), ids, scope="attention+mlp", progress=True)
+    return {"layers": args.layers, "samples": args.samples, "seq_len": args.seq_len, "build_s": built,
+            "prune_s": time.time() - t0, "peak_rss_after_build": rss_model,
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    layer = sub.add_parser("layer", help="time to prune one 7B-shaped layer, per method")
+    layer.add_argument("--samples", type=int, default=8)
+    layer.add_argument("--seq-len", type=int, default=512)
+    layer.add_argument("--sparsities", default="0.5,2:4")
+    layer.add_argument("--repeats", type=int, default=3)
+    memory = sub.add_parser("memory", help="peak RSS of a full 7B-shaped prune (child process)")
+    memory.add_argument("--samples", type=int, default=2)
+    memory.add_argument("--seq-len", type=int, default=2048)
+    memory.add_argument("--layers", type=int, default=32)
+    memory.add_argument("--target-samples", type=int, default=128)
+    memory.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    header = f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+    if args.what == "layer":
+        results = bench_layer(args)
+        print(header)
+        print(f"one LLaMA-2-7B-shaped layer, attention+MLP, float32, {args.samples} x {args.seq_len} calibration tokens, "
+              f"best of {args.repeats}")
+        print("| method | whole layer step (s) | scoring + selection (s) |")
+        print("|---|---|---|")
+        for key, r in results.items():
+            print(f"| {key} | {r['whole_s']:.2f} | {r['scoring_s']:.3f} |")
+        for pattern in args.sparsities.split(","):
+            d, w = results[f"dass {pattern}"], results[f"wanda {pattern}"]
+            print(f"DaSS / Wanda at {pattern}: whole step {d['whole_s'] / w['whole_s']:.2f}x, "
+                  f"scoring alone {d['scoring_s'] / w['scoring_s']:.2f}x (target <= 1.2)")
+        return
+
+    if args.child:
+        print(json.dumps(bench_memory(args)))
+        return
+    cmd = [sys.executable, "-m", "benchmarks.prune_cost", "memory", "--child", "--samples", str(args.samples),
+           "--seq-len", str(args.seq_len), "--layers", str(args.layers)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"the measured prune failed with exit code {proc.returncode} (killed for memory if -9)")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    extra = (args.target_samples - r["samples"]) * r["seq_len"] * 4096 * 2  # float16 activation buffer
+    print(header)
+    print(f"full LLaMA-2-7B-shaped prune ({r['layers']} layers, float16 model, DaSS 70% attention+MLP), "
+          f"{r['samples']} x {r['seq_len']} calibration tokens: {r['prune_s']:.0f} s")
+    print(f"peak RSS after building the model: {r['peak_rss_after_build'] / GiB:.2f} GiB")
+    print(f"peak RSS measured:                 {r['peak_rss'] / GiB:.2f} GiB")
+    print(f"+ activation buffer for {args.target_samples} x {r['seq_len']} (float16): {extra / GiB:.2f} GiB")
+    print(f"projected peak at {args.target_samples} x {r['seq_len']}: {(r['peak_rss'] + extra) / GiB:.2f} GiB (target <= 20)")
+
+
+if __name__ == "__main__":
+    main()
