@@ -1,0 +1,144 @@
+"""The forward pass DeepSparse's internal KV cache needs, built from a transformers model's own modules.
+
+DeepSparse 1.8 never published its text-generation graph format; what it accepts is what
+SparseML 1.8 produced (../shared/DEEPSPARSE_KV_CACHE.md, ../shared/PLATFORM.md). Each
+difference from transformers' own forward is one named patch below, with its reason:
+
+- ``positions`` input (patch ``positions_input``): DeepSparse feeds ``positions`` and rejects
+  ``position_ids`` / ``cache_position``.
+- ``rotary_table`` : cos/sin are rows of a precomputed table gathered by position. The
+  on-the-fly rotary of current transformers (MatMul with inv_freq, Cos, Sin) aborts the
+  DeepSparse compiler (graph.cpp:925).
+- ``causal_mask_input``: the engine feeds an int64 ``causal_mask [1, 1, q, S]``; it becomes an
+  additive mask with ``(mask - 1) * FLT_MAX``. ``attention_mask`` (left padding) is folded in.
+- ``repeat_kv_before_cache``: with grouped-query attention, K/V are repeated to all heads
+  *before* the cache Concat, so the cache holds every head (as SparseML did); repeating after
+  it aborts the compiler (fuse_cached_concat_gemm.cpp:283).
+- ``cache_concat_feeds_matmul``: ``Concat([past, new], axis=2)`` feeds the attention MatMuls
+  directly; nothing reads the past's shape.
+- ``logits_first``: outputs are ``logits`` then ``present.{i}.key|value``.
+
+Everything else (projections, norms, the GLU MLP, embedding and LM head) is the model's own
+modules, called as they are, so pruned weights and architecture details carry over untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline.errors import PipelineError
+from pipeline.models import decoder_layers
+
+PATCHES = ("positions_input", "rotary_table", "causal_mask_input", "repeat_kv_before_cache",
+           "cache_concat_feeds_matmul", "logits_first")
+
+
+@dataclass(frozen=True)
+class ArchitectureQuirks:
+    """What differs between the LLaMA-like architectures this graph covers."""
+
+    embedding_scale: bool = False  # Gemma multiplies embeddings by sqrt(hidden_size)
+
+
+#: model_type -> quirks. An architecture not listed here is refused with a clear error.
+ARCHITECTURES: dict[str, ArchitectureQuirks] = {
+    "llama": ArchitectureQuirks(),
+    "mistral": ArchitectureQuirks(),
+    "qwen2": ArchitectureQuirks(),
+    "gemma": ArchitectureQuirks(embedding_scale=True),
+}
+
+FLT_MAX = torch.finfo(torch.float32).max
+
+
+def quirks_for(config) -> ArchitectureQuirks:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise PipelineError(
+            f"the DeepSparse export covers {', '.join(sorted(ARCHITECTURES))}, not {model_type!r}",
+            "export for ONNX Runtime only (export.engines: [onnxruntime]) or add the architecture to "
+            "export/deepsparse_graph.py:ARCHITECTURES",
+        )
+    return ARCHITECTURES[model_type]
+
+
+def rotary_tables(model: nn.Module, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin ``[max_positions, head_dim]`` from the model's own rotary module (keeps any rope scaling)."""
+    rotary = model.model.rotary_emb
+    positions = torch.arange(max_positions).unsqueeze(0)
+    probe = torch.zeros(1, dtype=torch.float32)
+    with torch.no_grad():
+        cos, sin = rotary(probe, positions)
+    return cos[0].float().contiguous(), sin[0].float().contiguous()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _repeat_heads(x: torch.Tensor, times: int) -> torch.Tensor:
+    if times == 1:
+        return x
+    batch, heads, seq, dim = x.shape
+    return x[:, :, None].expand(batch, heads, times, seq, dim).reshape(batch, heads * times, seq, dim)
+
+
+def _legacy_past(past_key_values) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Optimum hands the past over as a transformers Cache; we want plain (key, value) pairs."""
+    if hasattr(past_key_values, "layers"):
+        return [(layer.keys, layer.values) for layer in past_key_values.layers]
+    return [tuple(pair) for pair in past_key_values]
+
+
+class DeepSparseForward:
+    """Callable with DeepSparse's input names, bound to a LLaMA-family ``*ForCausalLM``."""
+
+    def __init__(self, model: nn.Module, max_positions: int):
+        self.model = model
+        self.quirks = quirks_for(model.config)
+        self.cos, self.sin = rotary_tables(model, max_positions)
+        self.layers = decoder_layers(model)
+
+    def __call__(self, input_ids, attention_mask, past_key_values, positions, causal_mask):
+        model, config = self.model, self.model.config
+        hidden = model.model.embed_tokens(input_ids)
+        if self.quirks.embedding_scale:
+            hidden = hidden * torch.tensor(config.hidden_size**0.5, dtype=hidden.dtype)
+
+        # causal_mask_input: 1 = may attend; left padding from attention_mask folded in
+        allowed = causal_mask * attention_mask[:, None, None, :]
+        additive = (allowed.to(torch.float32) - 1.0) * FLT_MAX
+
+        # rotary_table: rows gathered by position
+        cos = self.cos[positions].unsqueeze(1)  # [batch, 1, q, head_dim]
+        sin = self.sin[positions].unsqueeze(1)
+
+        past = _legacy_past(past_key_values)
+        presents = []
+        for layer, (past_key, past_value) in zip(self.layers, past):
+            attn = layer.self_attn
+            residual = hidden
+            x = layer.input_layernorm(hidden)
+            batch, q_len, _ = x.shape
+            head_dim = attn.head_dim
+            query = attn.q_proj(x).view(batch, q_len, -1, head_dim).transpose(1, 2)
+            key = attn.k_proj(x).view(batch, q_len, -1, head_dim).transpose(1, 2)
+            value = attn.v_proj(x).view(batch, q_len, -1, head_dim).transpose(1, 2)
+            query = query * cos + _rotate_half(query) * sin
+            key = key * cos + _rotate_half(key) * sin
+            # repeat_kv_before_cache, cache_concat_feeds_matmul
+            groups = query.shape[1] // key.shape[1]
+            key = torch.cat([past_key, _repeat_heads(key, groups)], dim=2)
+            value = torch.cat([past_value, _repeat_heads(value, groups)], dim=2)
+            presents.append((key, value))
+            scores = torch.matmul(query, key.transpose(2, 3)) * attn.scaling + additive
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+            out = torch.matmul(probs, value).transpose(1, 2).reshape(batch, q_len, -1)
+            hidden = residual + attn.o_proj(out)
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        logits = model.lm_head(model.model.norm(hidden))
+        return {"logits": logits, "past_key_values": tuple(presents)}  # logits_first
