@@ -35,9 +35,14 @@ class DeepSparsePatcher(ModelPatcher):
             # ``ignored``: arguments Optimum passes to every causal LM (logits_to_keep, use_cache)
             return forward(input_ids, attention_mask, past_key_values, positions, causal_mask)
 
+        self._model_forward = self.orig_forward  # what __exit__ must put back
         self.orig_forward = deepsparse_forward
         # Optimum reads the forward's signature (input order, allowed inputs) through __wrapped__.
         self.patched_forward.__wrapped__ = deepsparse_forward
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        super().__exit__(exc_type, exc_value, traceback)
+        setattr(self._model, self.orig_forward_name, self._model_forward)
 
 
 class DeepSparseDecoderOnnxConfig(TextDecoderOnnxConfig):

@@ -32,7 +32,36 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a recipe and print it with defaults filled in",
                               description="Check a recipe (schema, values) and print it with every default filled in.")
     validate.add_argument("recipe", help="path of a YAML recipe")
+    gen = sub.add_parser("generate", help="generate text from an exported artifact",
+                         description="Greedy generation from an artifact folder (RUN/artifact), each engine in a child "
+                                     "process so that an engine crash becomes a clear error.")
+    gen.add_argument("artifact", help="artifact folder written by the export stage")
+    gen.add_argument("prompt", help="the prompt text")
+    gen.add_argument("--engine", choices=["deepsparse", "onnxruntime", "both"], default="both")
+    gen.add_argument("--max-new-tokens", type=int, default=32)
+    gen.add_argument("--sequence-length", type=int, default=256, help="DeepSparse: prompt + generation capacity")
+    gen.add_argument("--external-kv-cache", action="store_true", help="DeepSparse: keep the KV cache outside the engine")
+    gen.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest first")
     return parser
+
+
+def _generate(args) -> int:
+    from export.artifact import open_artifact
+    from export.engines import run_engine
+
+    manifest = open_artifact(args.artifact, None if args.engine == "both" else args.engine, args.verify)
+    engines = list(manifest["engines"]) if args.engine == "both" else [args.engine]
+    for engine in engines:
+        spec = {"prompt": args.prompt, "max_new_tokens": args.max_new_tokens}
+        if engine == "deepsparse":
+            spec.update(sequence_length=args.sequence_length, prompt_sequence_length=4,
+                        internal_kv_cache=not args.external_kv_cache)
+        out = run_engine(engine, args.artifact, "generate", **spec)
+        speed = len(out["ids"][: args.max_new_tokens]) / out["seconds"] if out["seconds"] else float("nan")
+        print(f"[{engine}] {args.prompt}{out['text']}")
+        print(f"[{engine}] {len(out['ids'][: args.max_new_tokens])} tokens in {out['seconds']:.2f} s ({speed:.1f} tokens/s, "
+              f"load/compile {out['compile_seconds']:.1f} s)")
+    return 0
 
 
 def _print_summary(summary: dict) -> None:
@@ -57,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hub_logging.set_verbosity_error()
     try:
+        if args.command == "generate":
+            return _generate(args)
         from pipeline.recipe import load_recipe
 
         recipe = load_recipe(args.recipe)

@@ -90,8 +90,15 @@ class QuantizeSection(_LaterStage):
     stage: ClassVar[str] = "quantize"
 
 
-class ExportSection(_LaterStage):
-    stage: ClassVar[str] = "export"
+class ExportSection(_Section):
+    enabled: bool = False
+    engines: list[Literal["deepsparse", "onnxruntime"]] = Field(default_factory=lambda: ["deepsparse", "onnxruntime"],
+                                                                min_length=1)
+    max_sequence_length: int = Field(2048, gt=1, description="longest prompt + generation DeepSparse will serve")
+    external_data: bool = Field(False, description="always write weights to model.onnx_data (automatic above 2 GB)")
+    smoke_test: bool = Field(True, description="after export, generate a few tokens with each engine (child processes)")
+    smoke_prompt: str = "The Python language is"
+    smoke_tokens: int = Field(16, gt=0)
 
 
 class BenchmarkSection(_LaterStage):

@@ -35,4 +35,14 @@ def render_report(summary: dict) -> str:
         roles = sorted(achieved["by_role"], key=lambda r: ROLE_ORDER.index(r) if r in ROLE_ORDER else 99)
         lines += [f"| {r} | {achieved['by_role'][r]:.4f} |" for r in roles]
         lines += ["", "Per-layer figures: `pruned/sparsity.json`."]
+    ex = summary.get("export")
+    if ex:
+        lines += ["", "## Artifact", "", f"`{ex['path']}`: {ex['bytes'] / 2**20:.1f} MiB, exported in {ex['export_seconds']:.1f} s; "
+                  f"sparsity of the decoder linears read back from the ONNX file: {ex['sparsity_in_onnx']:.4f}.", "",
+                  "| engine | max abs logit difference vs PyTorch | smoke-test generation |", "|---|---|---|"]
+        for engine, diff in ex["logits_max_abs_diff"].items():
+            text = (ex.get("smoke") or {}).get(engine, {}).get("text", "–").replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {engine} | {diff:.2e} | {text} |")
+        lines += ["", "Load it with `deepsparse.TextGeneration(model_path=\"<artifact>/deepsparse\")` or "
+                  "`ORTModelForCausalLM.from_pretrained(\"<artifact>/onnxruntime\")`, or `pipeline generate <artifact> \"prompt\"`."]
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ calibration / evaluation text (long enough). Outputs are written atomically, sta
     RUN/pruned/            save_pretrained (safetensors) + tokenizer + sparsity.json
     RUN/perplexity.json    dense and pruned perplexity
     RUN/summary.json       everything the report shows
+    RUN/artifact/          the deployable ONNX artifact (export stage; see export/artifact.py)
     RUN/report.md          a readable summary
 """
 
@@ -49,6 +50,43 @@ def sparsity_summary(layers: dict[str, dict]) -> dict:
     }
 
 
+def _preflight_export(model, recipe: Recipe) -> None:
+    from export.artifact import check_disk, estimated_bytes
+    from export.deepsparse_graph import quirks_for
+
+    if "deepsparse" in recipe.export.engines:
+        quirks_for(model.config)
+    check_disk(recipe.run_dir() / "artifact", estimated_bytes(model, tuple(recipe.export.engines)))
+
+
+def export_stage(model, tokenizer, recipe: Recipe, run_dir: Path, summary: dict) -> dict:
+    """Export the (pruned) model as an artifact, then let each engine generate from it (child processes)."""
+    from export.artifact import export_artifact
+    from export.engines import run_engine
+
+    ex = recipe.export
+    metadata = {"recipe": recipe.model_dump(mode="json"), "recipe_hash": recipe.content_hash(),
+                "method": recipe.prune.method, "requested_sparsity": str(recipe.prune.sparsity),
+                "scope": recipe.prune.scope, "perplexity": summary.get("perplexity")}
+    manifest = export_artifact(model, tokenizer, run_dir / "artifact", tuple(ex.engines), ex.max_sequence_length,
+                               metadata=metadata, external_data=ex.external_data)
+    result = {"path": str(run_dir / "artifact"), "export_seconds": manifest["export_seconds"],
+              "bytes": sum(f["bytes"] for f in manifest["files"].values()),
+              "sparsity_in_onnx": manifest["sparsity"]["overall_decoder_linears"],
+              "logits_max_abs_diff": {e: i["logits_max_abs_diff_vs_pytorch"] for e, i in manifest["engines"].items()}}
+    if ex.smoke_test:
+        result["smoke"] = {}
+        for engine in ex.engines:
+            spec = {"prompt": ex.smoke_prompt, "max_new_tokens": ex.smoke_tokens}
+            if engine == "deepsparse":
+                spec.update(sequence_length=min(ex.max_sequence_length, 256), prompt_sequence_length=4,
+                            internal_kv_cache=True)
+            out = run_engine(engine, run_dir / "artifact", "export (smoke test)", **spec)
+            result["smoke"][engine] = {"text": out["text"], "ids": out["ids"][: ex.smoke_tokens]}
+            log.info("%s generated: %r", engine, out["text"])
+    return result
+
+
 def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
     run_dir = recipe.run_dir()
     started = time.time()
@@ -67,6 +105,8 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
     if method is not None and method.needs_calibration:
         calib = calibration_windows(tokenizer, cal.dataset, cal.num_samples, cal.seq_len, cal.seed, cal.path)
         log.info("calibration: %d windows of %d tokens from %s", *calib.shape, cal.dataset)
+    if recipe.export.enabled:
+        _preflight_export(model, recipe)
     eval_ids = None
     if ev.enabled:
         eval_ids = evaluation_tokens(tokenizer, ev.dataset, ev.path)
@@ -107,6 +147,8 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
         ppl["dataset"] = ev.dataset
         write_json_atomic(run_dir / "perplexity.json", ppl)
     summary["perplexity"] = ppl
+    if recipe.export.enabled:
+        summary["export"] = export_stage(model, tokenizer, recipe, run_dir, summary)
     summary["seconds"] = time.time() - started
     write_json_atomic(run_dir / "summary.json", summary)
     write_text_atomic(run_dir / "report.md", render_report(summary))

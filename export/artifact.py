@@ -1,0 +1,230 @@
+"""The deployable artifact: one folder, one complete model folder per engine, one manifest.
+
+    ARTIFACT/
+      manifest.json            recipe, method, sparsity (per layer, read back from the ONNX file),
+                               versions, sizes and sha256 of every file, export time, checks
+      deepsparse/              model.onnx (DeepSparse-shaped graph, internal KV cache) + config + tokenizer
+      onnxruntime/             model.onnx (Optimum's standard with-past graph) + config + tokenizer
+
+Why two graphs: DeepSparse accepts only its own input names (``positions``, ``causal_mask``) and a
+cache holding every attention head; ONNX Runtime's ``ORTModelForCausalLM`` feeds Optimum's names
+(``position_ids``) and a cache of the KV heads. No one graph serves both (PLATFORM.md). Each
+subfolder loads as is:
+
+    deepsparse.TextGeneration(model_path="ARTIFACT/deepsparse")
+    optimum.onnxruntime.ORTModelForCausalLM.from_pretrained("ARTIFACT/onnxruntime")
+
+Large models: weights go to external data (``model.onnx_data``) when the graph would pass 2 GB,
+or always with ``external_data=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.checks import (
+    deepsparse_graph_logits,
+    onnx_weight_sparsity,
+    onnxruntime_graph_logits,
+    sha256_file,
+)
+from export.deepsparse_graph import PATCHES, quirks_for
+from pipeline.errors import PipelineError
+from pipeline.outputs import StagingDir, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("deepsparse", "onnxruntime")
+MANIFEST = "manifest.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+#: max |logit difference| between an exported graph and PyTorch (float32) accepted at export time
+LOGITS_ATOL = 1e-3
+
+
+def _versions() -> dict[str, str]:
+    names = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "deepsparse")
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    found["python"] = platform.python_version()
+    return found
+
+
+def estimated_bytes(model: torch.nn.Module, engines: tuple[str, ...]) -> int:
+    """Disk an export needs: float32 weights once per engine, plus room for the exporter's temporaries."""
+    params = sum(p.numel() for p in model.parameters())
+    return int(params * 4 * (len(engines) + 1) * 1.1) + (64 << 20)
+
+
+def check_disk(target: Path, needed: int) -> None:
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise PipelineError(
+            f"not enough disk for the export to {target}: needs about {needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free",
+            "free some space or set output_dir on a larger disk",
+        )
+
+
+def _export_deepsparse(model, folder: Path, max_positions: int) -> None:
+    from optimum.exporters.onnx import export
+
+    from export.onnx_configs import DEEPSPARSE_OPSET, DeepSparseDecoderOnnxConfig
+
+    config = DeepSparseDecoderOnnxConfig(model.config, max_positions=max_positions)
+    export(model, config, folder / "model.onnx", opset=DEEPSPARSE_OPSET)
+
+
+def _export_onnxruntime(model, folder: Path) -> None:
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    onnx_export_from_model(model, folder, task="text-generation-with-past", do_validation=False)
+
+
+def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = ENGINES, max_positions: int = 2048,
+                    metadata: dict | None = None, external_data: bool = False, check_prompt: str = "The quick brown fox") -> dict:
+    """Export ``model`` (pruned or not) for each engine into ``target``, atomically. Returns the manifest."""
+    target = Path(target)
+    unknown = set(engines) - set(ENGINES)
+    if unknown or not engines:
+        raise PipelineError(f"unknown export engine(s) {sorted(unknown) or engines}", f"choose from {', '.join(ENGINES)}")
+    if "deepsparse" in engines:
+        quirks_for(model.config)  # refuse an architecture the patches do not cover, before writing
+    max_positions = min(max_positions, getattr(model.config, "max_position_embeddings", max_positions))
+    check_disk(target, estimated_bytes(model, engines))
+
+    model = model.float().eval()
+    model.config.use_cache = True
+    weights = {name: module.weight for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Linear) and name != "lm_head" and ".layers." in f".{name}"}
+    prompt = tokenizer(check_prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        reference = model(input_ids=prompt, use_cache=False).logits.numpy()
+
+    started = time.time()
+    previous = os.environ.get("FORCE_ONNX_EXTERNAL_DATA")
+    if external_data:
+        os.environ["FORCE_ONNX_EXTERNAL_DATA"] = "1"
+    try:
+        with StagingDir(target) as tmp:
+            engine_info = {}
+            for engine in engines:
+                folder = tmp / engine
+                folder.mkdir()
+                t0 = time.time()
+                log.info("exporting the %s graph", engine)
+                if engine == "deepsparse":
+                    _export_deepsparse(model, folder, max_positions)
+                    logits = deepsparse_graph_logits(folder / "model.onnx", model.config, prompt.numpy())
+                else:
+                    _export_onnxruntime(model, folder)
+                    logits = onnxruntime_graph_logits(folder / "model.onnx", model.config, prompt.numpy())
+                model.config.save_pretrained(folder)
+                model.generation_config.save_pretrained(folder)
+                tokenizer.save_pretrained(folder)
+                diff = float(np.abs(logits - reference).max())
+                if diff > LOGITS_ATOL:
+                    raise PipelineError(
+                        f"the {engine} graph's logits differ from PyTorch by {diff:.2e} (> {LOGITS_ATOL})",
+                        "this is a bug in the export patches; please report it with the model id",
+                    )
+                sparsity = onnx_weight_sparsity(folder / "model.onnx", weights)
+                engine_info[engine] = {
+                    "path": f"{engine}/model.onnx",
+                    "external_data": (folder / "model.onnx_data").exists(),
+                    "export_seconds": time.time() - t0,
+                    "logits_max_abs_diff_vs_pytorch": diff,
+                    "kv_cache": "internal (DeepSparse engine)" if engine == "deepsparse" else "external (inputs/outputs)",
+                    "sparsity_in_onnx": sparsity,
+                }
+                if engine == "deepsparse":
+                    engine_info[engine].update(max_sequence_length=max_positions, patches=list(PATCHES),
+                                               load='deepsparse.TextGeneration(model_path="ARTIFACT/deepsparse")')
+                else:
+                    engine_info[engine]["load"] = 'ORTModelForCausalLM.from_pretrained("ARTIFACT/onnxruntime")'
+            files = {}
+            for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+                files[path.relative_to(tmp).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            first = next(iter(engine_info.values()))["sparsity_in_onnx"]
+            total = sum(weights[n].numel() for n in first)
+            manifest = {
+                "format": 1,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **(metadata or {}),
+                "model_type": model.config.model_type,
+                "sparsity": {
+                    "overall_decoder_linears": sum(first[n] * weights[n].numel() for n in first) / total if total else 0.0,
+                    "layers": first,
+                },
+                "engines": engine_info,
+                "export_seconds": time.time() - started,
+                "versions": _versions(),
+                "files": files,
+            }
+            write_json_atomic(tmp / MANIFEST, manifest)
+    finally:
+        if external_data:
+            if previous is None:
+                os.environ.pop("FORCE_ONNX_EXTERNAL_DATA", None)
+            else:
+                os.environ["FORCE_ONNX_EXTERNAL_DATA"] = previous
+    return manifest
+
+
+def open_artifact(folder: Path, engine: str | None = None, verify_checksums: bool = False) -> dict:
+    """Validate an artifact folder (manifest, files present with the recorded sizes, ONNX parses).
+
+    Raises PipelineError with the problem and the fix; returns the manifest.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PipelineError(f"artifact folder {folder} does not exist", "give the folder an export wrote (RUN/artifact)")
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise PipelineError(f"{folder} has no {MANIFEST}, so it is not an artifact of this tool", "re-run the export stage")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError:
+        raise PipelineError(f"{manifest_path} is not valid JSON", "re-run the export stage") from None
+    engines = [engine] if engine else list(manifest.get("engines", {}))
+    for name in engines:
+        if name not in manifest.get("engines", {}):
+            raise PipelineError(f"the artifact {folder} was not exported for {name}", f"export it with engines: [{name}]")
+        sub = folder / name
+        for required in ("model.onnx", "config.json", *TOKENIZER_FILES):
+            if not (sub / required).is_file():
+                raise PipelineError(f"the artifact is missing {name}/{required}", "re-run the export stage")
+    for rel, info in manifest.get("files", {}).items():
+        if engine and not rel.startswith(f"{engine}/"):
+            continue
+        path = folder / rel
+        if not path.is_file():
+            raise PipelineError(f"the artifact is missing {rel}", "re-run the export stage")
+        if path.stat().st_size != info["bytes"]:
+            raise PipelineError(f"{rel} has {path.stat().st_size} bytes, the manifest says {info['bytes']} (truncated or altered)",
+                                "re-run the export stage")
+        if verify_checksums and sha256_file(path) != info["sha256"]:
+            raise PipelineError(f"{rel} does not match its sha256 in the manifest (corrupt)", "re-run the export stage")
+    import onnx
+
+    for name in engines:
+        try:
+            onnx.load(str(folder / name / "model.onnx"), load_external_data=False)
+        except Exception as exc:  # protobuf raises DecodeError and friends
+            raise PipelineError(f"{name}/model.onnx is not a readable ONNX file ({type(exc).__name__})",
+                                "re-run the export stage") from None
+    return manifest

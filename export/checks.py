@@ -1,0 +1,91 @@
+"""Checks on an exported graph: the zeros survived, and the graph computes what PyTorch computes."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from pipeline.errors import PipelineError
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
+
+
+def onnx_weight_sparsity(onnx_path: Path, weights: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Fraction of zeros of each given PyTorch weight as stored in the ONNX file.
+
+    Every weight must be found in the file, as is or transposed (the exporter may fold the
+    transpose of a Linear into a constant); initializers are read with their external data.
+    """
+    model = onnx.load(str(onnx_path), load_external_data=True)
+    stored: dict[tuple, np.ndarray] = {}
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2:
+            array = numpy_helper.to_array(init)
+            stored[(array.shape, _digest(array))] = array
+    result = {}
+    for name, weight in weights.items():
+        w = weight.detach().float().cpu().numpy()
+        found = stored.get((w.shape, _digest(w)))
+        if found is None:
+            found = stored.get((w.T.shape, _digest(w.T)))
+        if found is None:
+            raise PipelineError(f"weight {name} is not in {onnx_path} unchanged", "re-export; the graph lost or altered the pruned weights")
+        result[name] = float((found == 0).mean())
+    return result
+
+
+def ort_session(onnx_path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def deepsparse_graph_logits(onnx_path: Path, config, input_ids: np.ndarray) -> np.ndarray:
+    """Run the DeepSparse-shaped graph (in ONNX Runtime) on a prompt with an empty cache."""
+    session = ort_session(onnx_path)
+    q = input_ids.shape[1]
+    heads = config.num_attention_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": np.ones((1, q), np.int64),
+            "positions": np.arange(q, dtype=np.int64)[None],
+            "causal_mask": np.tril(np.ones((q, q), np.int64))[None, None]}
+    for i in range(config.num_hidden_layers):
+        for kind in ("key", "value"):
+            feed[f"past_key_values.{i}.{kind}"] = np.zeros((1, heads, 0, dim), np.float32)
+    return session.run(["logits"], feed)[0]
+
+
+def onnxruntime_graph_logits(onnx_path: Path, config, input_ids: np.ndarray) -> np.ndarray:
+    """Run Optimum's standard with-past graph on a prompt with an empty cache."""
+    session = ort_session(onnx_path)
+    names = {i.name for i in session.get_inputs()}
+    q = input_ids.shape[1]
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": np.ones((1, q), np.int64)}
+    if "position_ids" in names:
+        feed["position_ids"] = np.arange(q, dtype=np.int64)[None]
+    for i in range(config.num_hidden_layers):
+        for kind in ("key", "value"):
+            name = f"past_key_values.{i}.{kind}"
+            if name in names:
+                feed[name] = np.zeros((1, kv_heads, 0, dim), np.float32)
+    return session.run(["logits"], feed)[0]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

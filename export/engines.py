@@ -1,0 +1,106 @@
+"""Greedy generation with an artifact in DeepSparse or ONNX Runtime, each in a child process.
+
+A DeepSparse compile or run that fails is a C++ assertion that kills its process; no
+try/except can catch it. So every engine run happens in a child (``python -m
+export.engines ...``) and a death becomes one PipelineError naming the engine, the artifact,
+the stage and the engine's last message; the parent and everything already written survive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+RESULT_PREFIX = "ENGINE_RESULT "
+
+
+def _generate_deepsparse(folder: str, prompt: str, max_new_tokens: int, sequence_length: int,
+                         prompt_sequence_length: int, internal_kv_cache: bool) -> dict:
+    import deepsparse
+    import numpy as np
+
+    t0 = time.perf_counter()
+    pipeline = deepsparse.TextGeneration(model_path=folder, sequence_length=sequence_length,
+                                         prompt_sequence_length=prompt_sequence_length,
+                                         internal_kv_cache=internal_kv_cache)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = pipeline(prompt=prompt, max_new_tokens=max_new_tokens, do_sample=False, output_scores=True)
+    seconds = time.perf_counter() - t0
+    generation = out.generations[0]
+    ids = np.asarray(generation.score).reshape(-1, np.asarray(generation.score).shape[-1]).argmax(-1).tolist()
+    return {"ids": ids, "text": generation.text, "seconds": seconds, "compile_seconds": compile_s,
+            "internal_kv_cache": internal_kv_cache}
+
+
+def _generate_onnxruntime(folder: str, prompt: str, max_new_tokens: int, threads: int | None = None) -> dict:
+    import onnxruntime as ort
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    t0 = time.perf_counter()
+    model = ORTModelForCausalLM.from_pretrained(folder, session_options=options)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    compile_s = time.perf_counter() - t0
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    t0 = time.perf_counter()
+    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
+    seconds = time.perf_counter() - t0
+    new = out[0, ids.shape[1]:].tolist()
+    return {"ids": new, "text": tokenizer.decode(new, skip_special_tokens=True), "seconds": seconds,
+            "compile_seconds": compile_s}
+
+
+def _child_main(spec: dict) -> dict:
+    engine = spec.pop("engine")
+    if engine == "deepsparse":
+        return _generate_deepsparse(**spec)
+    if engine == "onnxruntime":
+        return _generate_onnxruntime(**spec)
+    if engine == "abort":  # for tests: an engine that dies like a failed C++ assertion
+        print("Assertion at src/lib/engine/simulated.cpp:1", file=sys.stderr, flush=True)
+        os.abort()
+    raise ValueError(f"unknown engine {engine}")
+
+
+def run_engine(engine: str, artifact: Path | str, stage: str, timeout: float = 1800, **spec) -> dict:
+    """Run ``engine`` on ``artifact/engine`` in a child process; returns its result dict."""
+    folder = Path(artifact) / engine if engine != "abort" else Path(artifact)
+    payload = json.dumps({"engine": engine, **({"folder": str(folder)} if engine != "abort" else {}), **spec})
+    try:
+        proc = subprocess.run([sys.executable, "-m", "export.engines", payload], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise PipelineError(f"{engine} ran past {timeout:.0f} s on {folder} in stage {stage}",
+                            "raise the time budget or use a smaller model / shorter generation") from None
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    last = [line for line in (proc.stderr or "").strip().splitlines() if line.strip()]
+    message = last[-1][-300:] if last else "no message"
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        raise PipelineError(f"{engine} died with {name} on {folder} in stage {stage}; its last message: {message}",
+                            "this graph or engine version is not supported there; the run folder is intact, "
+                            "try the other engine (pipeline generate --engine onnxruntime)")
+    raise PipelineError(f"{engine} failed (exit {proc.returncode}) on {folder} in stage {stage}: {message}",
+                        "see the message; the run folder is intact")
+
+
+def main() -> None:
+    result = _child_main(json.loads(sys.argv[1]))
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
