@@ -14,8 +14,10 @@ subfolder loads as is:
     deepsparse.TextGeneration(model_path="ARTIFACT/deepsparse")
     optimum.onnxruntime.ORTModelForCausalLM.from_pretrained("ARTIFACT/onnxruntime")
 
-Large models: weights go to external data (``model.onnx_data``) when the graph would pass 2 GB,
-or always with ``external_data=True``.
+Weights: the DeepSparse graph always keeps them in ``model.onnx_data`` (DeepSparse rewrites
+``model.onnx`` in place with static shapes when it loads; our loaders hand it a scratch copy of
+that small file, see export/engines.py). The ONNX Runtime graph does so above 2 GB, or always with
+``external_data=True``.
 """
 
 from __future__ import annotations
@@ -117,8 +119,6 @@ def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = E
 
     started = time.time()
     previous = os.environ.get("FORCE_ONNX_EXTERNAL_DATA")
-    if external_data:
-        os.environ["FORCE_ONNX_EXTERNAL_DATA"] = "1"
     try:
         with StagingDir(target) as tmp:
             engine_info = {}
@@ -127,6 +127,12 @@ def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = E
                 folder.mkdir()
                 t0 = time.time()
                 log.info("exporting the %s graph", engine)
+                # The DeepSparse graph always keeps its weights in model.onnx_data: the engine rewrites
+                # model.onnx in place when it loads, so loaders give it a copy, which must be small.
+                if engine == "deepsparse" or external_data:
+                    os.environ["FORCE_ONNX_EXTERNAL_DATA"] = "1"
+                else:
+                    os.environ.pop("FORCE_ONNX_EXTERNAL_DATA", None)
                 if engine == "deepsparse":
                     _export_deepsparse(model, folder, max_positions)
                     logits = deepsparse_graph_logits(folder / "model.onnx", model.config, prompt.numpy())
@@ -177,11 +183,10 @@ def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = E
             }
             write_json_atomic(tmp / MANIFEST, manifest)
     finally:
-        if external_data:
-            if previous is None:
-                os.environ.pop("FORCE_ONNX_EXTERNAL_DATA", None)
-            else:
-                os.environ["FORCE_ONNX_EXTERNAL_DATA"] = previous
+        if previous is None:
+            os.environ.pop("FORCE_ONNX_EXTERNAL_DATA", None)
+        else:
+            os.environ["FORCE_ONNX_EXTERNAL_DATA"] = previous
     return manifest
 
 

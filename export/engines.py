@@ -8,11 +8,14 @@ the stage and the engine's last message; the parent and everything already writt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,23 +24,46 @@ from pipeline.errors import PipelineError
 RESULT_PREFIX = "ENGINE_RESULT "
 
 
+@contextlib.contextmanager
+def deepsparse_scratch(folder: str | Path):
+    """A scratch view of an artifact's DeepSparse folder for the engine to load.
+
+    DeepSparse rewrites ``model.onnx`` in place with static shapes when it loads a KV-cache
+    model, which would change the artifact (and its checksum). The scratch folder holds a copy of
+    ``model.onnx`` (small: the weights are external data) and links to everything else.
+    """
+    folder = Path(folder)
+    with tempfile.TemporaryDirectory(prefix="deepsparse-") as tmp:
+        scratch = Path(tmp)
+        for item in folder.iterdir():
+            if item.name == "model.onnx":
+                shutil.copy2(item, scratch / item.name)
+            else:
+                os.symlink(item.resolve(), scratch / item.name)
+        yield scratch
+
+
 def _generate_deepsparse(folder: str, prompt: str, max_new_tokens: int, sequence_length: int,
                          prompt_sequence_length: int, internal_kv_cache: bool) -> dict:
     import deepsparse
     import numpy as np
 
     t0 = time.perf_counter()
-    pipeline = deepsparse.TextGeneration(model_path=folder, sequence_length=sequence_length,
-                                         prompt_sequence_length=prompt_sequence_length,
-                                         internal_kv_cache=internal_kv_cache)
+    with deepsparse_scratch(folder) as scratch:
+        pipeline = deepsparse.TextGeneration(model_path=str(scratch), sequence_length=sequence_length,
+                                             prompt_sequence_length=prompt_sequence_length,
+                                             internal_kv_cache=internal_kv_cache)
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     out = pipeline(prompt=prompt, max_new_tokens=max_new_tokens, do_sample=False, output_scores=True)
     seconds = time.perf_counter() - t0
-    generation = out.generations[0]
-    ids = np.asarray(generation.score).reshape(-1, np.asarray(generation.score).shape[-1]).argmax(-1).tolist()
-    return {"ids": ids, "text": generation.text, "seconds": seconds, "compile_seconds": compile_s,
-            "internal_kv_cache": internal_kv_cache}
+    scores = np.asarray(out.generations[0].score)
+    # Greedy: each generated token is the argmax of its scores. DeepSparse 1.8 produces one token
+    # more than max_new_tokens; the extra one is dropped so that every engine returns the same count.
+    ids = scores.reshape(-1, scores.shape[-1]).argmax(-1).tolist()[:max_new_tokens]
+    text = pipeline.tokenizer.decode(ids, skip_special_tokens=True)
+    return {"ids": ids, "text": text, "seconds": seconds, "generated": int(scores.reshape(-1, scores.shape[-1]).shape[0]),
+            "compile_seconds": compile_s, "internal_kv_cache": internal_kv_cache}
 
 
 def _generate_onnxruntime(folder: str, prompt: str, max_new_tokens: int, threads: int | None = None) -> dict:
@@ -58,7 +84,7 @@ def _generate_onnxruntime(folder: str, prompt: str, max_new_tokens: int, threads
     seconds = time.perf_counter() - t0
     new = out[0, ids.shape[1]:].tolist()
     return {"ids": new, "text": tokenizer.decode(new, skip_special_tokens=True), "seconds": seconds,
-            "compile_seconds": compile_s}
+            "generated": len(new), "compile_seconds": compile_s}
 
 
 def _child_main(spec: dict) -> dict:

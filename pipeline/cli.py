@@ -57,9 +57,9 @@ def _generate(args) -> int:
             spec.update(sequence_length=args.sequence_length, prompt_sequence_length=4,
                         internal_kv_cache=not args.external_kv_cache)
         out = run_engine(engine, args.artifact, "generate", **spec)
-        speed = len(out["ids"][: args.max_new_tokens]) / out["seconds"] if out["seconds"] else float("nan")
+        speed = out["generated"] / out["seconds"] if out["seconds"] else float("nan")
         print(f"[{engine}] {args.prompt}{out['text']}")
-        print(f"[{engine}] {len(out['ids'][: args.max_new_tokens])} tokens in {out['seconds']:.2f} s ({speed:.1f} tokens/s, "
+        print(f"[{engine}] {out['generated']} tokens in {out['seconds']:.2f} s ({speed:.1f} tokens/s including the prompt, "
               f"load/compile {out['compile_seconds']:.1f} s)")
     return 0
 

@@ -77,3 +77,27 @@ def calibration_ids(n: int = 4, seq_len: int = 16, seed: int = 1) -> torch.Tenso
 @pytest.fixture
 def ids() -> torch.Tensor:
     return calibration_ids()
+
+
+def pruned_tiny(arch="llama"):
+    from pipeline.prune import make_method
+    from pipeline.prune.masks import SparsitySpec
+    from pipeline.prune.sequential import prune_model
+
+    model = tiny_model(arch)
+    prune_model(model, make_method("dass"), SparsitySpec.parse("2:4"), calibration_ids(), scope="attention+mlp",
+                progress=False)
+    for cfg in (model.config, model.generation_config):
+        cfg.eos_token_id, cfg.bos_token_id = 1, 1
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory):
+    model = pruned_tiny()
+    folder = tmp_path_factory.mktemp("artifact") / "artifact"
+    from export.artifact import export_artifact
+
+    manifest = export_artifact(model, tiny_tokenizer(), folder, max_positions=128, metadata={"method": "dass"},
+                               external_data=True)
+    return model, folder, manifest

@@ -1,0 +1,127 @@
+"""The artifact: zeros survive into the ONNX files, logits match PyTorch, both loaders work,
+and bad artifacts or bad export conditions give one clear error with nothing half-written."""
+
+import json
+import shutil
+from collections import namedtuple
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from conftest import pruned_tiny, tiny_non_glu_model, tiny_tokenizer
+from export import artifact as artifact_module
+from export.artifact import export_artifact, open_artifact
+from export.checks import deepsparse_graph_logits, onnx_weight_sparsity, onnxruntime_graph_logits
+from pipeline.errors import PipelineError
+
+
+def test_layout_and_manifest(tiny_artifact):
+    model, folder, manifest = tiny_artifact
+    for engine in ("deepsparse", "onnxruntime"):
+        for name in ("model.onnx", "model.onnx_data", "config.json", "tokenizer.json", "tokenizer_config.json"):
+            assert (folder / engine / name).is_file(), f"{engine}/{name}"
+    assert manifest["method"] == "dass" and manifest["engines"]["deepsparse"]["external_data"]
+    assert set(manifest["versions"]) >= {"torch", "transformers", "optimum", "onnx", "deepsparse"}
+    on_disk = json.loads((folder / "manifest.json").read_text())
+    assert on_disk["files"]["onnxruntime/model.onnx"]["sha256"] == manifest["files"]["onnxruntime/model.onnx"]["sha256"]
+    assert not [p for p in folder.parent.iterdir() if ".partial" in p.name]
+
+
+def test_sparsity_in_onnx_equals_pytorch(tiny_artifact):
+    model, folder, manifest = tiny_artifact
+    expected = {name: float((m.weight == 0).float().mean()) for name, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear) and ".layers." in f".{name}"}
+    assert all(v == 0.5 for v in expected.values())
+    for engine in ("deepsparse", "onnxruntime"):
+        assert manifest["engines"][engine]["sparsity_in_onnx"] == pytest.approx(expected, abs=0)
+        # independently: count zeros over all weight-sized initializers, external data included
+        graph = onnx.load(str(folder / engine / "model.onnx"), load_external_data=True).graph
+        shapes = {tuple(m.weight.shape) for n, m in model.named_modules() if n in expected}
+        zeros = total = 0
+        for init in graph.initializer:
+            if tuple(init.dims) in shapes or tuple(init.dims)[::-1] in shapes:
+                array = numpy_helper.to_array(init)
+                zeros += int((array == 0).sum())
+                total += array.size
+        assert total > 0 and zeros / total >= 0.5 - 1e-9
+
+
+def test_sparsity_check_notices_a_changed_weight(tiny_artifact):
+    model, folder, _ = tiny_artifact
+    weight = model.model.layers[0].mlp.gate_proj.weight.detach().clone()
+    weight[0, 0] += 1.0
+    with pytest.raises(PipelineError, match="not in .* unchanged"):
+        onnx_weight_sparsity(folder / "onnxruntime" / "model.onnx", {"changed": weight})
+
+
+def test_logits_match_pytorch(tiny_artifact):
+    model, folder, manifest = tiny_artifact
+    ids = np.array([[3, 17, 42, 8, 64, 9, 11]])
+    with torch.no_grad():
+        reference = model(input_ids=torch.from_numpy(ids)).logits.numpy()
+    for fn, engine in ((deepsparse_graph_logits, "deepsparse"), (onnxruntime_graph_logits, "onnxruntime")):
+        assert np.abs(fn(folder / engine / "model.onnx", model.config, ids) - reference).max() < 1e-4
+        assert manifest["engines"][engine]["logits_max_abs_diff_vs_pytorch"] < 1e-4
+
+
+def test_onnxruntime_loader_generates_like_pytorch(tiny_artifact):
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    model, folder, _ = tiny_artifact
+    ids = torch.tensor([[3, 17, 42, 8]])
+    with torch.no_grad():
+        want = model.generate(ids, max_new_tokens=12, do_sample=False)
+    got = ORTModelForCausalLM.from_pretrained(folder / "onnxruntime").generate(ids, max_new_tokens=12, do_sample=False)
+    assert torch.equal(want, got)
+
+
+@pytest.fixture
+def broken(tiny_artifact, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_artifact[1], copy)
+    return copy
+
+
+def test_open_artifact_bad_inputs(broken, tmp_path):
+    open_artifact(broken, verify_checksums=True)  # the intact copy passes
+    with pytest.raises(PipelineError, match="does not exist"):
+        open_artifact(tmp_path / "nope")
+    (broken / "deepsparse" / "tokenizer.json").unlink()
+    with pytest.raises(PipelineError, match="missing deepsparse/tokenizer.json"):
+        open_artifact(broken)
+    open_artifact(broken, engine="onnxruntime")  # the other engine's folder is still fine
+    data = broken / "onnxruntime" / "model.onnx_data"
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(PipelineError, match="truncated or altered"):
+        open_artifact(broken, engine="onnxruntime")
+    (broken / "manifest.json").unlink()
+    with pytest.raises(PipelineError, match="no manifest.json"):
+        open_artifact(broken)
+
+
+def test_open_artifact_corrupt_onnx_same_size(broken):
+    graph = broken / "deepsparse" / "model.onnx"
+    graph.write_bytes(b"\xff" * graph.stat().st_size)
+    with pytest.raises(PipelineError, match="not a readable ONNX file"):
+        open_artifact(broken, engine="deepsparse")
+    with pytest.raises(PipelineError, match="sha256"):
+        open_artifact(broken, engine="deepsparse", verify_checksums=True)
+
+
+def test_uncovered_architecture_writes_nothing(tmp_path):
+    target = tmp_path / "artifact"
+    with pytest.raises(PipelineError, match="DeepSparse export covers"):
+        export_artifact(tiny_non_glu_model(), tiny_tokenizer(), target)
+    assert not target.exists()
+
+
+def test_not_enough_disk_writes_nothing(tmp_path, monkeypatch):
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(artifact_module.shutil, "disk_usage", lambda path: Usage(10**9, 10**9, 1000))
+    target = tmp_path / "artifact"
+    with pytest.raises(PipelineError, match="not enough disk"):
+        export_artifact(pruned_tiny(), tiny_tokenizer(), target)
+    assert not target.exists()
