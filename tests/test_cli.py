@@ -45,7 +45,7 @@ def recipe(root: Path, name: str, **changes) -> Path:
     }
     for dotted, value in changes.items():
         section, key = dotted.split("__")
-        data[section][key] = value
+        data.setdefault(section, {})[key] = value
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -62,6 +62,8 @@ BAD = {
     "non-glu-with-dass": ({"model__source": "TINY_OPT"}, "needs a GLU MLP"),
     "empty-calibration": ({"calibration__path": "EMPTY"}, "empty"),
     "short-calibration": ({"calibration__path": "SHORT"}, "not more than seq_len=32"),
+    "deepsparse-uncovered-architecture": ({"model__source": "TINY_OPT", "prune__method": "wanda",
+                                           "export__enabled": True}, "DeepSparse export covers"),
 }
 
 
@@ -110,3 +112,17 @@ def test_run_writes_a_complete_run_folder(workspace):
     assert summary["perplexity"]["pruned"]["perplexity"] > 0
     assert "perplexity dense" in proc.stdout and "sparsity: overall 0.5000" in proc.stdout
     assert "| dass 2:4 |" in (out / "report.md").read_text()
+
+
+def test_run_with_export_ends_in_an_artifact_both_engines_load(workspace):
+    path = recipe(workspace, "ok-export", export__enabled=True, export__max_sequence_length=128, export__smoke_tokens=8)
+    proc = run_cli("run", str(path), "--no-progress", cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    out = workspace / "runs" / "ok-export"
+    summary = json.loads((out / "summary.json").read_text())
+    smoke = summary["export"]["smoke"]
+    assert smoke["deepsparse"]["ids"] == smoke["onnxruntime"]["ids"] and len(smoke["onnxruntime"]["ids"]) == 8
+    manifest = json.loads((out / "artifact" / "manifest.json").read_text())
+    assert manifest["recipe"]["name"] == "ok-export" and manifest["method"] == "dass"
+    assert manifest["sparsity"]["overall_decoder_linears"] == pytest.approx(0.5)
+    assert "## Artifact" in (out / "report.md").read_text()

