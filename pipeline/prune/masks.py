@@ -92,7 +92,7 @@ def select_mask(score: torch.Tensor, spec: SparsitySpec, axis: Axis) -> torch.Te
     if score.dim() != 2:
         raise ValueError(f"score must be 2-D, got shape {tuple(score.shape)}")
     if axis == "column":
-        return select_mask(score.t(), spec, "row").t().contiguous()
+        return select_mask(score.t().contiguous(), spec, "row").t().contiguous()
     if spec.is_nm:
         return _nm_mask_rows(score, spec.n, spec.m)
     if axis == "row":
@@ -106,13 +106,17 @@ def _unstructured_mask_rows(score: torch.Tensor, fraction: float) -> torch.Tenso
     """Prune exactly ``int(cols * fraction)`` lowest scores in every row."""
     rows, cols = score.shape
     n_prune = int(cols * fraction)
-    mask = torch.ones_like(score, dtype=torch.bool)
     if n_prune == 0:
-        return mask
-    # A stable sort makes ties (e.g. all-zero activations) deterministic.
-    order = torch.sort(score, dim=1, stable=True).indices[:, :n_prune]
-    mask.scatter_(1, order, False)
-    return mask
+        return torch.ones_like(score, dtype=torch.bool)
+    # Selection instead of a full sort: the n_prune-th smallest score of each row is the threshold.
+    threshold = torch.kthvalue(score, n_prune, dim=1, keepdim=True).values
+    below = score < threshold
+    # Ties at the threshold: prune the first ones (in index order) until each row has exactly n_prune,
+    # so that counts are exact and the result deterministic (e.g. for all-zero activations).
+    missing = n_prune - below.sum(dim=1, keepdim=True)
+    at = score == threshold
+    prune = below | (at & (at.cumsum(dim=1) <= missing))
+    return ~prune
 
 
 def _nm_mask_rows(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
