@@ -59,7 +59,7 @@ def _generate(args) -> int:
         out = run_engine(engine, args.artifact, "generate", **spec)
         speed = out["generated"] / out["seconds"] if out["seconds"] else float("nan")
         print(f"[{engine}] {args.prompt}{out['text']}")
-        print(f"[{engine}] {out['generated']} tokens in {out['seconds']:.2f} s ({speed:.1f} tokens/s including the prompt, "
+        print(f"[{engine}] {len(out['ids'])} tokens in {out['seconds']:.2f} s ({speed:.1f} tokens/s including the prompt, "
               f"load/compile {out['compile_seconds']:.1f} s)")
     return 0
 
