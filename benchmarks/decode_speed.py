@@ -44,15 +44,13 @@ def build(out: Path) -> None:
 
 
 def run(artifacts: list[Path], rounds: int, new_tokens: int, sequence_length: int, out: str | None) -> None:
-    from export.engines import run_engine
+    from export.engines import generation_spec, run_engine
 
     raw = {str(a): {"deepsparse": [], "onnxruntime": []} for a in artifacts}
     for r in range(rounds):
         for art in artifacts:
             for engine in ("deepsparse", "onnxruntime"):
-                spec = {"prompt": PROMPT, "max_new_tokens": new_tokens}
-                if engine == "deepsparse":
-                    spec.update(sequence_length=sequence_length, prompt_sequence_length=4, internal_kv_cache=True)
+                spec = generation_spec(engine, PROMPT, new_tokens, sequence_length)
                 res = run_engine(engine, art, "benchmark", **spec)
                 speed = res["generated"] / res["seconds"]
                 raw[str(art)][engine].append(speed)

@@ -82,6 +82,16 @@ def check_disk(target: Path, needed: int) -> None:
         )
 
 
+def preflight_export(model, target: Path, engines: tuple[str, ...]) -> None:
+    """Everything an export can be refused for, checked before anything is written."""
+    unknown = set(engines) - set(ENGINES)
+    if unknown or not engines:
+        raise PipelineError(f"unknown export engine(s) {sorted(unknown) or engines}", f"choose from {', '.join(ENGINES)}")
+    if "deepsparse" in engines:
+        quirks_for(model.config)  # an architecture the patches do not cover
+    check_disk(Path(target), estimated_bytes(model, engines))
+
+
 def _export_deepsparse(model, folder: Path, max_positions: int) -> None:
     from optimum.exporters.onnx import export
 
@@ -101,13 +111,8 @@ def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = E
                     metadata: dict | None = None, external_data: bool = False, check_prompt: str = "The quick brown fox") -> dict:
     """Export ``model`` (pruned or not) for each engine into ``target``, atomically. Returns the manifest."""
     target = Path(target)
-    unknown = set(engines) - set(ENGINES)
-    if unknown or not engines:
-        raise PipelineError(f"unknown export engine(s) {sorted(unknown) or engines}", f"choose from {', '.join(ENGINES)}")
-    if "deepsparse" in engines:
-        quirks_for(model.config)  # refuse an architecture the patches do not cover, before writing
+    preflight_export(model, target, engines)
     max_positions = min(max_positions, getattr(model.config, "max_position_embeddings", max_positions))
-    check_disk(target, estimated_bytes(model, engines))
 
     model = model.float().eval()
     model.config.use_cache = True

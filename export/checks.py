@@ -10,6 +10,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from export.deepsparse_graph import head_dim
 from pipeline.errors import PipelineError
 
 
@@ -54,8 +55,7 @@ def deepsparse_graph_logits(onnx_path: Path, config, input_ids: np.ndarray) -> n
     """Run the DeepSparse-shaped graph (in ONNX Runtime) on a prompt with an empty cache."""
     session = ort_session(onnx_path)
     q = input_ids.shape[1]
-    heads = config.num_attention_heads
-    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    heads, dim = config.num_attention_heads, head_dim(config)
     feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": np.ones((1, q), np.int64),
             "positions": np.arange(q, dtype=np.int64)[None],
             "causal_mask": np.tril(np.ones((q, q), np.int64))[None, None]}
@@ -71,7 +71,7 @@ def onnxruntime_graph_logits(onnx_path: Path, config, input_ids: np.ndarray) -> 
     names = {i.name for i in session.get_inputs()}
     q = input_ids.shape[1]
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dim = head_dim(config)
     feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": np.ones((1, q), np.int64)}
     if "position_ids" in names:
         feed["position_ids"] = np.arange(q, dtype=np.int64)[None]

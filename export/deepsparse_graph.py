@@ -54,6 +54,10 @@ ARCHITECTURES: dict[str, ArchitectureQuirks] = {
 FLT_MAX = torch.finfo(torch.float32).max
 
 
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def quirks_for(config) -> ArchitectureQuirks:
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHITECTURES:

@@ -99,6 +99,16 @@ def _child_main(spec: dict) -> dict:
     raise ValueError(f"unknown engine {engine}")
 
 
+def generation_spec(engine: str, prompt: str, max_new_tokens: int, sequence_length: int = 256,
+                    internal_kv_cache: bool = True) -> dict:
+    """The keyword arguments ``run_engine`` takes for a greedy generation with ``engine``."""
+    spec = {"prompt": prompt, "max_new_tokens": max_new_tokens}
+    if engine == "deepsparse":
+        # prompt_sequence_length 4: DeepSparse compiles a 4-token prefill engine besides the 1-token one
+        spec.update(sequence_length=sequence_length, prompt_sequence_length=4, internal_kv_cache=internal_kv_cache)
+    return spec
+
+
 def run_engine(engine: str, artifact: Path | str, stage: str, timeout: float = 1800, **spec) -> dict:
     """Run ``engine`` on ``artifact/engine`` in a child process; returns its result dict."""
     folder = Path(artifact) / engine if engine != "abort" else Path(artifact)

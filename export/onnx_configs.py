@@ -14,14 +14,10 @@ from optimum.exporters.onnx.config import TextDecoderOnnxConfig
 from optimum.exporters.onnx.model_patcher import ModelPatcher
 from optimum.utils import NormalizedTextConfig
 
-from export.deepsparse_graph import DeepSparseForward
+from export.deepsparse_graph import DeepSparseForward, head_dim
 
 #: DeepSparse 1.8 compiles opset 14 graphs from SparseML; newer opsets are not needed here.
 DEEPSPARSE_OPSET = 14
-
-
-def head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 class DeepSparsePatcher(ModelPatcher):

@@ -47,15 +47,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _generate(args) -> int:
     from export.artifact import open_artifact
-    from export.engines import run_engine
+    from export.engines import generation_spec, run_engine
 
     manifest = open_artifact(args.artifact, None if args.engine == "both" else args.engine, args.verify)
     engines = list(manifest["engines"]) if args.engine == "both" else [args.engine]
     for engine in engines:
-        spec = {"prompt": args.prompt, "max_new_tokens": args.max_new_tokens}
-        if engine == "deepsparse":
-            spec.update(sequence_length=args.sequence_length, prompt_sequence_length=4,
-                        internal_kv_cache=not args.external_kv_cache)
+        spec = generation_spec(engine, args.prompt, args.max_new_tokens, args.sequence_length,
+                               internal_kv_cache=not args.external_kv_cache)
         out = run_engine(engine, args.artifact, "generate", **spec)
         speed = out["generated"] / out["seconds"] if out["seconds"] else float("nan")
         print(f"[{engine}] {args.prompt}{out['text']}")

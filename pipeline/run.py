@@ -50,19 +50,10 @@ def sparsity_summary(layers: dict[str, dict]) -> dict:
     }
 
 
-def _preflight_export(model, recipe: Recipe) -> None:
-    from export.artifact import check_disk, estimated_bytes
-    from export.deepsparse_graph import quirks_for
-
-    if "deepsparse" in recipe.export.engines:
-        quirks_for(model.config)
-    check_disk(recipe.run_dir() / "artifact", estimated_bytes(model, tuple(recipe.export.engines)))
-
-
 def export_stage(model, tokenizer, recipe: Recipe, run_dir: Path, summary: dict) -> dict:
     """Export the (pruned) model as an artifact, then let each engine generate from it (child processes)."""
     from export.artifact import export_artifact
-    from export.engines import run_engine
+    from export.engines import generation_spec, run_engine
 
     ex = recipe.export
     metadata = {"recipe": recipe.model_dump(mode="json"), "recipe_hash": recipe.content_hash(),
@@ -77,12 +68,9 @@ def export_stage(model, tokenizer, recipe: Recipe, run_dir: Path, summary: dict)
     if ex.smoke_test:
         result["smoke"] = {}
         for engine in ex.engines:
-            spec = {"prompt": ex.smoke_prompt, "max_new_tokens": ex.smoke_tokens}
-            if engine == "deepsparse":
-                spec.update(sequence_length=min(ex.max_sequence_length, 256), prompt_sequence_length=4,
-                            internal_kv_cache=True)
+            spec = generation_spec(engine, ex.smoke_prompt, ex.smoke_tokens, min(ex.max_sequence_length, 256))
             out = run_engine(engine, run_dir / "artifact", "export (smoke test)", **spec)
-            result["smoke"][engine] = {"text": out["text"], "ids": out["ids"][: ex.smoke_tokens]}
+            result["smoke"][engine] = {"text": out["text"], "ids": out["ids"]}
             log.info("%s generated: %r", engine, out["text"])
     return result
 
@@ -106,7 +94,9 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
         calib = calibration_windows(tokenizer, cal.dataset, cal.num_samples, cal.seq_len, cal.seed, cal.path)
         log.info("calibration: %d windows of %d tokens from %s", *calib.shape, cal.dataset)
     if recipe.export.enabled:
-        _preflight_export(model, recipe)
+        from export.artifact import preflight_export
+
+        preflight_export(model, run_dir / "artifact", tuple(recipe.export.engines))
     eval_ids = None
     if ev.enabled:
         eval_ids = evaluation_tokens(tokenizer, ev.dataset, ev.path)

@@ -8,8 +8,8 @@ from optimum.exporters.onnx import export
 
 from conftest import ARCHITECTURES, tiny_model, tiny_non_glu_model
 from export.checks import ort_session
-from export.deepsparse_graph import ARCHITECTURES as COVERED, DeepSparseForward, quirks_for
-from export.onnx_configs import DeepSparseDecoderOnnxConfig, head_dim
+from export.deepsparse_graph import ARCHITECTURES as COVERED, DeepSparseForward, head_dim, quirks_for
+from export.onnx_configs import DeepSparseDecoderOnnxConfig
 from pipeline.errors import PipelineError
 
 MAX_POS = 64
