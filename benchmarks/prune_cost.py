@@ -29,37 +29,14 @@ import sys
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from benchmarks.shapes import llama2_7b_config, random_model
 from pipeline.models import decoder_layers, layer_projections
 from pipeline.prune import make_method
 from pipeline.prune.masks import SparsitySpec, select_mask
 from pipeline.prune.sequential import _InputNorms, capture_layer_inputs, prune_model
 
 GiB = 1024**3
-
-
-def llama2_7b_config(layers: int, vocab: int = 32000) -> LlamaConfig:
-    return LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
-                       num_hidden_layers=layers, vocab_size=vocab, max_position_embeddings=4096, rms_norm_eps=1e-5)
-
-
-def random_model(config: LlamaConfig, dtype: torch.dtype) -> LlamaForCausalLM:
-    """A model of that shape with random weights, built without a slow per-module init."""
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
-    with torch.device("meta"):
-        model = LlamaForCausalLM._from_config(config, dtype=dtype)
-    model.to_empty(device="cpu")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.fill_(1.0)
-            else:
-                param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float32).mul_(0.02).to(dtype))
-    model.model.rotary_emb = LlamaRotaryEmbedding(config)  # its buffer was left empty on the meta device
-    return model.eval()
 
 
 def cpu_name() -> str:

@@ -65,21 +65,31 @@ def deepsparse_graph_logits(onnx_path: Path, config, input_ids: np.ndarray) -> n
     return session.run(["logits"], feed)[0]
 
 
-def onnxruntime_graph_logits(onnx_path: Path, config, input_ids: np.ndarray) -> np.ndarray:
-    """Run Optimum's standard with-past graph on a prompt with an empty cache."""
-    session = ort_session(onnx_path)
-    names = {i.name for i in session.get_inputs()}
+def onnxruntime_graph_feed(input_names: set[str], config, input_ids: np.ndarray, past: int = 0,
+                           rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """Inputs of Optimum's standard with-past graph: ``input_ids`` after ``past`` cached tokens.
+
+    The cache is zeros, or random values from ``rng`` (for timing; values do not change the cost).
+    """
     q = input_ids.shape[1]
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    dim = head_dim(config)
-    feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": np.ones((1, q), np.int64)}
-    if "position_ids" in names:
-        feed["position_ids"] = np.arange(q, dtype=np.int64)[None]
+    shape = (1, kv_heads, past, head_dim(config))
+    feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": np.ones((1, past + q), np.int64)}
+    if "position_ids" in input_names:
+        feed["position_ids"] = np.arange(past, past + q, dtype=np.int64)[None]
     for i in range(config.num_hidden_layers):
         for kind in ("key", "value"):
             name = f"past_key_values.{i}.{kind}"
-            if name in names:
-                feed[name] = np.zeros((1, kv_heads, 0, dim), np.float32)
+            if name in input_names:
+                feed[name] = (rng.standard_normal(shape, dtype=np.float32) if rng is not None
+                              else np.zeros(shape, np.float32))
+    return feed
+
+
+def onnxruntime_graph_logits(onnx_path: Path, config, input_ids: np.ndarray) -> np.ndarray:
+    """Run Optimum's standard with-past graph on a prompt with an empty cache."""
+    session = ort_session(onnx_path)
+    feed = onnxruntime_graph_feed({i.name for i in session.get_inputs()}, config, input_ids)
     return session.run(["logits"], feed)[0]
 
 

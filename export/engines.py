@@ -9,19 +9,14 @@ the stage and the engine's last message; the parent and everything already writt
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from pipeline.errors import PipelineError
-
-RESULT_PREFIX = "ENGINE_RESULT "
+from pipeline.child import child_main, run_child
 
 
 @contextlib.contextmanager
@@ -112,31 +107,9 @@ def generation_spec(engine: str, prompt: str, max_new_tokens: int, sequence_leng
 def run_engine(engine: str, artifact: Path | str, stage: str, timeout: float = 1800, **spec) -> dict:
     """Run ``engine`` on ``artifact/engine`` in a child process; returns its result dict."""
     folder = Path(artifact) / engine if engine != "abort" else Path(artifact)
-    payload = json.dumps({"engine": engine, **({"folder": str(folder)} if engine != "abort" else {}), **spec})
-    try:
-        proc = subprocess.run([sys.executable, "-m", "export.engines", payload], capture_output=True, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise PipelineError(f"{engine} ran past {timeout:.0f} s on {folder} in stage {stage}",
-                            "raise the time budget or use a smaller model / shorter generation") from None
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
-    last = [line for line in (proc.stderr or "").strip().splitlines() if line.strip()]
-    message = last[-1][-300:] if last else "no message"
-    if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
-        raise PipelineError(f"{engine} died with {name} on {folder} in stage {stage}; its last message: {message}",
-                            "this graph or engine version is not supported there; the run folder is intact, "
-                            "try the other engine (pipeline generate --engine onnxruntime)")
-    raise PipelineError(f"{engine} failed (exit {proc.returncode}) on {folder} in stage {stage}: {message}",
-                        "see the message; the run folder is intact")
-
-
-def main() -> None:
-    result = _child_main(json.loads(sys.argv[1]))
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    payload = {"engine": engine, **({"folder": str(folder)} if engine != "abort" else {}), **spec}
+    return run_child("export.engines", payload, f"{engine} on {folder}", stage, timeout)
 
 
 if __name__ == "__main__":
-    main()
+    child_main(_child_main)

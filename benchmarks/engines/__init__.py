@@ -1,0 +1,90 @@
+"""Engine runners for the benchmark stage. One measurement = one engine, one artifact, one mode, in
+its own child process (``python -m benchmarks.engines``), so an engine abort is one clear error.
+
+Modes (batch 1):
+- ``decode``: one new token with a KV cache already holding ``sequence_length - 1`` tokens (the cost
+  of each generated token at that context); tokens/s = 1000 / median ms.
+- ``prefill``: ``prefill_length`` prompt tokens into an empty cache; tokens/s = prefill_length x 1000 / median ms.
+
+Each runner warms up for ``warmup_seconds``, then times single steps for ``seconds`` and reports the
+median, mean and count of the step latencies. Engine facts live in the ``ENGINES`` table below.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.child import run_child
+from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    package: str        # what must be importable
+    install: str        # how a user gets it
+    graph: str | None   # the artifact subfolder it runs (None: rebuilt from config.json)
+    runner: str         # module with measure(spec) -> dict
+    exploits_sparsity: bool
+
+
+ENGINES: dict[str, EngineFacts] = {
+    "deepsparse": EngineFacts("deepsparse", "pip install deepsparse==1.8.0 (x86-64 Linux, Python 3.8-3.11)",
+                              "deepsparse", "benchmarks.engines.deepsparse_runner", True),
+    "onnxruntime": EngineFacts("onnxruntime", "pip install onnxruntime==1.26.0", "onnxruntime",
+                               "benchmarks.engines.onnxruntime_runner", False),
+    "pytorch": EngineFacts("torch", "pip install torch==2.13.0", None, "benchmarks.engines.pytorch_runner", False),
+}
+MODES = ("decode", "prefill")
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    engine: str
+    artifact: str
+    mode: str = "decode"
+    sequence_length: int = 256
+    prefill_length: int = 64
+    threads: int | None = None
+    warmup_seconds: float = 2.0
+    seconds: float = 10.0
+
+    @property
+    def tokens_per_step(self) -> int:
+        return 1 if self.mode == "decode" else self.prefill_length
+
+
+def check_engine(engine: str) -> EngineFacts:
+    if engine not in ENGINES:
+        raise PipelineError(f"unknown benchmark engine {engine!r}", f"choose from {', '.join(ENGINES)}")
+    facts = ENGINES[engine]
+    if importlib.util.find_spec(facts.package) is None:
+        raise PipelineError(f"the {engine} engine is not installed", f"{facts.install}, or drop it from benchmark.engines")
+    return facts
+
+
+def check_threads(threads: int | None) -> None:
+    cores = os.cpu_count() or 1
+    if threads is not None and not 1 <= threads <= cores:
+        raise PipelineError(f"benchmark threads={threads} but this machine has {cores} cores",
+                            f"set benchmark.threads between 1 and {cores}, or null for all cores")
+
+
+def graph_folder(spec: MeasureSpec) -> Path:
+    """The folder the engine reads: its graph subfolder, or (PyTorch) any subfolder with config.json."""
+    facts = ENGINES[spec.engine]
+    root = Path(spec.artifact)
+    if facts.graph:
+        return root / facts.graph
+    return next(p.parent for p in sorted(root.glob("*/config.json")))
+
+
+def measure(spec: MeasureSpec, stage: str = "benchmark", timeout: float = 1800) -> dict:
+    """Run one measurement in a child process; returns the runner's result with tokens/s added."""
+    check_engine(spec.engine)
+    check_threads(spec.threads)
+    result = run_child("benchmarks.engines", asdict(spec), f"{spec.engine} on {spec.artifact} ({spec.mode})", stage, timeout)
+    result["tokens_per_s"] = spec.tokens_per_step * 1000.0 / result["ms_median"]
+    return result

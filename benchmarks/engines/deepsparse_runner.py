@@ -1,0 +1,40 @@
+"""DeepSparse: the engine's own benchmark (``deepsparse.benchmark``) with its internal KV cache.
+
+It runs on a scratch copy of the artifact's graph, because it rewrites ``model.onnx`` in place with
+static shapes. ``num_kv_cache_tokens`` fills the internal cache to the stated context.
+"""
+
+from __future__ import annotations
+
+import time
+
+from benchmarks.engines import MeasureSpec, graph_folder
+from export.engines import deepsparse_scratch
+
+
+def machine() -> dict:
+    """The instruction set and cores DeepSparse detects on this CPU."""
+    from deepsparse.cpu import cpu_architecture
+
+    arch = cpu_architecture()
+    return {"isa": arch.isa, "vnni": bool(arch.vnni), "bf16": bool(getattr(arch, "bf16", False)),
+            "physical_cores": arch.num_available_physical_cores, "vendor_model": arch.vendor_model}
+
+
+def measure(spec: MeasureSpec) -> dict:
+    from deepsparse import __version__
+    from deepsparse.benchmark.benchmark_model import benchmark_model
+
+    length = 1 if spec.mode == "decode" else spec.prefill_length
+    cached = spec.sequence_length - 1 if spec.mode == "decode" else 0
+    t0 = time.perf_counter()
+    with deepsparse_scratch(graph_folder(spec)) as scratch:
+        out = benchmark_model(str(scratch / "model.onnx"), sequence_length=spec.sequence_length, input_ids_length=length,
+                              num_cores=spec.threads, time=max(1, round(spec.seconds)),
+                              warmup_time=max(1, round(spec.warmup_seconds)), internal_kv_cache=True, quiet=True,
+                              num_kv_cache_tokens=cached)
+    r = out["benchmark_result"]
+    return {"ms_median": float(r["median"]), "ms_mean": float(r["mean"]), "iterations": int(r["iterations"]),
+            "wall_seconds": time.perf_counter() - t0, "threads": out["num_cores"], "engine_version": __version__,
+            "fraction_of_supported_ops": out.get("fraction_of_supported_ops"), "kv_cache": "internal",
+            "machine": machine()}

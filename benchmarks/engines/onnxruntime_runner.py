@@ -1,0 +1,31 @@
+"""ONNX Runtime: the artifact's standard with-past graph, the cache fed as inputs (Optimum's layout)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from benchmarks.engines import MeasureSpec, graph_folder
+from benchmarks.engines.timing import time_steps
+
+
+def measure(spec: MeasureSpec) -> dict:
+    import onnxruntime
+    from transformers import AutoConfig
+
+    from export.checks import onnxruntime_graph_feed, ort_session
+
+    folder = graph_folder(spec)
+    t0 = time.perf_counter()
+    session = ort_session(folder / "model.onnx", spec.threads)
+    config = AutoConfig.from_pretrained(folder)
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    q, past = (1, spec.sequence_length - 1) if spec.mode == "decode" else (spec.prefill_length, 0)
+    ids = rng.integers(0, config.vocab_size, (1, q))
+    feed = onnxruntime_graph_feed({i.name for i in session.get_inputs()}, config, ids, past, rng)
+    result = time_steps(lambda: session.run(["logits"], feed), spec.warmup_seconds, spec.seconds)
+    return {**result, "load_seconds": load_s, "threads": spec.threads or os.cpu_count(),
+            "engine_version": onnxruntime.__version__, "kv_cache": "external (inputs)"}

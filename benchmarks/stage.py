@@ -1,0 +1,173 @@
+"""The benchmark stage: artifacts x engines x modes, repeated in interleaved rounds, one child process
+per measurement, written to ``OUT/results.json`` (atomically, after every measurement, so partial
+results survive a crash or a time budget and are labelled as partial).
+
+Which engine measures which artifact: DeepSparse every artifact with a DeepSparse graph, ONNX
+Runtime every artifact with its graph (it has no sparse kernels: sparse and dense run alike there),
+PyTorch once per depth (a dense peer; see benchmarks/engines/pytorch_runner.py).
+Rounds loop mode -> engine -> artifact innermost, so a dense and a sparse measurement of the same
+engine follow each other and machine noise hits both alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from benchmarks.engines import ENGINES, MODES, MeasureSpec, check_engine, check_threads, measure
+from benchmarks.stats import summarize
+from pipeline.errors import PipelineError
+from pipeline.outputs import write_json_atomic
+
+log = logging.getLogger(__name__)
+RESULTS = "results.json"
+
+
+@dataclass
+class BenchmarkSettings:
+    engines: list[str] = field(default_factory=lambda: ["deepsparse", "onnxruntime", "pytorch"])
+    modes: list[str] = field(default_factory=lambda: ["decode", "prefill"])
+    sequence_length: int = 512
+    prefill_length: int = 64
+    threads: int | None = None
+    warmup_seconds: float = 2.0
+    seconds: float = 10.0
+    repeats: int = 3
+    time_budget_seconds: float = 3 * 3600
+    extrapolate_to_layers: int | None = None
+
+
+def describe_artifact(path: Path, key: str | None = None, name: str | None = None) -> dict:
+    """What the report needs to know about an artifact, from its manifest and config (validated)."""
+    from export.artifact import open_artifact
+
+    path = Path(path)
+    manifest = open_artifact(path)
+    config = json.loads((path / next(iter(manifest["engines"])) / "config.json").read_text())
+    requested = manifest.get("requested_sparsity")
+    try:
+        requested = float(requested) if requested not in (None, "None") else None
+    except ValueError:
+        pass  # an N:M pattern stays a string
+    method = manifest.get("method") or "none"
+    sparsity = manifest["sparsity"]["overall_decoder_linears"]
+    if method == "none" and sparsity > 0.01:
+        method = "unknown"
+    return {"key": key or path.parent.name, "name": name or path.parent.name, "path": str(path), "method": method,
+            "requested_sparsity": requested, "sparsity": sparsity, "layers": config["num_hidden_layers"],
+            "graphs": sorted(manifest["engines"])}
+
+
+def machine_info() -> dict:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(), "python": platform.python_version()}
+    return info
+
+
+def plan(artifacts: list[dict], settings: BenchmarkSettings) -> list[tuple[str, str, str]]:
+    """(mode, engine, artifact key) for one round, artifact innermost."""
+    steps = []
+    for mode in settings.modes:
+        for engine in settings.engines:
+            graph = ENGINES[engine].graph
+            if graph is None:  # PyTorch: one per depth, the dense artifact where there is one
+                chosen: dict[int, dict] = {}
+                for a in artifacts:
+                    if a["layers"] not in chosen or (a["method"] == "none" and chosen[a["layers"]]["method"] != "none"):
+                        chosen[a["layers"]] = a
+                keys = [a["key"] for a in artifacts if chosen.get(a["layers"]) is a]
+            else:
+                keys = [a["key"] for a in artifacts if graph in a["graphs"]]
+            steps += [(mode, engine, k) for k in keys]
+    return steps
+
+
+def validate(settings: BenchmarkSettings) -> None:
+    for engine in settings.engines:
+        check_engine(engine)
+    check_threads(settings.threads)
+    for mode in settings.modes:
+        if mode not in MODES:
+            raise PipelineError(f"unknown benchmark mode {mode!r}", f"choose from {', '.join(MODES)}")
+    if "prefill" in settings.modes and not 0 < settings.prefill_length < settings.sequence_length:
+        raise PipelineError(f"prefill_length {settings.prefill_length} must be between 1 and sequence_length - 1 "
+                            f"({settings.sequence_length - 1})", "lower benchmark.prefill_length")
+
+
+def run_benchmark(artifacts: list[dict], settings: BenchmarkSettings, out: Path, progress: bool = True,
+                  measure_fn=measure) -> dict:
+    """Measure, write ``out/results.json`` after every measurement, return the results with their summary."""
+    validate(settings)
+    keys = [a["key"] for a in artifacts]
+    if len(set(keys)) != len(keys):
+        raise PipelineError(f"two benchmarked artifacts share a name: {keys}", "give each artifact its own name")
+    by_key = {a["key"]: a for a in artifacts}
+    steps = plan(artifacts, settings)
+    total = len(steps) * settings.repeats
+    results = {"format": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
+               "settings": asdict(settings), "artifacts": artifacts, "measurements": [], "failures": [],
+               "partial": f"in progress: 0 of {total} measurements"}
+    started = time.time()
+    bar = tqdm(total=total, desc="benchmark", disable=not progress)
+    stopped = None
+    for r in range(settings.repeats):
+        for mode, engine, key in steps:
+            if time.time() - started > settings.time_budget_seconds:
+                stopped = (f"time budget of {settings.time_budget_seconds:.0f} s reached after "
+                           f"{len(results['measurements'])} of {total} measurements")
+                break
+            spec = MeasureSpec(engine, by_key[key]["path"], mode, settings.sequence_length, settings.prefill_length,
+                               settings.threads, settings.warmup_seconds, settings.seconds)
+            try:
+                m = measure_fn(spec)
+            except PipelineError as exc:
+                log.warning("measurement failed, kept going: %s", exc.problem)
+                results["failures"].append({"artifact": key, "engine": engine, "mode": mode, "round": r + 1,
+                                            "error": str(exc)})
+            else:
+                if "machine" in m:
+                    results["machine"].setdefault(engine, m.pop("machine"))
+                results["measurements"].append({"artifact": key, "engine": engine, "mode": mode, "round": r + 1, **m})
+                log.info("round %d %s %s %s: %.2f tokens/s", r + 1, mode, engine, key, m["tokens_per_s"])
+            bar.update(1)
+            results["partial"] = f"in progress: {len(results['measurements'])} of {total} measurements"
+            write_json_atomic(out / RESULTS, results)
+        if stopped:
+            break
+    bar.close()
+    results["partial"] = stopped
+    results["seconds"] = time.time() - started
+    if stopped:
+        log.warning("benchmark stopped early: %s; partial results kept in %s", stopped, out / RESULTS)
+    results["summary"] = summarize(results, settings.extrapolate_to_layers)
+    write_json_atomic(out / RESULTS, results)
+    return results
+
+
+def load_results(folder: Path) -> dict:
+    path = Path(folder) / RESULTS
+    if not path.is_file():
+        raise PipelineError(f"{folder} has no {RESULTS}", "give a benchmark folder (RUN/benchmark) a benchmark wrote")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise PipelineError(f"{path} is not valid JSON", "re-run the benchmark") from None
+    results["summary"] = summarize(results, results["settings"].get("extrapolate_to_layers"))
+    return results

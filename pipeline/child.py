@@ -1,0 +1,48 @@
+"""Run engine work in a child process, so that a C++ abort, a segfault or an out-of-memory kill
+becomes one PipelineError (naming the stage, the target and the engine's last message) instead of
+the death of the whole run.
+
+The child is ``python -m MODULE '<json payload>'``; the module calls ``child_main(function)``,
+which prints the function's result as one ``ENGINE_RESULT {json}`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from typing import Callable
+
+from pipeline.errors import PipelineError
+
+RESULT_PREFIX = "ENGINE_RESULT "
+
+
+def run_child(module: str, payload: dict, what: str, stage: str, timeout: float, env: dict | None = None) -> dict:
+    """Run ``module``'s child entry point on ``payload``; ``what`` names the engine and target in errors."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", module, json.dumps(payload)], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise PipelineError(f"{what} ran past {timeout:.0f} s in stage {stage}",
+                            "raise the time budget or use a smaller model / shorter run") from None
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    last = [line for line in (proc.stderr or "").strip().splitlines() if line.strip()]
+    message = last[-1][-300:] if last else "no message"
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        hint = " (SIGKILL is usually the out-of-memory killer)" if name == "SIGKILL" else ""
+        raise PipelineError(f"{what} died with {name}{hint} in stage {stage}; its last message: {message}",
+                            "this graph or engine version is not supported there; the run folder is intact, "
+                            "try the other engine (pipeline generate --engine onnxruntime)")
+    raise PipelineError(f"{what} failed (exit {proc.returncode}) in stage {stage}: {message}",
+                        "see the message; the run folder is intact")
+
+
+def child_main(function: Callable[[dict], dict]) -> None:
+    """Entry point of a child: run ``function`` on the JSON payload in argv[1] and print its result."""
+    result = function(json.loads(sys.argv[1]))
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
