@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import torch
 
-from benchmarks.shapes import byte_level_tokenizer, llama2_7b_config, random_model
+from benchmarks.shapes import LLAMA2_7B_LAYERS, byte_level_tokenizer, llama2_7b_config, random_model
+from benchmarks.stage import add_settings_arguments, settings_from_arguments
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,25 @@ def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_
         del model
 
 
+def collect(out: Path) -> list[dict]:
+    """Every artifact ``build`` wrote under ``out``, keyed depthN/name."""
+    from benchmarks.stage import describe_artifact
+    from export.artifact import MANIFEST
+
+    found = sorted(out.glob(f"depth*/*/{MANIFEST}"))
+    if not found:
+        raise SystemExit(f"no artifacts under {out}: run `python -m benchmarks.paper_table build {out}` first")
+    return [describe_artifact(m.parent, key=f"{m.parent.parent.name}/{m.parent.name}", name=m.parent.name) for m in found]
+
+
+def run(out: Path, settings, command: str) -> None:
+    from benchmarks.report import write_report
+    from benchmarks.stage import run_benchmark
+
+    results = run_benchmark(collect(out), settings, out, command=command)
+    print(f"wrote {', '.join(write_report(results, out))} and results.json to {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -72,10 +93,15 @@ def main() -> None:
     b.add_argument("--calib-samples", type=int, default=8)
     b.add_argument("--calib-len", type=int, default=256)
     b.add_argument("--max-positions", type=int, default=512)
+    r = sub.add_parser("run", help="benchmark every artifact under OUT, interleaved, and write the report there")
+    r.add_argument("out", type=Path)
+    add_settings_arguments(r, sequence_length=512, prefill_length=64, extrapolate=LLAMA2_7B_LAYERS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.what == "build":
         build(args.out, args.depths, args.calib_samples, args.calib_len, args.max_positions)
+    else:
+        run(args.out, settings_from_arguments(args), "python -m benchmarks.paper_table " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -60,9 +60,22 @@ def describe_artifact(path: Path, key: str | None = None, name: str | None = Non
     sparsity = manifest["sparsity"]["overall_decoder_linears"]
     if method == "none" and sparsity > 0.01:
         method = "unknown"
-    return {"key": key or path.parent.name, "name": name or path.parent.name, "path": str(path), "method": method,
+    label = path.parent.name if path.name == "artifact" else path.name  # RUN/artifact -> RUN's name
+    return {"key": key or label, "name": name or label, "path": str(path), "method": method,
             "requested_sparsity": requested, "sparsity": sparsity, "layers": config["num_hidden_layers"],
             "graphs": sorted(manifest["engines"])}
+
+
+def find_artifact(entry: str | Path, what: str = "artifact") -> dict:
+    """An artifact folder, or a run folder holding one in artifact/, described; a clear error otherwise."""
+    from export.artifact import MANIFEST
+
+    path = Path(entry)
+    folder = path / "artifact" if (path / "artifact" / MANIFEST).is_file() else path
+    if not (folder / MANIFEST).is_file():
+        raise PipelineError(f"{what} {entry} holds no artifact (no {MANIFEST} in it or in its artifact/ folder)",
+                            "give an artifact folder (RUN/artifact) or run its recipe with export enabled first")
+    return describe_artifact(folder)
 
 
 def machine_info() -> dict:
@@ -112,7 +125,7 @@ def validate(settings: BenchmarkSettings) -> None:
 
 
 def run_benchmark(artifacts: list[dict], settings: BenchmarkSettings, out: Path, progress: bool = True,
-                  measure_fn=measure) -> dict:
+                  measure_fn=measure, command: str | None = None) -> dict:
     """Measure, write ``out/results.json`` after every measurement, return the results with their summary."""
     validate(settings)
     keys = [a["key"] for a in artifacts]
@@ -122,7 +135,7 @@ def run_benchmark(artifacts: list[dict], settings: BenchmarkSettings, out: Path,
     steps = plan(artifacts, settings)
     total = len(steps) * settings.repeats
     results = {"format": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
-               "settings": asdict(settings), "artifacts": artifacts, "measurements": [], "failures": [],
+               "settings": asdict(settings), "command": command, "artifacts": artifacts, "measurements": [], "failures": [],
                "partial": f"in progress: 0 of {total} measurements"}
     started = time.time()
     bar = tqdm(total=total, desc="benchmark", disable=not progress)
@@ -171,3 +184,28 @@ def load_results(folder: Path) -> dict:
         raise PipelineError(f"{path} is not valid JSON", "re-run the benchmark") from None
     results["summary"] = summarize(results, results["settings"].get("extrapolate_to_layers"))
     return results
+
+
+def add_settings_arguments(parser, sequence_length: int = 512, prefill_length: int = 64,
+                           extrapolate: int | None = None) -> None:
+    """The BenchmarkSettings as command-line options (for `pipeline benchmark` and the table scripts)."""
+    d = BenchmarkSettings()
+    parser.add_argument("--engines", nargs="+", default=d.engines, choices=list(ENGINES))
+    parser.add_argument("--modes", nargs="+", default=d.modes, choices=list(MODES))
+    parser.add_argument("--sequence-length", type=int, default=sequence_length,
+                        help="context: decode runs with sequence_length - 1 tokens in the KV cache")
+    parser.add_argument("--prefill-length", type=int, default=prefill_length)
+    parser.add_argument("--threads", type=int, default=None, help="default: all cores")
+    parser.add_argument("--warmup-seconds", type=float, default=d.warmup_seconds)
+    parser.add_argument("--seconds", type=float, default=d.seconds, help="timed seconds per measurement")
+    parser.add_argument("--repeats", type=int, default=d.repeats, help="interleaved rounds")
+    parser.add_argument("--time-budget-seconds", type=float, default=d.time_budget_seconds)
+    parser.add_argument("--extrapolate-to-layers", type=int, default=extrapolate)
+
+
+def settings_from_arguments(args) -> BenchmarkSettings:
+    return BenchmarkSettings(engines=args.engines, modes=args.modes, sequence_length=args.sequence_length,
+                             prefill_length=args.prefill_length, threads=args.threads,
+                             warmup_seconds=args.warmup_seconds, seconds=args.seconds, repeats=args.repeats,
+                             time_budget_seconds=args.time_budget_seconds,
+                             extrapolate_to_layers=args.extrapolate_to_layers)

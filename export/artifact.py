@@ -72,9 +72,8 @@ def estimated_bytes(model: torch.nn.Module, engines: tuple[str, ...]) -> int:
 
 
 def check_disk(target: Path, needed: int) -> None:
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(parent).free
+    existing = next(p for p in (target, *target.parents) if p.exists())  # checked without creating anything
+    free = shutil.disk_usage(existing).free
     if free < needed:
         raise PipelineError(
             f"not enough disk for the export to {target}: needs about {needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free",

@@ -11,10 +11,12 @@ from pipeline.errors import PipelineError
 EPILOG = """examples:
   pipeline validate recipes/llama2-7b-70pct.yaml   check a recipe without loading anything heavy
   pipeline run recipes/smollm2-embedded.yaml       prune the embedded SmolLM2-135M offline and report
+  pipeline benchmark runs/a runs/b --out runs/ab   tokens/s of two runs' artifacts side by side
+  pipeline report runs/smollm2-embedded            regenerate report.md and plots from the run's JSON
 
 A recipe is a YAML file: model, calibration, prune, evaluation (see recipes/ and README.md).
 Outputs go to the recipe's output_dir (default runs/<name>): pruned/ (safetensors, tokenizer,
-sparsity.json), perplexity.json, summary.json, report.md."""
+sparsity.json), perplexity.json, summary.json, report.md, artifact/ (export), benchmark/ (benchmark)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +44,59 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--sequence-length", type=int, default=256, help="DeepSparse: prompt + generation capacity")
     gen.add_argument("--external-kv-cache", action="store_true", help="DeepSparse: keep the KV cache outside the engine")
     gen.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest first")
+    rep = sub.add_parser("report", help="regenerate the reports and plots of a run or benchmark folder",
+                         description="Re-render report.md (and the benchmark's report.md and plots) from the JSON a run wrote.")
+    rep.add_argument("folder", help="a run folder (runs/NAME) or a benchmark folder holding results.json")
+    bench = sub.add_parser("benchmark", help="benchmark artifacts side by side (tokens/s)",
+                           description="Benchmark artifact folders interleaved (each measurement in its own process); "
+                                       "writes results.json, report.md and plots to --out.")
+    bench.add_argument("artifacts", nargs="+", help="artifact folders (RUN/artifact) or run folders")
+    bench.add_argument("--out", required=True, help="folder for results.json, report.md and the plots")
+    from benchmarks.stage import add_settings_arguments
+
+    add_settings_arguments(bench)
     return parser
+
+
+def _report(folder: str) -> int:
+    import json
+    from pathlib import Path
+
+    from benchmarks.report import write_report
+    from benchmarks.stage import RESULTS, load_results
+    from pipeline.outputs import write_text_atomic
+    from pipeline.report import render_report
+
+    root = Path(folder)
+    written = []
+    if (root / "summary.json").is_file():
+        write_text_atomic(root / "report.md", render_report(json.loads((root / "summary.json").read_text())))
+        written.append(root / "report.md")
+    for bench in (root, root / "benchmark"):
+        if (bench / RESULTS).is_file():
+            written += [bench / name for name in write_report(load_results(bench), bench)]
+    if not written:
+        raise PipelineError(f"{root} holds neither summary.json nor a benchmark's {RESULTS}",
+                            "give a run folder (runs/NAME) or a benchmark folder")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _benchmark(args) -> int:
+    from pathlib import Path
+
+    from benchmarks.report import write_report
+    from benchmarks.stage import find_artifact, run_benchmark, settings_from_arguments
+
+    artifacts = [find_artifact(entry) for entry in args.artifacts]
+    out = Path(args.out)
+    results = run_benchmark(artifacts, settings_from_arguments(args), out,
+                            command="pipeline benchmark " + " ".join(sys.argv[2:]))
+    for name in write_report(results, out):
+        print(f"wrote {out / name}")
+    print(f"wrote {out / 'results.json'}")
+    return 0
 
 
 def _generate(args) -> int:
@@ -86,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "report":
+            return _report(args.folder)
+        if args.command == "benchmark":
+            return _benchmark(args)
         from pipeline.recipe import load_recipe
 
         recipe = load_recipe(args.recipe)

@@ -101,8 +101,22 @@ class ExportSection(_Section):
     smoke_tokens: int = Field(16, gt=0)
 
 
-class BenchmarkSection(_LaterStage):
-    stage: ClassVar[str] = "benchmark"
+class BenchmarkSection(_Section):
+    """Tokens/s of the artifact (benchmarks/stage.py); each measurement in its own process."""
+
+    enabled: bool = False
+    engines: list[Literal["deepsparse", "onnxruntime", "pytorch"]] = Field(
+        default_factory=lambda: ["deepsparse", "onnxruntime", "pytorch"], min_length=1)
+    modes: list[Literal["decode", "prefill"]] = Field(default_factory=lambda: ["decode", "prefill"], min_length=1)
+    sequence_length: int = Field(512, gt=1, description="context: decode runs with sequence_length - 1 cached tokens")
+    prefill_length: int = Field(64, gt=0)
+    threads: Optional[int] = Field(None, gt=0, description="null: all cores")
+    warmup_seconds: float = Field(2.0, ge=0)
+    seconds: float = Field(10.0, gt=0, description="timed seconds per measurement")
+    repeats: int = Field(3, gt=0, description="interleaved rounds")
+    time_budget_seconds: float = Field(3 * 3600, gt=0, description="stop (keeping partial results) past this")
+    compare: list[str] = Field(default_factory=list,
+                               description="other run folders (or artifact folders) benchmarked interleaved with this one")
 
 
 class Recipe(_Section):
@@ -122,6 +136,20 @@ class Recipe(_Section):
         for section in (self.calibration, self.evaluation):
             if section.dataset == "file" and not section.path:
                 raise ValueError("dataset 'file' needs path: (a .txt, .jsonl or .json file)")
+        bench = self.benchmark
+        if bench.enabled:
+            if not self.export.enabled:
+                raise ValueError("benchmark measures the exported artifact: set export.enabled: true")
+            if bench.sequence_length > self.export.max_sequence_length:
+                raise ValueError(f"benchmark.sequence_length {bench.sequence_length} exceeds export.max_sequence_length "
+                                 f"{self.export.max_sequence_length}: lower it or export a longer graph")
+            if "prefill" in bench.modes and bench.prefill_length >= bench.sequence_length:
+                raise ValueError(f"benchmark.prefill_length {bench.prefill_length} must be below "
+                                 f"benchmark.sequence_length {bench.sequence_length}")
+            missing = sorted({e for e in bench.engines if e != "pytorch"} - set(self.export.engines))
+            if missing:
+                raise ValueError(f"benchmark.engines has {missing} but export.engines does not export a graph for it: "
+                                 "add it to export.engines or drop it from benchmark.engines")
         return self
 
     def run_dir(self, base: Path | None = None) -> Path:

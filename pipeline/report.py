@@ -45,4 +45,15 @@ def render_report(summary: dict) -> str:
             lines.append(f"| {engine} | {diff:.2e} | {text} |")
         lines += ["", "Load it with `deepsparse.TextGeneration(model_path=\"<artifact>/deepsparse\")` or "
                   "`ORTModelForCausalLM.from_pretrained(\"<artifact>/onnxruntime\")`, or `pipeline generate <artifact> \"prompt\"`."]
+    bench = summary.get("benchmark")
+    if bench:
+        lines += ["", "## Throughput", "", "Median tokens/s of this artifact (batch 1, float32; details, every "
+                  "measurement and plots in `benchmark/report.md`):", "", "| engine, mode | tokens/s |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in bench["tokens_per_s"].items()]
+        for x in bench["speedups"]:
+            lines.append(f"- {x['engine']} {x['mode']} vs {x['vs']} on `{x['dense']}` (dense): **{x['ratio']:.2f}x**")
+        if bench.get("partial"):
+            lines.append(f"- partial: {bench['partial']}")
+        if bench.get("failures"):
+            lines.append(f"- {bench['failures']} measurement(s) failed; see `benchmark/report.md`")
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Runs a recipe's stages in order: load → data → (dense perplexity) → prune → perplexity → save.
+"""Runs a recipe's stages in order: load → data → (dense perplexity) → prune → perplexity → save → export → benchmark.
 
 Everything that can be checked is checked before the first file is written: the recipe, the
 model (it loads, it has a GLU MLP when DaSS asks for one, N:M fits every projection), and the
@@ -9,6 +9,7 @@ calibration / evaluation text (long enough). Outputs are written atomically, sta
     RUN/perplexity.json    dense and pruned perplexity
     RUN/summary.json       everything the report shows
     RUN/artifact/          the deployable ONNX artifact (export stage; see export/artifact.py)
+    RUN/benchmark/         tokens/s in DeepSparse, ONNX Runtime, PyTorch (benchmark stage; benchmarks/stage.py)
     RUN/report.md          a readable summary
 """
 
@@ -75,6 +76,38 @@ def export_stage(model, tokenizer, recipe: Recipe, run_dir: Path, summary: dict)
     return result
 
 
+def benchmark_settings(recipe: Recipe):
+    from benchmarks.stage import BenchmarkSettings
+
+    b = recipe.benchmark
+    return BenchmarkSettings(engines=list(b.engines), modes=list(b.modes), sequence_length=b.sequence_length,
+                             prefill_length=b.prefill_length, threads=b.threads, warmup_seconds=b.warmup_seconds,
+                             seconds=b.seconds, repeats=b.repeats, time_budget_seconds=b.time_budget_seconds)
+
+
+def preflight_benchmark(recipe: Recipe) -> list[dict]:
+    from benchmarks.stage import find_artifact, validate
+
+    validate(benchmark_settings(recipe))
+    return [find_artifact(entry, "benchmark.compare:") for entry in recipe.benchmark.compare]
+
+
+def benchmark_stage(recipe: Recipe, run_dir: Path, others: list[dict], progress: bool) -> dict:
+    """Benchmark this run's artifact interleaved with ``others``; RUN/benchmark/{results.json, report.md, *.png}."""
+    from benchmarks.report import write_report
+    from benchmarks.stage import describe_artifact, run_benchmark
+
+    mine = describe_artifact(run_dir / "artifact", key=recipe.name, name=recipe.name)
+    out = run_dir / "benchmark"
+    results = run_benchmark([*others, mine], benchmark_settings(recipe), out, progress=progress,
+                            command=f"pipeline run {recipe.name} (benchmark stage)")
+    files = write_report(results, out)
+    cells = [c for c in results["summary"]["cells"] if c["artifact"] == recipe.name]
+    return {"path": str(out), "files": files, "partial": results["partial"], "failures": len(results["failures"]),
+            "tokens_per_s": {f"{c['engine']} {c['mode']}": c["tokens_per_s"]["median"] for c in cells},
+            "speedups": [x for x in results["summary"]["speedups"] if x["artifact"] == recipe.name]}
+
+
 def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
     run_dir = recipe.run_dir()
     started = time.time()
@@ -97,6 +130,7 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
         from export.artifact import preflight_export
 
         preflight_export(model, run_dir / "artifact", tuple(recipe.export.engines))
+    others = preflight_benchmark(recipe) if recipe.benchmark.enabled else []
     eval_ids = None
     if ev.enabled:
         eval_ids = evaluation_tokens(tokenizer, ev.dataset, ev.path)
@@ -139,6 +173,9 @@ def run_recipe(recipe: Recipe, progress: bool = True) -> dict:
     summary["perplexity"] = ppl
     if recipe.export.enabled:
         summary["export"] = export_stage(model, tokenizer, recipe, run_dir, summary)
+    if recipe.benchmark.enabled:
+        del model  # the engines run in child processes; free the parent's copy for them
+        summary["benchmark"] = benchmark_stage(recipe, run_dir, others, progress)
     summary["seconds"] = time.time() - started
     write_json_atomic(run_dir / "summary.json", summary)
     write_text_atomic(run_dir / "report.md", render_report(summary))

@@ -62,6 +62,11 @@ BAD = {
     "non-glu-with-dass": ({"model__source": "TINY_OPT"}, "needs a GLU MLP"),
     "empty-calibration": ({"calibration__path": "EMPTY"}, "empty"),
     "short-calibration": ({"calibration__path": "SHORT"}, "not more than seq_len=32"),
+    "benchmark-compare-missing": ({"export__enabled": True, "benchmark__enabled": True,
+                                   "benchmark__compare": ["/nonexistent/run"]},
+                                  "benchmark.compare: /nonexistent/run holds no artifact"),
+    "benchmark-too-many-threads": ({"export__enabled": True, "benchmark__enabled": True, "benchmark__threads": 4096},
+                                   "benchmark threads=4096 but this machine has"),
     "deepsparse-uncovered-architecture": ({"model__source": "TINY_OPT", "prune__method": "wanda",
                                            "export__enabled": True}, "DeepSparse export covers"),
 }
@@ -126,3 +131,55 @@ def test_run_with_export_ends_in_an_artifact_both_engines_load(workspace):
     assert manifest["recipe"]["name"] == "ok-export" and manifest["method"] == "dass"
     assert manifest["sparsity"]["overall_decoder_linears"] == pytest.approx(0.5)
     assert "## Artifact" in (out / "report.md").read_text()
+
+
+def test_run_with_benchmark_then_report_and_benchmark_commands(workspace, tmp_path):
+    """export + benchmark stage on a tiny model with real engines (short timings), then
+    `pipeline report` regenerates the reports and `pipeline benchmark` compares two artifacts."""
+    path = recipe(workspace, "ok-bench", export__enabled=True, export__max_sequence_length=128, export__smoke_test=False,
+                  benchmark__enabled=True, benchmark__sequence_length=64, benchmark__prefill_length=8,
+                  benchmark__warmup_seconds=0.5, benchmark__seconds=1, benchmark__repeats=1)
+    proc = run_cli("run", str(path), "--no-progress", cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    out = workspace / "runs" / "ok-bench"
+    bench = out / "benchmark"
+    assert {"results.json", "report.md", "tokens_vs_sparsity.png"} <= {p.name for p in bench.iterdir()}
+    results = json.loads((bench / "results.json").read_text())
+    assert results["partial"] is None and not results["failures"]
+    cells = {(c["engine"], c["mode"]) for c in results["summary"]["cells"]}
+    assert cells == {(e, m) for e in ("deepsparse", "onnxruntime", "pytorch") for m in ("decode", "prefill")}
+    assert results["machine"]["deepsparse"]["isa"] in ("avx2", "avx512", "avx512_vnni", "neon")
+    for m in results["measurements"]:
+        assert m["tokens_per_s"] > 0 and m["iterations"] >= 3
+    assert "## Throughput" in (out / "report.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["benchmark"]["tokens_per_s"]) == {f"{e} {m}" for e, m in cells}
+
+    (bench / "report.md").unlink()
+    (out / "report.md").unlink()
+    proc = run_cli("report", str(out), cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "report.md").is_file() and "Raw measurements" in (bench / "report.md").read_text()
+
+    dense = recipe(workspace, "ok-bench-dense", prune__method="none", export__enabled=True,
+                   export__max_sequence_length=128, export__smoke_test=False, evaluation__enabled=False)
+    assert run_cli("run", str(dense), "--no-progress", cwd=workspace).returncode == 0
+    proc = run_cli("benchmark", str(workspace / "runs" / "ok-bench-dense"), str(out), "--out", str(tmp_path / "ab"),
+                   "--engines", "deepsparse", "--modes", "decode", "--sequence-length", "64", "--seconds", "1",
+                   "--warmup-seconds", "1", "--repeats", "2", cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    ab = json.loads((tmp_path / "ab" / "results.json").read_text())
+    assert [a["key"] for a in ab["artifacts"]] == ["ok-bench-dense", "ok-bench"]
+    assert [(m["round"], m["artifact"]) for m in ab["measurements"]] == [
+        (1, "ok-bench-dense"), (1, "ok-bench"), (2, "ok-bench-dense"), (2, "ok-bench")]
+    speedup = ab["summary"]["speedups"][0]
+    assert speedup["artifact"] == "ok-bench" and speedup["dense"] == "ok-bench-dense" and speedup["per_round"]["n"] == 2
+
+
+def test_report_and_benchmark_refuse_folders_that_are_not_theirs(workspace, tmp_path):
+    proc = run_cli("report", str(tmp_path), cwd=workspace)
+    assert proc.returncode == 2 and "holds neither summary.json nor a benchmark's results.json" in proc.stderr
+    proc = run_cli("benchmark", str(tmp_path), "--out", str(tmp_path / "out"), cwd=workspace)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "holds no artifact" in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
