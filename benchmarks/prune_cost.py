@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,22 +30,13 @@ import time
 import torch
 
 from benchmarks.shapes import llama2_7b_config, random_model
+from benchmarks.stage import cpu_name
 from pipeline.models import decoder_layers, layer_projections
 from pipeline.prune import make_method
 from pipeline.prune.masks import SparsitySpec, select_mask
 from pipeline.prune.sequential import _InputNorms, capture_layer_inputs, prune_model
 
 GiB = 1024**3
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bench_layer(args) -> dict:

@@ -78,18 +78,20 @@ def find_artifact(entry: str | Path, what: str = "artifact") -> dict:
     return describe_artifact(folder)
 
 
-def machine_info() -> dict:
-    import psutil
-
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    import psutil
+
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "platform": platform.platform(), "python": platform.python_version()}
     return info
 

@@ -1,0 +1,37 @@
+"""The real engine runners on a tiny artifact: each measures in its own process, DeepSparse leaves the
+artifact untouched, and a missing engine or a folder that is not an artifact is a clear error."""
+
+import pytest
+
+from benchmarks import engines
+from benchmarks.engines import MeasureSpec, measure
+from benchmarks.stage import find_artifact
+from export.artifact import open_artifact
+from pipeline.errors import PipelineError
+
+
+@pytest.mark.parametrize("engine", ["deepsparse", "onnxruntime", "pytorch"])
+def test_each_engine_measures_decode_and_prefill(tiny_artifact, engine):
+    _, folder, _ = tiny_artifact
+    decode = measure(MeasureSpec(engine, str(folder), "decode", sequence_length=64, warmup_seconds=0.2, seconds=1))
+    prefill = measure(MeasureSpec(engine, str(folder), "prefill", sequence_length=64, prefill_length=16,
+                                  warmup_seconds=0.2, seconds=1))
+    for r in (decode, prefill):
+        assert r["iterations"] >= 3 and r["ms_median"] > 0
+    assert decode["tokens_per_s"] == pytest.approx(1000 / decode["ms_median"])
+    assert prefill["tokens_per_s"] == pytest.approx(16 * 1000 / prefill["ms_median"])
+    if engine == "deepsparse":
+        assert decode["kv_cache"] == "internal" and decode["fraction_of_supported_ops"] == 1.0
+        assert decode["machine"]["isa"]
+        open_artifact(folder, verify_checksums=True)  # the engine's benchmark ran on a scratch copy
+
+
+def test_missing_engine_and_non_artifact_are_clear_errors(tiny_artifact, tmp_path, monkeypatch):
+    _, folder, _ = tiny_artifact
+    fake = engines.EngineFacts("no_such_engine_pkg", "pip install it", "deepsparse", "x", True)
+    monkeypatch.setitem(engines.ENGINES, "deepsparse", fake)
+    with pytest.raises(PipelineError, match="the deepsparse engine is not installed — fix: pip install it"):
+        measure(MeasureSpec("deepsparse", str(folder)))
+    with pytest.raises(PipelineError, match="holds no artifact"):
+        find_artifact(tmp_path)
+    assert find_artifact(folder)["method"] == "dass" and find_artifact(folder)["layers"] == 2
