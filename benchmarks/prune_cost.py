@@ -34,7 +34,7 @@ from benchmarks.stage import cpu_name
 from pipeline.models import decoder_layers, layer_projections
 from pipeline.prune import make_method
 from pipeline.prune.masks import SparsitySpec, select_mask
-from pipeline.prune.sequential import _InputNorms, capture_layer_inputs, prune_model
+from pipeline.prune.sequential import InputStats, capture_layer_inputs, prune_model
 
 GiB = 1024**3
 
@@ -47,7 +47,7 @@ def bench_layer(args) -> dict:
     inputs = capture_layer_inputs(model, ids, progress=False)
     layer = decoder_layers(model)[0]
     projections = layer_projections(layer)
-    norms = _InputNorms(layer, projections)
+    norms = InputStats(layer, projections)
     with torch.no_grad():
         for s in range(args.samples):
             layer(inputs.hidden[s : s + 1], **inputs.kwargs)

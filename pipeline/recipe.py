@@ -41,7 +41,7 @@ class CalibrationSection(_Section):
 
 
 class PruneSection(_Section):
-    method: Literal["dass", "wanda", "magnitude", "none"] = "dass"
+    method: Literal["dass", "wanda", "sparsegpt", "magnitude", "none"] = "dass"
     sparsity: Union[float, str] = 0.5
     scope: Literal["mlp", "attention+mlp"] = "mlp"
     alpha: float = Field(0.5, ge=0.0, description="DaSS exponent on the intermediate activation norm")

@@ -6,9 +6,10 @@ from pipeline.errors import PipelineError
 from pipeline.prune.base import PruningMethod
 from pipeline.prune.dass import DaSS
 from pipeline.prune.magnitude import Magnitude
+from pipeline.prune.sparsegpt import SparseGPT
 from pipeline.prune.wanda import Wanda
 
-METHOD_NAMES = ("dass", "wanda", "magnitude")
+METHOD_NAMES = ("dass", "wanda", "sparsegpt", "magnitude")
 
 
 def make_method(name: str, alpha: float = 0.5) -> PruningMethod:
@@ -16,6 +17,8 @@ def make_method(name: str, alpha: float = 0.5) -> PruningMethod:
         return DaSS(alpha=alpha)
     if name == "wanda":
         return Wanda()
+    if name == "sparsegpt":
+        return SparseGPT()
     if name == "magnitude":
         return Magnitude()
     raise PipelineError(f"unknown pruning method {name!r}", f"use one of: {', '.join(METHOD_NAMES)}")

@@ -4,6 +4,10 @@
 squared input activations of that projection, shape ``[in_features]``. So ``stats[r].sqrt()``
 is the per-feature L2 norm ||x_j|| Wanda and DaSS use; for ``down`` it is ||y_j|| of the GLU
 intermediate activation y = act(gate(x)) * up(x).
+
+A method that reconstructs the weights it keeps (SparseGPT) sets ``statistics = "gram"`` (it
+gets ``X^T X`` per role instead) and has ``prune(role, weight, stats, sparsity, name) -> mask``,
+which rewrites ``weight`` in place, instead of ``score``.
 """
 
 from __future__ import annotations

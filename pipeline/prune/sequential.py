@@ -9,7 +9,8 @@
    all calibration windows; the method scores every projection in scope; the masks zero the
    weights; then the *pruned* layer maps the windows to the next layer's inputs (in place, so
    only one activation buffer exists). Each layer therefore sees the outputs of the
-   already-pruned layers before it.
+   already-pruned layers before it. SparseGPT's hooks accumulate X^T X instead and it rewrites
+   the weights it keeps (pipeline/prune/sparsegpt.py).
 
 Memory: the model stays in its load dtype on the CPU; one layer at a time is float32 on the
 compute device; activations are one ``[samples, seq_len, hidden]`` buffer in the model dtype.
@@ -100,10 +101,15 @@ def _first_tensor(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-class _InputNorms:
-    """Forward hooks that sum the squared inputs of each projection over all tokens."""
+class InputStats:
+    """Forward hooks that accumulate, over all tokens, per projection input:
 
-    def __init__(self, layer: nn.Module, projections: list[Projection]):
+    - ``"norms"``: the sum of squared inputs per feature, ``[in_features]`` (Wanda, DaSS);
+    - ``"gram"``: ``X^T X``, ``[in_features, in_features]`` (SparseGPT's Hessian).
+    """
+
+    def __init__(self, layer: nn.Module, projections: list[Projection], kind: str = "norms"):
+        self.kind = kind
         self.sums: dict[str, torch.Tensor] = {}
         self.handles = []
         for proj in projections:
@@ -113,7 +119,7 @@ class _InputNorms:
     def _hook(self, role: str):
         def hook(module, args, output):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
-            total = x.pow(2).sum(dim=0)
+            total = x.pow(2).sum(dim=0) if self.kind == "norms" else x.T @ x
             self.sums[role] = self.sums[role] + total if role in self.sums else total
 
         return hook
@@ -173,6 +179,8 @@ def prune_model(
         inputs = capture_layer_inputs(model, calibration_ids, progress=progress)
         layer_kwargs = _to(inputs.kwargs, compute, torch.float32)
 
+    # a method with prune() rewrites the weights it keeps (SparseGPT); the others only score
+    reconstructs = hasattr(method, "prune")
     result = PruneResult()
     bar = tqdm(list(enumerate(layers)), desc=f"pruning ({method.name}, {sparsity})", disable=not progress)
     for index, layer in bar:
@@ -186,7 +194,8 @@ def prune_model(
 
         stats: dict[str, torch.Tensor] = {}
         if inputs is not None:
-            norms = _InputNorms(layer, layer_projections(layer))
+            norms = InputStats(layer, plan[index] if reconstructs else layer_projections(layer),
+                               getattr(method, "statistics", "norms"))
             try:
                 if sequential:
                     for s in range(inputs.hidden.shape[0]):
@@ -200,9 +209,12 @@ def prune_model(
         for proj in plan[index]:
             linear = layer.get_submodule(proj.path)
             axis = method.axis(proj.role)
-            mask = select_mask(method.score(proj.role, linear.weight.data, stats), sparsity, axis)
-            linear.weight.data.mul_(mask)
             name = f"layers.{index}.{proj.path}"
+            if reconstructs:
+                mask = method.prune(proj.role, linear.weight.data, stats, sparsity, name)
+            else:
+                mask = select_mask(method.score(proj.role, linear.weight.data, stats), sparsity, axis)
+                linear.weight.data.mul_(mask)
             result.layers[name] = {
                 "role": proj.role,
                 "shape": list(linear.weight.shape),
