@@ -1,12 +1,12 @@
 """The DaSS paper's CPU table (LLaMA-2-7B in DeepSparse: dense 3.05, 50% 5.64, 70% 8.27 tokens/s),
 reproduced at smaller cost on LLaMA-2-7B-shaped models with random weights at a few depths.
 
-    python -m benchmarks.paper_table build runs/paper7b --depths 1 2     # prune + export the artifacts
+    python -m benchmarks.paper_table build runs/paper7b --depths 1 2 3 --equal-speed-depth 2   # prune + export
     python -m benchmarks.paper_table run runs/paper7b --rounds 3         # benchmark, fit, extrapolate, report
 
 ``build`` makes, for each depth, a model with LLaMA-2-7B's exact layer shapes (benchmarks/shapes.py),
-prunes it with DaSS at 50% and 70% (attention + MLP, like the paper's CPU experiment) and, at the
-deepest depth, with Wanda and magnitude at 50% too (equal speed at equal sparsity), and exports
+prunes it with DaSS at 50% and 70% (attention + MLP, like the paper's CPU experiment) and, at one
+depth, with Wanda and magnitude at 50% too (equal speed at equal sparsity), and exports
 each as an artifact (DeepSparse graph; the dense one also for ONNX Runtime). ``run`` benchmarks
 them all interleaved (benchmarks/stage.py), fits time per token = fixed + depth x per-layer for
 each engine and model, extrapolates to 32 layers, and writes report.md, results.json and the plots.
@@ -31,14 +31,14 @@ MAIN = (("dense", "none", None), ("dass-50", "dass", 0.5), ("dass-70", "dass", 0
 EQUAL_SPEED = (("wanda-50", "wanda", 0.5), ("magnitude-50", "magnitude", 0.5))
 
 
-def artifact_plan(depths: list[int]) -> list[tuple[int, str, str, float | None]]:
-    deepest = max(depths)
+def artifact_plan(depths: list[int], equal_speed_depth: int | None = None) -> list[tuple[int, str, str, float | None]]:
     plan = [(d, *entry) for d in sorted(depths) for entry in MAIN]
-    plan += [(deepest, *entry) for entry in EQUAL_SPEED]
+    plan += [(equal_speed_depth or max(depths), *entry) for entry in EQUAL_SPEED]
     return plan
 
 
-def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_positions: int) -> None:
+def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_positions: int,
+          equal_speed_depth: int | None = None) -> None:
     from export.artifact import MANIFEST, export_artifact
     from pipeline.data import calibration_windows, embedded_text
     from pipeline.prune import make_method
@@ -47,7 +47,7 @@ def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_
 
     tokenizer = byte_level_tokenizer(embedded_text())
     calib = calibration_windows(tokenizer, "embedded", calib_samples, calib_len, seed=0)
-    for depth, name, method, sparsity in artifact_plan(depths):
+    for depth, name, method, sparsity in artifact_plan(depths, equal_speed_depth):
         target = out / f"depth{depth}" / name
         if (target / MANIFEST).is_file():
             log.info("%s exists; skipped", target)
@@ -93,13 +93,15 @@ def main() -> None:
     b.add_argument("--calib-samples", type=int, default=8)
     b.add_argument("--calib-len", type=int, default=256)
     b.add_argument("--max-positions", type=int, default=512)
+    b.add_argument("--equal-speed-depth", type=int, default=None,
+                   help="depth of the Wanda / magnitude artifacts (default: the deepest)")
     r = sub.add_parser("run", help="benchmark every artifact under OUT, interleaved, and write the report there")
     r.add_argument("out", type=Path)
     add_settings_arguments(r, sequence_length=512, prefill_length=64, extrapolate=LLAMA2_7B_LAYERS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.what == "build":
-        build(args.out, args.depths, args.calib_samples, args.calib_len, args.max_positions)
+        build(args.out, args.depths, args.calib_samples, args.calib_len, args.max_positions, args.equal_speed_depth)
     else:
         run(args.out, settings_from_arguments(args), "python -m benchmarks.paper_table " + " ".join(sys.argv[1:]))
 

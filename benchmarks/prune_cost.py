@@ -3,7 +3,8 @@
 Two measurements, each printed as figures and ratios from one run:
 
 ``layer``: time to prune one LLaMA-2-7B-shaped decoder layer (hidden 4096, intermediate 11008,
-32 heads; attention + MLP in scope) with DaSS, Wanda and magnitude, in float32 on the CPU.
+32 heads; attention + MLP in scope) with DaSS, Wanda and magnitude (and SparseGPT with
+``--methods dass,sparsegpt``), in float32 on the CPU.
 Reported twice: the whole per-layer step (calibration forwards + hooks + scoring + selection +
 propagation; magnitude needs no forwards) and the scoring + selection alone. Target: DaSS / Wanda <= 1.2.
 
@@ -47,16 +48,21 @@ def bench_layer(args) -> dict:
     inputs = capture_layer_inputs(model, ids, progress=False)
     layer = decoder_layers(model)[0]
     projections = layer_projections(layer)
-    norms = InputStats(layer, projections)
-    with torch.no_grad():
-        for s in range(args.samples):
-            layer(inputs.hidden[s : s + 1], **inputs.kwargs)
-    norms.remove()
+    methods = args.methods.split(",")
+    stats = {}
+    for kind in {getattr(make_method(m), "statistics", "norms") for m in methods}:
+        hooks = InputStats(layer, projections, kind)
+        with torch.no_grad():
+            for s in range(args.samples):
+                layer(inputs.hidden[s : s + 1], **inputs.kwargs)
+        hooks.remove()
+        stats[kind] = hooks.sums
     results = {}
     for pattern in args.sparsities.split(","):
         spec = SparsitySpec.parse(pattern)
-        for name in ("dass", "wanda", "magnitude"):
+        for name in methods:
             method = make_method(name)
+            sums = stats[getattr(method, "statistics", "norms")]
             whole, scoring = [], []
             for _ in range(args.repeats):
                 model.load_state_dict(dense)
@@ -67,7 +73,10 @@ def bench_layer(args) -> dict:
                 t0 = time.perf_counter()
                 for p in projections:
                     w = layer.get_submodule(p.path).weight.data
-                    select_mask(method.score(p.role, w, norms.sums), spec, method.axis(p.role))
+                    if hasattr(method, "prune"):
+                        method.prune(p.role, w, sums, spec)
+                    else:
+                        select_mask(method.score(p.role, w, sums), spec, method.axis(p.role))
                 scoring.append(time.perf_counter() - t0)
             results[f"{name} {pattern}"] = {"whole_s": min(whole), "scoring_s": min(scoring)}
     return results
@@ -95,6 +104,7 @@ def main() -> None:
     layer.add_argument("--seq-len", type=int, default=512)
     layer.add_argument("--sparsities", default="0.5,2:4")
     layer.add_argument("--repeats", type=int, default=3)
+    layer.add_argument("--methods", default="dass,wanda,magnitude", help="comma-separated; sparsegpt too")
     memory = sub.add_parser("memory", help="peak RSS of a full 7B-shaped prune (child process)")
     memory.add_argument("--samples", type=int, default=2)
     memory.add_argument("--seq-len", type=int, default=2048)
@@ -114,9 +124,12 @@ def main() -> None:
         for key, r in results.items():
             print(f"| {key} | {r['whole_s']:.2f} | {r['scoring_s']:.3f} |")
         for pattern in args.sparsities.split(","):
-            d, w = results[f"dass {pattern}"], results[f"wanda {pattern}"]
-            print(f"DaSS / Wanda at {pattern}: whole step {d['whole_s'] / w['whole_s']:.2f}x, "
-                  f"scoring alone {d['scoring_s'] / w['scoring_s']:.2f}x (target <= 1.2)")
+            d = results.get(f"dass {pattern}")
+            for other, note in (("wanda", " (target <= 1.2)"), ("sparsegpt", "")):
+                o = results.get(f"{other} {pattern}")
+                if d and o:
+                    print(f"{other} / DaSS at {pattern}: whole step {o['whole_s'] / d['whole_s']:.2f}x, "
+                          f"pruning alone {o['scoring_s'] / d['scoring_s']:.2f}x{note}")
         return
 
     if args.child:

@@ -34,6 +34,10 @@ def test_embedded_recipe_prunes_and_perplexity_rises_plausibly(tmp_path):
     assert table["summary"]["overall"] == pytest.approx(0.5)
     assert set(table["summary"]["by_role"]) == {"gate", "up", "down"}
     assert (out / "tokenizer.json").exists() and (out / "config.json").exists()
+    bench = summary["benchmark"]  # the embedded recipe runs every stage, the benchmark included
+    assert bench["partial"] is None and bench["failures"] == 0
+    assert {"deepsparse decode", "onnxruntime decode", "pytorch decode"} <= set(bench["tokens_per_s"])
+    assert (tmp_path / "run" / "benchmark" / "report.md").is_file()
 
 
 @pytest.fixture(scope="module")
