@@ -24,7 +24,7 @@ from tqdm import tqdm
 from benchmarks.engines import ENGINES, MODES, MeasureSpec, check_engine, check_threads, measure
 from benchmarks.stats import summarize
 from pipeline.errors import PipelineError
-from pipeline.outputs import write_json_atomic
+from pipeline.outputs import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 RESULTS = "results.json"
@@ -177,13 +177,7 @@ def run_benchmark(artifacts: list[dict], settings: BenchmarkSettings, out: Path,
 
 
 def load_results(folder: Path) -> dict:
-    path = Path(folder) / RESULTS
-    if not path.is_file():
-        raise PipelineError(f"{folder} has no {RESULTS}", "give a benchmark folder (RUN/benchmark) a benchmark wrote")
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise PipelineError(f"{path} is not valid JSON", "re-run the benchmark") from None
+    results = read_json(Path(folder) / RESULTS, "give a benchmark folder (RUN/benchmark) a finished benchmark wrote")
     results["summary"] = summarize(results, results["settings"].get("extrapolate_to_layers"))
     return results
 

@@ -22,7 +22,6 @@ that small file, see export/engines.py). The ONNX Runtime graph does so above 2 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -42,7 +41,7 @@ from export.checks import (
 )
 from export.deepsparse_graph import PATCHES, quirks_for
 from pipeline.errors import PipelineError
-from pipeline.outputs import StagingDir, write_json_atomic
+from pipeline.outputs import StagingDir, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -202,13 +201,9 @@ def open_artifact(folder: Path, engine: str | None = None, verify_checksums: boo
     folder = Path(folder)
     if not folder.is_dir():
         raise PipelineError(f"artifact folder {folder} does not exist", "give the folder an export wrote (RUN/artifact)")
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
+    if not (folder / MANIFEST).is_file():
         raise PipelineError(f"{folder} has no {MANIFEST}, so it is not an artifact of this tool", "re-run the export stage")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError:
-        raise PipelineError(f"{manifest_path} is not valid JSON", "re-run the export stage") from None
+    manifest = read_json(folder / MANIFEST, "re-run the export stage")
     engines = [engine] if engine else list(manifest.get("engines", {}))
     for name in engines:
         if name not in manifest.get("engines", {}):

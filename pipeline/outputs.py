@@ -30,6 +30,19 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def read_json(path: Path, fix: str):
+    """A JSON file a stage wrote; a missing or unreadable one is a PipelineError with ``fix``."""
+    from pipeline.errors import PipelineError
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path} does not exist", fix)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise PipelineError(f"{path} is not valid JSON (truncated or altered?)", fix) from None
+
+
 def write_json_atomic(path: Path, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
