@@ -16,6 +16,10 @@ PAPER = {"machine": "24-core Intel Xeon Platinum 8160, LLaMA-2-7B, DeepSparse",
 ENGINE_NAMES = {"deepsparse": "DeepSparse", "onnxruntime": "ONNX Runtime", "pytorch": "PyTorch"}
 
 
+def _layers(n: int) -> str:
+    return f"{n} layer" + ("s" if n != 1 else "")
+
+
 def _tps(s: dict) -> str:
     return f"{s['median']:.2f} ({s['min']:.2f}–{s['max']:.2f})"
 
@@ -58,7 +62,7 @@ def _paper_table(results: dict) -> list[str]:
     target = results["settings"].get("extrapolate_to_layers")
     head = ["model (DaSS, attention + MLP)", f"paper: {PAPER['machine']}"]
     for d in depths:
-        head.append(f"ours, DeepSparse, {d} layer{'s' if d > 1 else ''} (measured)")
+        head.append(f"ours, DeepSparse, {_layers(d)} (measured)")
     if extrap:
         head.append(f"ours, DeepSparse, {target} layers (extrapolated)")
     head.append("ours, DeepSparse sparse / ONNX Runtime dense" + (f" ({target} layers, extrapolated)" if extrap else ""))
@@ -186,7 +190,7 @@ def _plots(results: dict, out: Path) -> list[str]:
             if pts:
                 ax.errorbar([p[0] for p in pts], [p[1]["median"] for p in pts],
                             yerr=[[p[1]["median"] - p[1]["min"] for p in pts], [p[1]["max"] - p[1]["median"] for p in pts]],
-                            marker="o", capsize=3, label=f"{ENGINE_NAMES[engine]} ({deepest} layers, measured)")
+                            marker="o", capsize=3, label=f"{ENGINE_NAMES[engine]} ({_layers(deepest)}, measured)")
         ext = [e for e in s.get("extrapolation", []) if e["mode"] == "decode" and e["method"] in ("none", "dass")]
         for engine in ENGINE_NAMES:
             pts = sorted((e["sparsity"], e["tokens_per_s"]) for e in ext if e["engine"] == engine)
@@ -208,7 +212,7 @@ def _plots(results: dict, out: Path) -> list[str]:
         a = arts[x["artifact"]]
         if x["engine"] == x["vs"] == "deepsparse" and x["mode"] == "decode" and a["method"] == "dass" \
                 and a["requested_sparsity"] in (0.5, 0.7):
-            bars.setdefault(f"ours, {a['layers']} layers (measured)", [None, None])[
+            bars.setdefault(f"ours, {_layers(a['layers'])} (measured)", [None, None])[
                 0 if a["requested_sparsity"] == 0.5 else 1] = x["ratio"]
     for e in s.get("extrapolation", []):
         if e["engine"] == "deepsparse" and e["mode"] == "decode" and e["method"] == "dass" and e["sparsity"] is not None:
