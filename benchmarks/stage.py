@@ -16,7 +16,7 @@ import logging
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from tqdm import tqdm
@@ -200,8 +200,4 @@ def add_settings_arguments(parser, sequence_length: int = 512, prefill_length: i
 
 
 def settings_from_arguments(args) -> BenchmarkSettings:
-    return BenchmarkSettings(engines=args.engines, modes=args.modes, sequence_length=args.sequence_length,
-                             prefill_length=args.prefill_length, threads=args.threads,
-                             warmup_seconds=args.warmup_seconds, seconds=args.seconds, repeats=args.repeats,
-                             time_budget_seconds=args.time_budget_seconds,
-                             extrapolate_to_layers=args.extrapolate_to_layers)
+    return BenchmarkSettings(**{f.name: getattr(args, f.name) for f in fields(BenchmarkSettings)})

@@ -59,18 +59,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _report(folder: str) -> int:
-    import json
     from pathlib import Path
 
     from benchmarks.report import write_report
     from benchmarks.stage import RESULTS, load_results
-    from pipeline.outputs import write_text_atomic
+    from pipeline.outputs import read_json, write_text_atomic
     from pipeline.report import render_report
 
     root = Path(folder)
     written = []
     if (root / "summary.json").is_file():
-        write_text_atomic(root / "report.md", render_report(json.loads((root / "summary.json").read_text())))
+        write_text_atomic(root / "report.md", render_report(read_json(root / "summary.json", "re-run the recipe")))
         written.append(root / "report.md")
     for bench in (root, root / "benchmark"):
         if (bench / RESULTS).is_file():

@@ -79,17 +79,19 @@ def export_stage(model, tokenizer, recipe: Recipe, run_dir: Path, summary: dict)
 def benchmark_settings(recipe: Recipe):
     from benchmarks.stage import BenchmarkSettings
 
-    b = recipe.benchmark
-    return BenchmarkSettings(engines=list(b.engines), modes=list(b.modes), sequence_length=b.sequence_length,
-                             prefill_length=b.prefill_length, threads=b.threads, warmup_seconds=b.warmup_seconds,
-                             seconds=b.seconds, repeats=b.repeats, time_budget_seconds=b.time_budget_seconds)
+    return BenchmarkSettings(**recipe.benchmark.model_dump(exclude={"enabled", "compare"}))
 
 
 def preflight_benchmark(recipe: Recipe) -> list[dict]:
     from benchmarks.stage import find_artifact, validate
 
     validate(benchmark_settings(recipe))
-    return [find_artifact(entry, "benchmark.compare:") for entry in recipe.benchmark.compare]
+    others = [find_artifact(entry, "benchmark.compare:") for entry in recipe.benchmark.compare]
+    names = [a["key"] for a in others] + [recipe.name]
+    if len(set(names)) != len(names):
+        raise PipelineError(f"benchmark.compare: two benchmarked artifacts would share a name in {names}",
+                            "compare runs whose folder names differ from each other and from this recipe's name")
+    return others
 
 
 def benchmark_stage(recipe: Recipe, run_dir: Path, others: list[dict], progress: bool) -> dict:

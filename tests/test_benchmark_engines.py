@@ -35,3 +35,18 @@ def test_missing_engine_and_non_artifact_are_clear_errors(tiny_artifact, tmp_pat
     with pytest.raises(PipelineError, match="holds no artifact"):
         find_artifact(tmp_path)
     assert find_artifact(folder)["method"] == "dass" and find_artifact(folder)["layers"] == 2
+
+
+def test_recipe_comparing_with_a_run_of_its_own_name_is_refused_up_front(tiny_artifact):
+    from pipeline.recipe import parse_recipe
+    from pipeline.run import preflight_benchmark
+
+    _, folder, _ = tiny_artifact
+    name = folder.parent.name  # the key a compared run folder gets
+    recipe = parse_recipe({"name": name, "model": {"source": "x"}, "export": {"enabled": True},
+                           "benchmark": {"enabled": True, "compare": [str(folder.parent)]}})
+    with pytest.raises(PipelineError, match="two benchmarked artifacts would share a name"):
+        preflight_benchmark(recipe)
+    other = parse_recipe({"name": "other", "model": {"source": "x"}, "export": {"enabled": True},
+                          "benchmark": {"enabled": True, "compare": [str(folder.parent)]}})
+    assert [a["key"] for a in preflight_benchmark(other)] == [name]
