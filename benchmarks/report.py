@@ -162,15 +162,21 @@ def _equal_speed(results: dict) -> list[str]:
     return (["## Equal speed at equal sparsity"] + lines) if lines else []
 
 
-def _save(fig, path: Path) -> None:
+def _finish(fig, ax, ylabel: str, title: str, path: Path, made: list[str]) -> None:
+    """Label, lay out and write a plot atomically; record its file name in ``made``."""
     import io
 
     import matplotlib.pyplot as plt
 
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
     write_bytes_atomic(path, buffer.getvalue())
+    made.append(path.name)
 
 
 def _plots(results: dict, out: Path) -> list[str]:
@@ -198,13 +204,8 @@ def _plots(results: dict, out: Path) -> list[str]:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="s", linestyle="--",
                         label=f"{ENGINE_NAMES[engine]} ({results['settings']['extrapolate_to_layers']} layers, extrapolated)")
         ax.set_xlabel("sparsity of the decoder linears")
-        ax.set_ylabel("decode tokens/s")
         ax.set_yscale("log")
-        ax.legend(fontsize=7)
-        ax.set_title("Decode speed vs sparsity (DaSS)")
-        fig.tight_layout()
-        _save(fig, out / "tokens_vs_sparsity.png")
-        made.append("tokens_vs_sparsity.png")
+        _finish(fig, ax, "decode tokens/s", "Decode speed vs sparsity (DaSS)", out / "tokens_vs_sparsity.png", made)
     paper = PAPER["tokens_per_s"]
     bars: dict[str, list] = {"paper (LLaMA-2-7B, 24-core Xeon)": [paper[0.5] / paper[None], paper[0.7] / paper[None]]}
     arts = {a["key"]: a for a in results["artifacts"]}
@@ -228,12 +229,8 @@ def _plots(results: dict, out: Path) -> list[str]:
             ax.bar(xs, [v for v in values if v is not None], width, label=label)
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_xticks([j + width * (len(bars) - 1) / 2 for j in range(2)], ["50%", "70%"])
-        ax.set_ylabel("DeepSparse decode speedup over dense")
-        ax.legend(fontsize=7)
-        ax.set_title("Speedup: ours vs the paper")
-        fig.tight_layout()
-        _save(fig, out / "speedup_vs_paper.png")
-        made.append("speedup_vs_paper.png")
+        _finish(fig, ax, "DeepSparse decode speedup over dense", "Speedup: ours vs the paper",
+                out / "speedup_vs_paper.png", made)
     return made
 
 
