@@ -7,6 +7,9 @@ import logging
 import sys
 
 from pipeline.errors import PipelineError
+from pipeline.stages import NAMES as STAGE_NAMES
+
+log = logging.getLogger("pipeline")
 
 EPILOG = """examples:
   pipeline validate recipes/llama2-7b-70pct.yaml   check a recipe without loading anything heavy
@@ -16,7 +19,10 @@ EPILOG = """examples:
 
 A recipe is a YAML file: model, calibration, prune, evaluation (see recipes/ and README.md).
 Outputs go to the recipe's output_dir (default runs/<name>): pruned/ (safetensors, tokenizer,
-sparsity.json), perplexity.json, summary.json, report.md, artifact/ (export), benchmark/ (benchmark)."""
+sparsity.json), perplexity.json, summary.json, report.md, artifact/ (export), benchmark/ (benchmark).
+Running the same recipe again resumes: complete stages whose recipe sections are unchanged are
+skipped (--force / --from STAGE to redo them). Every invocation logs to a file (full tracebacks
+included): RUN/pipeline.log for runs, and $PIPELINE_LOG_DIR (default ~/.cache/dass-pipeline/logs)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every stage of a recipe", description="Run every stage of a recipe.")
     run.add_argument("recipe", help="path of a YAML recipe")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--force", action="store_true", help="redo every stage, even those already complete")
+    run.add_argument("--from", dest="start_from", metavar="STAGE", choices=STAGE_NAMES,
+                     help=f"redo this stage and every later one ({', '.join(STAGE_NAMES)})")
+    run.add_argument("--skip-preflight", action="store_true",
+                     help="do not refuse the run when the RAM / disk estimate exceeds what is free")
     validate = sub.add_parser("validate", help="check a recipe and print it with defaults filled in",
                               description="Check a recipe (schema, values) and print it with every default filled in.")
     validate.add_argument("recipe", help="path of a YAML recipe")
@@ -126,12 +137,43 @@ def _print_summary(summary: dict) -> None:
     if achieved:
         roles = ", ".join(f"{r} {v:.3f}" for r, v in achieved["by_role"].items())
         print(f"sparsity: overall {achieved['overall']:.4f} ({roles})")
+    if summary.get("stages"):
+        print("stages: " + "; ".join(f"{name} {status}" for name, status in summary["stages"].items()))
+
+
+def _setup_logging(debug: bool):
+    """Terminal: INFO lines (DEBUG with --debug). Log file: everything, tracebacks included."""
+    import os
+    import time
+    from pathlib import Path
+
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setLevel(logging.DEBUG if debug else logging.INFO)
+    terminal.setFormatter(fmt)
+    terminal.addFilter(lambda record: debug or not record.exc_info)  # tracebacks go to the file only
+    root.addHandler(terminal)
+    folder = Path(os.environ.get("PIPELINE_LOG_DIR") or Path.home() / ".cache" / "dass-pipeline" / "logs")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+    except OSError:
+        return None
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(fmt)
+    root.addHandler(handler)
+    for noisy in ("urllib3", "filelock", "fsspec", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    log_path = _setup_logging(args.debug)
+    where = f"; full log: {log_path}" if log_path else ""
     # Retry warnings of the hub client would bury the one-line error; the error says what failed.
     from huggingface_hub.utils import logging as hub_logging
 
@@ -154,16 +196,23 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from pipeline.run import run_recipe
 
-        _print_summary(run_recipe(recipe, progress=not args.no_progress))
+        _print_summary(run_recipe(recipe, progress=not args.no_progress, force=args.force,
+                                  start_from=args.start_from, skip_preflight=args.skip_preflight))
         return 0
     except PipelineError as exc:
-        if args.debug:
-            logging.exception("failed")
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("failed: %s", exc, exc_info=True)
+        print(f"error: {exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted — fix: run the same command again", file=sys.stderr)
+        log.error("interrupted", exc_info=True)
+        print("error: interrupted — fix: run the same command again; complete stages are kept", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an environment we did not foresee: one line here, the trace in the log
+        log.error("unexpected failure", exc_info=True)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"error: unexpected {type(exc).__name__}: {first} — fix: this is a bug or an unsupported setup; "
+              f"please report it with the log file{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

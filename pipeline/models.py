@@ -55,11 +55,26 @@ def resolve_source(source: str) -> str:
     return source
 
 
-def load_model(source: str, gguf_file: str | None = None, dtype: str = "float16", trust_remote_code: bool = False,
-               revision: str | None = None):
-    """Load (model, tokenizer). Errors name the source and the fix."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
+
+def check_weights_are_safe(location: str, gguf_file: str | None, allow_pickle: bool) -> None:
+    """Refuse a local folder whose weights are pickled (loading a pickle can run code) unless the user opts in."""
+    folder = Path(location).expanduser()
+    if gguf_file or allow_pickle or not folder.is_dir():
+        return
+    names = [p.name for p in folder.iterdir() if p.is_file()]
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    pickled = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    if pickled:
+        raise PipelineError(
+            f"model folder {folder} holds only pickled weights ({', '.join(pickled[:3])}); loading a pickle can run "
+            "arbitrary code",
+            "convert them to safetensors, or set model.allow_pickle: true if you trust where they came from")
+
+
+def _source_kwargs(source: str, gguf_file: str | None, trust_remote_code: bool, revision: str | None) -> tuple[str, dict]:
     location = resolve_source(source)
     if gguf_file and not (Path(location) / gguf_file).is_file() and Path(location).is_dir():
         raise PipelineError(
@@ -71,18 +86,50 @@ def load_model(source: str, gguf_file: str | None = None, dtype: str = "float16"
     kwargs = {"trust_remote_code": trust_remote_code, "revision": revision}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
-    log.info("loading model %s%s as %s", source, f" ({gguf_file})" if gguf_file else "", dtype)
+    return location, kwargs
+
+
+def _load_error(source: str, exc: Exception, allow_pickle: bool) -> PipelineError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    fix = ("use a local folder with config.json and weights, or a hub id you can reach "
+           "(log in with `huggingface-cli login` for gated models such as Llama-2)")
+    if not allow_pickle and "safetensors" in str(exc):
+        fix += "; if the checkpoint has only pickled (.bin) weights and you trust it, set model.allow_pickle: true"
+    return PipelineError(f"cannot load model {source!r}: {first}", fix)
+
+
+def load_config(source: str, gguf_file: str | None = None, trust_remote_code: bool = False,
+                revision: str | None = None, allow_pickle: bool = False):
+    """The model's config alone (cheap: no weights), e.g. for resource estimates before loading."""
+    from transformers import AutoConfig
+
+    location, kwargs = _source_kwargs(source, gguf_file, trust_remote_code, revision)
+    check_weights_are_safe(location, gguf_file, allow_pickle)
     try:
-        AutoConfig.from_pretrained(location, **kwargs)  # the cheapest file first: fail fast when unreachable
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES[dtype], low_cpu_mem_usage=True, **kwargs)
+        return AutoConfig.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(
-            f"cannot load model {source!r}: {first}",
-            "use a local folder with config.json and weights, or a hub id you can reach "
-            "(log in with `huggingface-cli login` for gated models such as Llama-2)",
-        ) from exc
+        raise _load_error(source, exc, allow_pickle) from exc
+
+
+def load_model(source: str, gguf_file: str | None = None, dtype: str = "float16", trust_remote_code: bool = False,
+               revision: str | None = None, allow_pickle: bool = False):
+    """Load (model, tokenizer). Errors name the source and the fix.
+
+    Weights load from safetensors (or GGUF) only, unless ``allow_pickle``; remote code runs only with
+    ``trust_remote_code``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    load_config(source, gguf_file, trust_remote_code, revision, allow_pickle)  # the cheapest file first: fail fast
+    location, kwargs = _source_kwargs(source, gguf_file, trust_remote_code, revision)
+    log.info("loading model %s%s as %s", source, f" ({gguf_file})" if gguf_file else "", dtype)
+    weights = {} if gguf_file or allow_pickle else {"use_safetensors": True}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES[dtype], low_cpu_mem_usage=True,
+                                                     **weights, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _load_error(source, exc, allow_pickle) from exc
     model.eval()
     model.config.use_cache = False
     return model, tokenizer

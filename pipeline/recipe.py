@@ -29,7 +29,8 @@ class ModelSection(_Section):
     gguf_file: Optional[str] = Field(None, description="a .gguf file inside source (dequantized on load)")
     dtype: Literal["float32", "float16", "bfloat16"] = "float16"
     revision: Optional[str] = None
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="run the model repository's own Python code (only for sources you trust)")
+    allow_pickle: bool = Field(False, description="allow pickled (.bin/.pt) weights, which can run code when loaded")
 
 
 class CalibrationSection(_Section):

@@ -17,7 +17,7 @@ def render_report(summary: dict) -> str:
     cal = summary.get("calibration")
     if cal:
         lines.append(f"- calibration: {cal['dataset']}, {cal['num_samples']} x {cal['seq_len']} tokens, seed {cal['seed']}")
-    if "prune_seconds" in summary:
+    if summary.get("prune_seconds") is not None:
         lines.append(f"- pruning time: {summary['prune_seconds']:.1f} s; whole run {summary['seconds']:.1f} s")
     ppl = summary.get("perplexity") or {}
     if ppl:
@@ -56,4 +56,8 @@ def render_report(summary: dict) -> str:
             lines.append(f"- partial: {bench['partial']}")
         if bench.get("failures"):
             lines.append(f"- {bench['failures']} measurement(s) failed; see `benchmark/report.md`")
+    stages = summary.get("stages")
+    if stages:
+        lines += ["", "## Stages (this invocation)", "", "| stage | status |", "|---|---|"]
+        lines += [f"| {name} | {status} |" for name, status in stages.items()]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,174 @@
+"""Which stages a run has, what each depends on, and whether its output on disk is complete.
+
+A stage that finishes writes ``RUN/.stages/NAME.json``: the hash of the recipe sections its output
+depends on, and the size of every file it wrote. On the next ``pipeline run`` a stage is skipped
+when its marker is there, its hash matches the recipe as it is now, and every recorded file is
+still there with its recorded size; otherwise it runs again, and every later stage with it.
+
+Outputs are written atomically (pipeline/outputs.py) and the marker last, so a process killed at
+any point leaves either a complete stage with its marker, or no marker and at most hidden
+``.NAME.*.partial`` / ``.NAME.*.tmp`` leftovers, which :func:`remove_leftovers` clears.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.outputs import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+MARKERS = ".stages"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sections: tuple[str, ...]  # recipe sections (top-level keys) the stage's output depends on
+    outputs: tuple[str, ...]  # files or folders under the run folder
+    reads: tuple[str, ...]  # earlier stages whose outputs it reads: when one of them reruns, so does this one
+    about: str
+
+
+#: In run order. A stage's sections include those of every stage whose output it reads.
+STAGES: tuple[Stage, ...] = (
+    Stage("baseline", ("model", "evaluation"), ("perplexity_dense.json",), (), "perplexity of the unpruned model"),
+    Stage("prune", ("model", "calibration", "prune"), ("pruned",), (), "calibration and layer-wise pruning"),
+    Stage("evaluate", ("model", "calibration", "prune", "evaluation"), ("perplexity.json",), ("prune",),
+          "perplexity of the pruned model"),
+    Stage("export", ("model", "calibration", "prune", "export"), ("artifact", "export.json"), ("prune",),
+          "ONNX artifact for DeepSparse and ONNX Runtime, smoke generation"),
+    Stage("quantize", ("model", "calibration", "prune", "export", "quantize"), ("artifact-int8", "quantize.json"),
+          ("export",), "INT8 artifact from the float artifact"),
+    Stage("benchmark", ("name", "model", "calibration", "prune", "export", "quantize", "benchmark"),
+          ("benchmark", "benchmark.json"), ("export", "quantize"), "tokens/s in each engine"),
+)
+NAMES = tuple(s.name for s in STAGES)
+BY_NAME = {s.name: s for s in STAGES}
+
+
+def applicable(recipe) -> list[Stage]:
+    """The stages this recipe asks for, in run order."""
+    pruning = recipe.prune.method != "none"
+    wanted = {
+        "baseline": pruning and recipe.evaluation.enabled and recipe.evaluation.dense_baseline,
+        "prune": pruning,
+        "evaluate": recipe.evaluation.enabled,
+        "export": recipe.export.enabled,
+        "quantize": recipe.quantize.enabled,
+        "benchmark": recipe.benchmark.enabled,
+    }
+    return [s for s in STAGES if wanted[s.name]]
+
+
+def stage_hash(recipe, stage: Stage) -> str:
+    data = recipe.model_dump(mode="json")
+    picked = {key: data.get(key) for key in stage.sections}
+    return hashlib.sha256(json.dumps([stage.name, picked], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _marker(run_dir: Path, stage: Stage) -> Path:
+    return Path(run_dir) / MARKERS / f"{stage.name}.json"
+
+
+def _files(run_dir: Path, stage: Stage) -> dict[str, int]:
+    found = {}
+    for rel in stage.outputs:
+        path = Path(run_dir) / rel
+        items = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+        for item in items:
+            found[item.relative_to(run_dir).as_posix()] = item.stat().st_size
+    return found
+
+
+def is_complete(run_dir: Path, recipe, stage: Stage) -> tuple[bool, str]:
+    """(complete?, why not) for ``stage`` of ``recipe`` in ``run_dir``."""
+    marker = _marker(run_dir, stage)
+    if not marker.is_file():
+        return False, "not run yet"
+    try:
+        data = json.loads(marker.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False, "its marker is unreadable"
+    if data.get("hash") != stage_hash(recipe, stage):
+        return False, f"the recipe's {'/'.join(stage.sections)} changed since it ran"
+    for rel, size in data.get("files", {}).items():
+        path = Path(run_dir) / rel
+        if not path.is_file():
+            return False, f"{rel} is missing"
+        if path.stat().st_size != size:
+            return False, f"{rel} has {path.stat().st_size} bytes, {size} when the stage finished"
+    if not data.get("files"):
+        return False, "its marker lists no output"
+    return True, "complete"
+
+
+def mark_complete(run_dir: Path, recipe, stage: Stage, seconds: float) -> None:
+    files = _files(run_dir, stage)
+    if not files:
+        raise PipelineError(f"stage {stage.name} finished but wrote none of {', '.join(stage.outputs)}",
+                            "this is a bug; please report it with the recipe")
+    write_json_atomic(_marker(run_dir, stage), {"stage": stage.name, "hash": stage_hash(recipe, stage),
+                                                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                                "seconds": round(seconds, 3), "files": files})
+
+
+def invalidate(run_dir: Path, stages: list[Stage]) -> None:
+    """Forget that ``stages`` finished (before they run again, or when an upstream stage reruns)."""
+    for stage in stages:
+        _marker(run_dir, stage).unlink(missing_ok=True)
+
+
+def plan(recipe, run_dir: Path, force: bool = False, start_from: str | None = None) -> list[tuple[Stage, bool, str]]:
+    """[(stage, run it?, why)] in run order.
+
+    A stage runs when its output is not complete for the recipe as it is now, or when a stage it
+    reads from runs. ``force`` runs all; ``start_from`` runs that stage and every later one.
+    """
+    stages = applicable(recipe)
+    if start_from is not None and start_from not in [s.name for s in stages]:
+        known = ", ".join(s.name for s in stages) or "none"
+        raise PipelineError(f"--from {start_from}: this recipe has no such stage (its stages: {known})",
+                            "name one of the recipe's stages, or enable that stage in the recipe")
+    result, running, from_here = [], set(), False
+    for stage in stages:
+        from_here = from_here or stage.name == start_from
+        upstream = sorted(set(stage.reads) & running)
+        if force or from_here:
+            why = "--force" if force else f"--from {start_from}"
+        elif upstream:
+            why = f"{', '.join(upstream)} runs again"
+        else:
+            done, why = is_complete(run_dir, recipe, stage)
+            if done:
+                result.append((stage, False, why))
+                continue
+        running.add(stage.name)
+        result.append((stage, True, why))
+    return result
+
+
+def remove_leftovers(run_dir: Path) -> list[str]:
+    """Delete the hidden temporaries a killed process may have left (``.X.*.partial``, ``.X.*.tmp``, ``.X.old``)."""
+    removed = []
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return removed
+    for path in sorted(run_dir.rglob(".*"), key=lambda p: len(p.parts), reverse=True):
+        name = path.name
+        if name.endswith((".partial", ".tmp")) or (name.endswith(".old") and name.startswith(".")):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path.relative_to(run_dir).as_posix())
+    if removed:
+        log.info("removed %d leftover(s) of an interrupted run: %s", len(removed), ", ".join(removed))
+    return removed
