@@ -150,7 +150,7 @@ def stage_export(ctx: Context) -> None:
     ctx.models.release()
     model, tokenizer = ctx.models.saved()
     sections = BY_NAME["export"].sections
-    metadata = {"recipe": {k: v for k, v in recipe.model_dump(mode="json").items() if k in sections},
+    metadata = {"recipe": {k: v for k, v in recipe.model_dump(mode="json").items() if k in ("name", *sections)},
                 "recipe_hash": recipe.content_hash(), "method": recipe.prune.method,
                 "requested_sparsity": str(recipe.prune.sparsity), "scope": recipe.prune.scope}
     manifest = export_artifact(model, tokenizer, run_dir / "artifact", tuple(ex.engines), ex.max_sequence_length,

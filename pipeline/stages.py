@@ -107,7 +107,7 @@ def is_complete(run_dir: Path, recipe, stage: Stage) -> tuple[bool, str]:
             return False, f"{rel} has {path.stat().st_size} bytes, {size} when the stage finished"
     if not data.get("files"):
         return False, "its marker lists no output"
-    return True, "complete"
+    return True, "outputs complete, recipe unchanged"
 
 
 def mark_complete(run_dir: Path, recipe, stage: Stage, seconds: float) -> None:

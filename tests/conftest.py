@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -101,3 +104,48 @@ def tiny_artifact(tmp_path_factory):
     manifest = export_artifact(model, tiny_tokenizer(), folder, max_positions=128, metadata={"method": "dass"},
                                external_data=True)
     return model, folder, manifest
+
+
+# --- the real CLI in a child process (test_cli.py, test_bad_inputs.py) ---
+
+TEXT = " ".join(f"word{i % 37} and more text number {i}." for i in range(3000))
+
+
+def run_cli(*args, cwd, log_dir=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "PIPELINE_LOG_DIR": str(log_dir or Path(cwd) / "logs")}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    import yaml  # noqa: F401  (recipes are written as YAML below)
+
+    root = tmp_path_factory.mktemp("cli")
+    save_checkpoint(root / "tiny-llama", tiny_model("llama"))
+    save_checkpoint(root / "tiny-opt", tiny_non_glu_model())
+    (root / "calib.txt").write_text(TEXT)
+    (root / "short.txt").write_text("too short")
+    (root / "empty.txt").write_text("")
+    return root
+
+
+def write_recipe(root: Path, name: str, **changes) -> Path:
+    """A tiny-model recipe in ``root``; ``section__key=value`` changes it."""
+    import yaml
+
+    data = {
+        "name": name,
+        "output_dir": str(root / "runs" / name),
+        "model": {"source": str(root / "tiny-llama"), "dtype": "float32"},
+        "calibration": {"dataset": "file", "path": str(root / "calib.txt"), "num_samples": 4, "seq_len": 32},
+        "prune": {"method": "dass", "sparsity": "2:4", "scope": "attention+mlp"},
+        "evaluation": {"dataset": "file", "path": str(root / "calib.txt"), "context_length": 64, "max_windows": 4},
+    }
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        data.setdefault(section, {})[key] = value
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -1,0 +1,177 @@
+"""Every bad input we know of, through the real `pipeline` CLI in a child process.
+
+Each must end with: a non-zero exit; exactly one `error: <problem> — fix: <fix>` line, the last one on
+the terminal; no traceback on the terminal, the full one in the log file; nothing half-written
+(no run folder for input refused up front, no temporaries and no changed files otherwise).
+"""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from conftest import run_cli, write_recipe
+
+#: case -> (recipe changes, text the error line must contain)
+RECIPES = {
+    "unknown-method": ({"prune__method": "obs"}, "prune.method"),
+    "sparsity-too-big": ({"prune__sparsity": 1.5}, "outside (0, 1)"),
+    "n-not-below-m": ({"prune__sparsity": "4:4"}, "N < M"),
+    "m-does-not-divide": ({"prune__sparsity": "3:7"}, "not a multiple of 7"),
+    "unknown-key": ({"prune__sparsityy": 0.5}, "prune.sparsityy: unknown key"),
+    "unknown-section": ({"quantise__enabled": True}, "quantise: unknown key"),
+    "file-dataset-without-path": ({"calibration__path": None}, "dataset 'file' needs path"),
+    "missing-model": ({"model__source": "/nonexistent/model/folder"}, "does not exist"),
+    "unreachable-hub-id": ({"model__source": "no-such-org/no-such-model-xyz"}, "cannot load model"),
+    "missing-gguf-file": ({"model__gguf_file": "nope.gguf"}, "model.gguf_file 'nope.gguf' not found"),
+    "pickled-weights": ({"model__source": "PICKLED"}, "holds only pickled weights"),
+    "non-glu-with-dass": ({"model__source": "TINY_OPT"}, "needs a GLU MLP"),
+    "empty-calibration": ({"calibration__path": "EMPTY"}, "empty"),
+    "short-calibration": ({"calibration__path": "SHORT"}, "not more than seq_len=32"),
+    "evaluation-shorter-than-context": ({"evaluation__path": "SHORT", "evaluation__context_length": 64},
+                                        "fewer than context_length=64"),
+    "not-enough-ram": ({"calibration__num_samples": 10_000_000, "calibration__seq_len": 4096},
+                       "stage prune needs about"),
+    "benchmark-without-export": ({"benchmark__enabled": True}, "benchmark measures the exported artifact"),
+    "benchmark-longer-than-export": ({"export__enabled": True, "export__max_sequence_length": 64,
+                                      "benchmark__enabled": True, "benchmark__sequence_length": 128},
+                                     "exceeds export.max_sequence_length"),
+    "benchmark-compare-missing": ({"export__enabled": True, "benchmark__enabled": True,
+                                   "benchmark__compare": ["/nonexistent/run"]},
+                                  "benchmark.compare: /nonexistent/run holds no artifact"),
+    "benchmark-too-many-threads": ({"export__enabled": True, "benchmark__enabled": True, "benchmark__threads": 4096},
+                                   "benchmark threads=4096 but this machine has"),
+    "deepsparse-uncovered-architecture": ({"model__source": "TINY_OPT", "prune__method": "wanda",
+                                           "export__enabled": True}, "DeepSparse export covers"),
+}
+
+
+def assert_one_clear_line(proc, expected, log_dir):
+    assert proc.returncode != 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == lines[-1], proc.stderr
+    assert expected in errors[0] and " — fix: " in errors[0], errors[0]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    logs = sorted(log_dir.glob("pipeline-*.log"))
+    assert logs, "every invocation writes a log file"
+    text = logs[-1].read_text()
+    assert "Traceback (most recent call last)" in text and expected in text, "the full trace goes to the log file"
+    assert f"full log: {logs[-1]}" in errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def bad_workspace(workspace):
+    from conftest import tiny_model, tiny_tokenizer
+
+    folder = workspace / "pickled"
+    tiny_model("llama").save_pretrained(folder, safe_serialization=False)
+    tiny_tokenizer().save_pretrained(folder)
+    return workspace
+
+
+@pytest.mark.parametrize("case", list(RECIPES))
+def test_bad_recipe(bad_workspace, case, tmp_path):
+    root = bad_workspace
+    changes, expected = RECIPES[case]
+    subst = {"TINY_OPT": root / "tiny-opt", "EMPTY": root / "empty.txt", "SHORT": root / "short.txt",
+             "PICKLED": root / "pickled"}
+    changes = {k: str(subst[v]) if isinstance(v, str) and v in subst else v for k, v in changes.items()}
+    path = write_recipe(root, case, **changes)
+    proc = run_cli("run", str(path), cwd=root, log_dir=tmp_path / "logs")
+    assert_one_clear_line(proc, expected, tmp_path / "logs")
+    assert not (root / "runs" / case).exists(), "nothing may be written for bad input"
+
+
+@pytest.mark.parametrize("text, expected", [
+    (None, "does not exist"),
+    ("model: [unclosed", "is not valid YAML"),
+    ("- a list\n- not a mapping\n", "is not a YAML mapping"),
+    ("name: x\n", "model: required key is missing"),
+])
+def test_bad_recipe_file(workspace, tmp_path, text, expected):
+    path = tmp_path / "recipe.yaml"
+    if text is not None:
+        path.write_text(text)
+    for command in ("run", "validate"):
+        proc = run_cli(command, str(path), cwd=workspace, log_dir=tmp_path / "logs")
+        assert_one_clear_line(proc, expected, tmp_path / "logs")
+
+
+def test_from_a_stage_the_recipe_does_not_have(workspace, tmp_path):
+    path = write_recipe(workspace, "bad-from")
+    proc = run_cli("run", str(path), "--from", "export", cwd=workspace, log_dir=tmp_path / "logs")
+    assert_one_clear_line(proc, "--from export: this recipe has no such stage", tmp_path / "logs")
+    assert not (workspace / "runs" / "bad-from").exists()
+
+
+def digest(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "pipeline.log"}
+
+
+def test_a_corrupt_stage_output_on_resume(workspace, tmp_path):
+    """A finished stage's JSON altered to the same size: the rerun names the file and changes nothing."""
+    path = write_recipe(workspace, "bad-resume")
+    assert run_cli("run", str(path), cwd=workspace, log_dir=tmp_path / "logs").returncode == 0
+    run = workspace / "runs" / "bad-resume"
+    target = run / "perplexity.json"
+    target.write_bytes(b"#" * target.stat().st_size)
+    before = digest(run)
+    proc = run_cli("run", str(path), cwd=workspace, log_dir=tmp_path / "logs")
+    assert_one_clear_line(proc, "perplexity.json is not valid JSON", tmp_path / "logs")
+    assert digest(run) == before
+    proc = run_cli("run", str(path), "--from", "evaluate", cwd=workspace, log_dir=tmp_path / "logs2")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_report_and_benchmark_refuse_folders_that_are_not_theirs(workspace, tmp_path):
+    proc = run_cli("report", str(tmp_path), cwd=workspace, log_dir=tmp_path / "logs")
+    assert_one_clear_line(proc, "holds neither summary.json nor a benchmark's results.json", tmp_path / "logs")
+    proc = run_cli("benchmark", str(tmp_path), "--out", str(tmp_path / "out"), cwd=workspace, log_dir=tmp_path / "l2")
+    assert_one_clear_line(proc, "holds no artifact", tmp_path / "l2")
+    assert not (tmp_path / "out").exists()
+
+
+def rewrite_manifest(folder):
+    """Make the manifest agree with altered files, so that only the engine can object."""
+    from export.checks import sha256_file
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for rel in manifest["files"]:
+        manifest["files"][rel] = {"bytes": (folder / rel).stat().st_size, "sha256": sha256_file(folder / rel)}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("no-manifest", "has no manifest.json, so it is not an artifact of this tool"),
+    ("missing-tokenizer", "the artifact is missing deepsparse/tokenizer.json"),
+    ("truncated-data", "(truncated or altered)"),
+    ("corrupt-onnx", "is not a readable ONNX file"),
+    ("graph-the-engine-rejects", "in stage generate"),
+])
+def test_bad_artifact_for_generate(tiny_artifact, tmp_path, damage, expected):
+    folder = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact[1], folder)
+    ds = folder / "deepsparse"
+    if damage == "no-manifest":
+        (folder / "manifest.json").unlink()
+    elif damage == "missing-tokenizer":
+        (ds / "tokenizer.json").unlink()
+    elif damage == "truncated-data":
+        (ds / "model.onnx_data").write_bytes((ds / "model.onnx_data").read_bytes()[:100])
+    elif damage == "corrupt-onnx":
+        (ds / "model.onnx").write_bytes(b"\xff" * (ds / "model.onnx").stat().st_size)
+    else:  # Optimum's standard graph (position_ids, KV heads) where DeepSparse expects its own
+        for name in ("model.onnx", "model.onnx_data"):
+            shutil.copy(folder / "onnxruntime" / name, ds / name)
+        rewrite_manifest(folder)
+    before = digest(folder)
+    proc = run_cli("generate", str(folder), "Hello", "--engine", "deepsparse", "--max-new-tokens", "4",
+                   cwd=tmp_path, log_dir=tmp_path / "logs")
+    line = assert_one_clear_line(proc, expected, tmp_path / "logs")
+    if damage == "graph-the-engine-rejects":
+        assert f"deepsparse on {ds}" in line
+    assert digest(folder) == before, "a failed load must not alter the artifact"
