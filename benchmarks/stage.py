@@ -60,6 +60,8 @@ def describe_artifact(path: Path, key: str | None = None, name: str | None = Non
     sparsity = manifest["sparsity"]["overall_decoder_linears"]
     if method == "none" and sparsity > 0.01:
         method = "unknown"
+    if manifest.get("quantization"):  # an INT8 artifact is never the float dense reference
+        method = f"{method}+int8"
     label = path.parent.name if path.name == "artifact" else path.name  # RUN/artifact -> RUN's name
     return {"key": key or label, "name": name or label, "path": str(path), "method": method,
             "requested_sparsity": requested, "sparsity": sparsity, "layers": config["num_hidden_layers"],

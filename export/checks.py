@@ -53,7 +53,11 @@ def ort_session(onnx_path: Path, threads: int | None = None):
 
 def deepsparse_graph_logits(onnx_path: Path, config, input_ids: np.ndarray) -> np.ndarray:
     """Run the DeepSparse-shaped graph (in ONNX Runtime) on a prompt with an empty cache."""
-    session = ort_session(onnx_path)
+    return ort_session(onnx_path).run(["logits"], deepsparse_graph_feed(config, input_ids))[0]
+
+
+def deepsparse_graph_feed(config, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Inputs of the DeepSparse-shaped graph for a prompt with an empty cache."""
     q = input_ids.shape[1]
     heads, dim = config.num_attention_heads, head_dim(config)
     feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": np.ones((1, q), np.int64),
@@ -62,7 +66,7 @@ def deepsparse_graph_logits(onnx_path: Path, config, input_ids: np.ndarray) -> n
     for i in range(config.num_hidden_layers):
         for kind in ("key", "value"):
             feed[f"past_key_values.{i}.{kind}"] = np.zeros((1, heads, 0, dim), np.float32)
-    return session.run(["logits"], feed)[0]
+    return feed
 
 
 def onnxruntime_graph_feed(input_names: set[str], config, input_ids: np.ndarray, past: int = 0,

@@ -21,6 +21,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -66,6 +67,7 @@ class StagingDir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
+        fsync_tree(self.tmp)  # what the rename publishes is on disk first
         os.chmod(self.tmp, 0o755)
         old = None
         if self.target.exists():
@@ -73,6 +75,27 @@ class StagingDir:
             shutil.rmtree(old, ignore_errors=True)
             os.replace(self.target, old)
         os.replace(self.tmp, self.target)
+        _fsync_dir(self.target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return False
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder`` (so a rename after it publishes only durable bytes)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import ClassVar, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -74,21 +74,27 @@ class EvaluationSection(_Section):
     device: str = Field("cpu", description="where the whole model runs for perplexity (cpu, cuda)")
 
 
-class _LaterStage(_Section):
-    """A stage that a later version fills in; enabling it now is refused, not ignored."""
+class QuantizeSection(_Section):
+    """INT8 quantization of the exported artifact (export/quantize.py): RUN/artifact-int8 beside RUN/artifact."""
 
-    model_config = ConfigDict(extra="allow")
     enabled: bool = False
+    scheme: str = Field("w8a8-static", description="w8a8-static: int8 weights (symmetric), uint8 activations (static)")
+    num_samples: int = Field(16, gt=0, description="calibration windows for the activation ranges (calibration text)")
+    seq_len: int = Field(128, gt=1)
+    check_tokens: int = Field(32, ge=0, description="greedy tokens compared with the float artifact in each engine")
+    perplexity: bool = Field(True, description="perplexity of the float and INT8 graphs (evaluation settings, "
+                                               "ONNX Runtime); needs evaluation.enabled")
 
-    @model_validator(mode="after")
-    def _not_yet(self):
-        if self.enabled:
-            raise ValueError(f"the {self.stage} stage is not implemented in this version yet; set enabled: false")
-        return self
+    @field_validator("scheme")
+    @classmethod
+    def _runnable(cls, value):
+        from export.quantize import check_scheme
 
-
-class QuantizeSection(_LaterStage):
-    stage: ClassVar[str] = "quantize"
+        try:
+            check_scheme(value)
+        except PipelineError as exc:
+            raise ValueError(exc.problem + " — " + exc.fix) from None
+        return value
 
 
 class ExportSection(_Section):
@@ -137,6 +143,9 @@ class Recipe(_Section):
         for section in (self.calibration, self.evaluation):
             if section.dataset == "file" and not section.path:
                 raise ValueError("dataset 'file' needs path: (a .txt, .jsonl or .json file)")
+        if self.quantize.enabled and not self.export.enabled:
+            raise ValueError("quantize works on the exported ONNX artifact, and this recipe does not export: "
+                             "set export.enabled: true")
         bench = self.benchmark
         if bench.enabled:
             if not self.export.enabled:

@@ -45,6 +45,24 @@ def render_report(summary: dict) -> str:
             lines.append(f"| {engine} | {diff:.2e} | {text} |")
         lines += ["", "Load it with `deepsparse.TextGeneration(model_path=\"<artifact>/deepsparse\")` or "
                   "`ORTModelForCausalLM.from_pretrained(\"<artifact>/onnxruntime\")`, or `pipeline generate <artifact> \"prompt\"`."]
+    quant = summary.get("quantize")
+    if quant:
+        lines += ["", f"## INT8 artifact ({quant['scheme']})", "",
+                  f"`{quant['path']}`: {quant['bytes'] / 2**20:.1f} MiB, quantized in {quant['quantize_seconds']:.1f} s. "
+                  "Decoder linears INT8 (weights symmetric per tensor, activations static); every pruned zero "
+                  "is still exactly 0.", "",
+                  "| engine | quantized MatMuls | INT8 zeros | top-1 on the check prompt vs float | max abs logit diff "
+                  "| greedy tokens equal to float |", "|---|---|---|---|---|---|"]
+        for engine, info in quant["engines"].items():
+            greedy = info.get("greedy_vs_float")
+            text = f"{greedy['equal']}/{greedy['tokens']} (common prefix {greedy['common_prefix']})" if greedy else "–"
+            lines.append(f"| {engine} | {info['quantized_matmuls']} | {info['int8_zeros']:.4f} | "
+                         f"{info['top1_agreement_vs_float']:.3f} | {info['logits_max_abs_diff_vs_float']:.3f} | {text} |")
+        qp = quant.get("perplexity")
+        if qp:
+            lines += ["", f"Perplexity of the {qp['graph']} graphs ({qp['dataset']}, {qp['int8']['windows']} windows of "
+                      f"{qp['int8']['context_length']} tokens, ONNX Runtime): float {qp['float']['perplexity']:.3f}, "
+                      f"INT8 {qp['int8']['perplexity']:.3f}."]
     bench = summary.get("benchmark")
     if bench:
         lines += ["", "## Throughput", "", "Median tokens/s of this artifact (batch 1, float32; details, every "

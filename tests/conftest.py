@@ -10,6 +10,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the CLI's per-invocation log files go to a scratch folder, not the user's ~/.cache
+import tempfile  # noqa: E402
+
+os.environ.setdefault("PIPELINE_LOG_DIR", tempfile.mkdtemp(prefix="pipeline-test-logs-"))
 
 import pytest
 import torch

@@ -42,6 +42,9 @@ RECIPES = {
                                   "benchmark.compare: /nonexistent/run holds no artifact"),
     "benchmark-too-many-threads": ({"export__enabled": True, "benchmark__enabled": True, "benchmark__threads": 4096},
                                    "benchmark threads=4096 but this machine has"),
+    "quantize-before-export": ({"quantize__enabled": True}, "quantize works on the exported ONNX artifact"),
+    "quantize-scheme-deepsparse-cannot-run": ({"export__enabled": True, "quantize__enabled": True,
+                                               "quantize__scheme": "w4a16"}, "'w4a16' cannot run in DeepSparse"),
     "deepsparse-uncovered-architecture": ({"model__source": "TINY_OPT", "prune__method": "wanda",
                                            "export__enabled": True}, "DeepSparse export covers"),
 }

@@ -1,0 +1,43 @@
+"""Perplexity of an artifact's graph, computed in ONNX Runtime, with the same windows and loss as
+pipeline/evaluate.py (it is reused: the session is wrapped as a module that returns logits).
+
+This is how the INT8 artifact's perplexity is measured: the QDQ graph itself, not a PyTorch imitation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from export.checks import deepsparse_graph_feed, onnxruntime_graph_feed, ort_session
+from pipeline.evaluate import perplexity
+
+
+class OnnxLogits(nn.Module):
+    """``model(input_ids=...).logits`` of one graph of an artifact (prefill with an empty cache)."""
+
+    def __init__(self, folder: Path, engine: str):
+        super().__init__()
+        from transformers import AutoConfig
+
+        self.config = AutoConfig.from_pretrained(folder / engine)
+        self.engine = engine
+        self.session = ort_session(folder / engine / "model.onnx")
+        self.names = {i.name for i in self.session.get_inputs()}
+        self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)  # evaluate() asks for a device
+
+    def forward(self, input_ids: torch.Tensor, use_cache: bool = False):
+        ids = input_ids.cpu().numpy()
+        feed = (deepsparse_graph_feed(self.config, ids) if self.engine == "deepsparse"
+                else onnxruntime_graph_feed(self.names, self.config, ids))
+        return SimpleNamespace(logits=torch.from_numpy(self.session.run(["logits"], feed)[0]))
+
+
+def artifact_perplexity(folder: Path, tokens: torch.Tensor, context_length: int, max_windows: int | None = None,
+                        engine: str = "onnxruntime", progress: bool = True) -> dict:
+    model = OnnxLogits(Path(folder), engine)
+    return perplexity(model, tokens, context_length, max_windows, progress=progress,
+                      desc=f"perplexity ({Path(folder).name}, {engine} graph)")

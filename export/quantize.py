@@ -1,0 +1,199 @@
+"""INT8 quantization of an exported artifact: static QDQ quantization of the decoder linears with
+onnxruntime's quantization tool, calibrated on real text, for both graphs of the artifact.
+
+    RUN/artifact/  --quantize_artifact-->  RUN/artifact-int8/   (same layout, same manifest keys, same loaders)
+
+The scheme (``SCHEMES``) is what DeepSparse executes: weights int8, symmetric, per tensor, so a
+pruned zero stays exactly 0 (checked for every weight); activations uint8, asymmetric, calibrated
+with min/max; QuantizeLinear/DequantizeLinear around each decoder linear's MatMul. The attention
+score MatMuls (two activations), the LM head and everything else stay float32. DeepSparse 1.8.0
+compiles this graph with its internal KV cache (tests/test_quantize.py runs it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.checks import deepsparse_graph_feed, onnxruntime_graph_feed, ort_session, sha256_file
+from pipeline.errors import PipelineError
+from pipeline.outputs import StagingDir, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    weights: str
+    activations: str
+    per_channel: bool
+    about: str
+
+
+SCHEMES = {
+    "w8a8-static": Scheme("int8 symmetric per tensor", "uint8 asymmetric, static (min/max calibration)", False,
+                          "decoder linears INT8 (QDQ); attention scores, LM head, norms float32"),
+}
+#: schemes users ask for that the DeepSparse path does not run, and what to do instead
+NOT_RUNNABLE = {
+    "w4a16": "4-bit weights have no DeepSparse kernels; the 4-bit study is simulated in PyTorch for perplexity only "
+             "(python -m benchmarks.ppl_table --weights w4g128)",
+    "w4-rtn": "4-bit weights have no DeepSparse kernels; the perplexity study: python -m benchmarks.ppl_table "
+              "--weights w4g128",
+    "w8a8-dynamic": "dynamic activation quantization (DynamicQuantizeLinear + MatMulInteger) is not a DeepSparse "
+                    "fast path; use w8a8-static",
+    "fp8": "DeepSparse 1.8 has no FP8 kernels",
+}
+
+
+def check_scheme(name: str) -> Scheme:
+    if name in SCHEMES:
+        return SCHEMES[name]
+    why = NOT_RUNNABLE.get(name, "unknown scheme")
+    raise PipelineError(f"quantize.scheme {name!r} cannot run in DeepSparse: {why}",
+                        f"use one of: {', '.join(SCHEMES)}")
+
+
+def _quantization_tool():
+    """onnxruntime.quantization, importable next to onnx 1.14.
+
+    onnxruntime's tool names the 4-bit tensor types of onnx >= 1.16 in its lookup tables; DeepSparse
+    1.8 pins onnx < 1.15. The two enum values are added if missing (we never create 4-bit tensors).
+    """
+    import onnx
+
+    for name, value in (("UINT4", 21), ("INT4", 22)):
+        if not hasattr(onnx.TensorProto, name):
+            setattr(onnx.TensorProto, name, value)
+    import onnxruntime.quantization as tool
+
+    return tool
+
+
+def linear_matmuls(graph, vocab_size: int) -> tuple[list[str], list[str]]:
+    """(MatMul nodes of the decoder linears, every other MatMul) of an ONNX graph."""
+    shapes = {init.name: tuple(init.dims) for init in graph.initializer}
+    linears, others = [], []
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        weight = next((shapes[x] for x in node.input if x in shapes), None)
+        if weight is None or len(weight) != 2 or vocab_size in weight:  # activation x activation, or the LM head
+            others.append(node.name)
+        else:
+            linears.append(node.name)
+    return linears, others
+
+
+def _feeds(engine: str, graph: Path, config, windows: np.ndarray) -> list[dict]:
+    if engine == "deepsparse":
+        return [deepsparse_graph_feed(config, windows[i:i + 1]) for i in range(len(windows))]
+    names = {i.name for i in ort_session(graph).get_inputs()}
+    return [onnxruntime_graph_feed(names, config, windows[i:i + 1]) for i in range(len(windows))]
+
+
+def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme, vocab_size: int) -> dict:
+    """Quantize ``source`` (model.onnx + model.onnx_data) into ``target`` folder; returns what was done."""
+    import onnx
+
+    tool = _quantization_tool()
+    graph = onnx.load(str(source), load_external_data=False).graph
+    linears, others = linear_matmuls(graph, vocab_size)
+    if not linears:
+        raise PipelineError(f"{source} has no MatMul with a weight matrix to quantize", "re-run the export stage")
+
+    class Reader(tool.CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(feeds)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as scratch:
+        out = Path(scratch) / "model.onnx"
+        tool.quantize_static(str(source), str(out), Reader(), quant_format=tool.QuantFormat.QDQ,
+                             op_types_to_quantize=["MatMul"], nodes_to_exclude=others,
+                             per_channel=scheme.per_channel, activation_type=tool.QuantType.QUInt8,
+                             weight_type=tool.QuantType.QInt8, calibrate_method=tool.CalibrationMethod.MinMax,
+                             use_external_data_format=True,
+                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        model = onnx.load(str(out))
+        onnx.save_model(model, str(target / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx_data")
+    return {"quantized_matmuls": len(linears), "float_matmuls": len(others)}
+
+
+def int8_weights(float_graph: Path, int8_graph: Path) -> dict[str, dict]:
+    """Per quantized weight: the fraction of int8 zeros, and whether every float zero is still 0."""
+    import onnx
+    from onnx import numpy_helper
+
+    floats = {i.name: i for i in onnx.load(str(float_graph)).graph.initializer}
+    result = {}
+    for init in onnx.load(str(int8_graph)).graph.initializer:
+        if not init.name.endswith("_quantized") or init.name[: -len("_quantized")] not in floats:
+            continue
+        q = numpy_helper.to_array(init)
+        if q.ndim != 2:
+            continue
+        w = numpy_helper.to_array(floats[init.name[: -len("_quantized")]])
+        result[init.name[: -len("_quantized")]] = {
+            "shape": list(q.shape), "float_zeros": float((w == 0).mean()), "int8_zeros": float((q == 0).mean()),
+            "pruned_zeros_kept": bool((q[w == 0] == 0).all())}
+    return result
+
+
+def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.ndarray, check_ids: np.ndarray,
+                      metadata: dict | None = None) -> dict:
+    """Quantize every graph of the artifact ``source`` into the artifact ``target`` (atomic); returns its manifest."""
+    from transformers import AutoConfig
+
+    from export.artifact import MANIFEST, open_artifact
+    from export.checks import deepsparse_graph_logits, onnxruntime_graph_logits
+
+    scheme = check_scheme(scheme_name)
+    source, target = Path(source), Path(target)
+    original = open_artifact(source)
+    started = time.time()
+    with StagingDir(target) as tmp:
+        engines = {}
+        for engine, info in original["engines"].items():
+            t0 = time.time()
+            folder = tmp / engine
+            shutil.copytree(source / engine, folder, ignore=shutil.ignore_patterns("model.onnx", "model.onnx_data"))
+            config = AutoConfig.from_pretrained(source / engine)
+            graph = source / engine / "model.onnx"
+            log.info("quantizing the %s graph (%s, %d calibration windows)", engine, scheme_name, len(windows))
+            done = quantize_graph(graph, folder, _feeds(engine, graph, config, windows), scheme, config.vocab_size)
+            logits_of = deepsparse_graph_logits if engine == "deepsparse" else onnxruntime_graph_logits
+            before, after = logits_of(graph, config, check_ids), logits_of(folder / "model.onnx", config, check_ids)
+            weights = int8_weights(graph, folder / "model.onnx")
+            lost = sorted(name for name, w in weights.items() if not w["pruned_zeros_kept"])
+            if lost:
+                raise PipelineError(f"INT8 quantization of the {engine} graph turned pruned zeros into non-zeros in "
+                                    f"{lost[:3]}", "this is a bug in the quantization scheme; please report it")
+            total = sum(np.prod(w["shape"]) for w in weights.values())
+            engines[engine] = {
+                **{k: v for k, v in info.items() if k not in ("export_seconds", "logits_max_abs_diff_vs_pytorch")},
+                **done, "quantize_seconds": time.time() - t0,
+                "logits_max_abs_diff_vs_float": float(np.abs(after - before).max()),
+                "top1_agreement_vs_float": float((after.argmax(-1) == before.argmax(-1)).mean()),
+                "int8_zeros": float(sum(w["int8_zeros"] * np.prod(w["shape"]) for w in weights.values()) / total),
+                "pruned_zeros_kept": True}
+        files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest = {**{k: v for k, v in original.items() if k not in ("files", "engines", "export_seconds")},
+                    **(metadata or {}), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "quantization": {"scheme": scheme_name, **scheme.__dict__, "source": str(source),
+                                     "calibration_windows": list(windows.shape)},
+                    "engines": engines, "quantize_seconds": time.time() - started, "files": files}
+        write_json_atomic(tmp / MANIFEST, manifest)
+    log.info("INT8 artifact written to %s in %.1f s", target, time.time() - started)
+    return json.loads((target / MANIFEST).read_text())

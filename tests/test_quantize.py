@@ -1,0 +1,111 @@
+"""INT8 quantization of an artifact: pruned zeros stay exactly zero, both loaders run it, its decode
+agrees with the float artifact, and schemes DeepSparse cannot run are refused up front."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from export.artifact import open_artifact
+from export.engines import run_engine
+from export.quantize import check_scheme, linear_matmuls, quantize_artifact
+from pipeline.errors import PipelineError
+from pipeline.recipe import parse_recipe
+
+
+@pytest.fixture(scope="module")
+def int8_artifact(tiny_artifact, tmp_path_factory):
+    model, folder, _ = tiny_artifact
+    rng = np.random.default_rng(0)
+    target = tmp_path_factory.mktemp("int8") / "artifact-int8"
+    manifest = quantize_artifact(folder, target, "w8a8-static", rng.integers(2, 96, (8, 32)),
+                                 rng.integers(2, 96, (1, 16)))
+    return model, folder, target, manifest
+
+
+def test_layout_manifest_and_every_pruned_zero_kept(int8_artifact):
+    model, _, target, manifest = int8_artifact
+    assert open_artifact(target, verify_checksums=True)["quantization"]["scheme"] == "w8a8-static"
+    pruned = [m.weight.detach().T.numpy() for n, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear) and ".layers." in f".{n}"]
+    for engine in ("deepsparse", "onnxruntime"):
+        info = manifest["engines"][engine]
+        assert info["quantized_matmuls"] == 14 and info["pruned_zeros_kept"]  # 7 linears x 2 layers
+        graph = onnx.load(str(target / engine / "model.onnx")).graph
+        int8 = [numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8
+                and len(i.dims) == 2]
+        assert len(int8) == 14
+        for q in int8:  # independently of the manifest: int8 zeros cover the pruned positions (2:4 -> half)
+            assert (q == 0).mean() >= 0.5
+            assert any(w.shape == q.shape and ((w == 0) <= (q == 0)).all() for w in pruned)
+        assert {n.op_type for n in graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+
+
+def test_only_decoder_linears_are_quantized(int8_artifact):
+    _, folder, _, _ = int8_artifact
+    graph = onnx.load(str(folder / "deepsparse" / "model.onnx"), load_external_data=False).graph
+    linears, others = linear_matmuls(graph, vocab_size=96)
+    assert len(linears) == 14 and len(others) == 2 * 2 + 1  # QK^T and AV per layer, and the LM head
+
+
+def test_logits_and_greedy_decode_agree_with_float_in_both_engines(int8_artifact):
+    _, folder, target, manifest = int8_artifact
+    for engine in ("deepsparse", "onnxruntime"):
+        assert manifest["engines"][engine]["top1_agreement_vs_float"] == 1.0
+        assert manifest["engines"][engine]["logits_max_abs_diff_vs_float"] < 0.1
+        spec = {"sequence_length": 64, "prompt_sequence_length": 4, "internal_kv_cache": True} if engine == "deepsparse" else {}
+        a = run_engine(engine, folder, "test", prompt="Hello there", max_new_tokens=12, **spec)
+        b = run_engine(engine, target, "test", prompt="Hello there", max_new_tokens=12, **spec)
+        assert a["ids"] == b["ids"], engine
+
+
+def test_schemes_deepsparse_cannot_run_are_refused():
+    assert check_scheme("w8a8-static").weights.startswith("int8")
+    for name in ("w4a16", "w8a8-dynamic", "int3"):
+        with pytest.raises(PipelineError, match=f"quantize.scheme '{name}' cannot run in DeepSparse"):
+            check_scheme(name)
+
+
+def test_quantizing_what_was_not_exported(tmp_path):
+    with pytest.raises(PipelineError, match="artifact folder .* does not exist"):
+        quantize_artifact(tmp_path / "nope", tmp_path / "out", "w8a8-static", np.zeros((1, 8), np.int64),
+                          np.zeros((1, 4), np.int64))
+    assert not (tmp_path / "out").exists()
+    base = {"name": "q", "model": {"source": "x"}, "quantize": {"enabled": True}}
+    with pytest.raises(PipelineError, match="quantize works on the exported ONNX artifact"):
+        parse_recipe(base)
+    with pytest.raises(PipelineError, match="w4a16' cannot run in DeepSparse"):
+        parse_recipe({**base, "export": {"enabled": True}, "quantize": {"enabled": True, "scheme": "w4a16"}})
+
+
+def test_rtn_4bit_keeps_pruned_zeros_and_rounds_within_half_a_step():
+    from pipeline.fake_quant import rtn_quantize
+
+    torch.manual_seed(0)
+    w = torch.randn(64, 256)
+    w[:, ::2] = 0  # pruned
+    q = rtn_quantize(w, bits=4, group=128)
+    assert (q[w == 0] == 0).all()
+    for g in range(2):
+        block, orig = q[:, g * 128:(g + 1) * 128], w[:, g * 128:(g + 1) * 128]
+        step = (orig.amax(1) - orig.amin(1)) / 15
+        assert ((block - orig).abs().amax(1) <= step / 2 + 1e-6).all()
+        assert max(len(torch.unique(row[row != 0])) for row in block) <= 16
+    with pytest.raises(PipelineError, match="does not divide"):
+        rtn_quantize(torch.randn(4, 100), group=128)
+
+
+def test_onnx_perplexity_equals_pytorch_for_the_float_graph_and_int8_stays_close(int8_artifact):
+    from conftest import calibration_ids
+    from export.onnx_perplexity import artifact_perplexity
+    from pipeline.evaluate import perplexity
+
+    model, folder, target, _ = int8_artifact
+    tokens = calibration_ids(n=1, seq_len=96, seed=3)[0]
+    want = perplexity(model, tokens, 32, progress=False)["perplexity"]
+    for engine in ("deepsparse", "onnxruntime"):
+        got = artifact_perplexity(folder, tokens, 32, engine=engine, progress=False)
+        assert got["windows"] == 3 and got["perplexity"] == pytest.approx(want, rel=1e-4)
+        int8 = artifact_perplexity(target, tokens, 32, engine=engine, progress=False)["perplexity"]
+        assert int8 == pytest.approx(want, rel=0.05)
