@@ -64,6 +64,21 @@ def _versions() -> dict[str, str]:
     return found
 
 
+#: Bytes of zeros appended to the DeepSparse graph's model.onnx_data. DeepSparse 1.8's kernels read a
+#: little past the last weight; when that weight ends exactly at the end of the memory-mapped file on
+#: a page boundary, the engine dies with SIGBUS at run time (seen with INT8 graphs of LLaMA-2-7B
+#: shapes: "Received signal: Bus error"). External data is addressed by offset and length, so the
+#: tail changes nothing else, and ONNX Runtime ignores it.
+DEEPSPARSE_DATA_TAIL = 1 << 16
+
+
+def pad_external_data(folder: Path) -> None:
+    data = Path(folder) / "model.onnx_data"
+    if data.is_file():
+        with open(data, "ab") as handle:
+            handle.write(b"\0" * DEEPSPARSE_DATA_TAIL)
+
+
 def estimated_bytes(model: torch.nn.Module, engines: tuple[str, ...]) -> int:
     """Disk an export needs: float32 weights once per engine, plus room for the exporter's temporaries."""
     params = sum(p.numel() for p in model.parameters())
@@ -138,6 +153,7 @@ def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = E
                     os.environ.pop("FORCE_ONNX_EXTERNAL_DATA", None)
                 if engine == "deepsparse":
                     _export_deepsparse(model, folder, max_positions)
+                    pad_external_data(folder)
                     logits = deepsparse_graph_logits(folder / "model.onnx", model.config, prompt.numpy())
                 else:
                     _export_onnxruntime(model, folder)

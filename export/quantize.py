@@ -155,7 +155,7 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
     """Quantize every graph of the artifact ``source`` into the artifact ``target`` (atomic); returns its manifest."""
     from transformers import AutoConfig
 
-    from export.artifact import MANIFEST, open_artifact
+    from export.artifact import MANIFEST, open_artifact, pad_external_data
     from export.checks import deepsparse_graph_logits, onnxruntime_graph_logits
 
     scheme = check_scheme(scheme_name)
@@ -172,6 +172,8 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
             graph = source / engine / "model.onnx"
             log.info("quantizing the %s graph (%s, %d calibration windows)", engine, scheme_name, len(windows))
             done = quantize_graph(graph, folder, _feeds(engine, graph, config, windows), scheme, config.vocab_size)
+            if engine == "deepsparse":
+                pad_external_data(folder)
             logits_of = deepsparse_graph_logits if engine == "deepsparse" else onnxruntime_graph_logits
             before, after = logits_of(graph, config, check_ids), logits_of(folder / "model.onnx", config, check_ids)
             weights = int8_weights(graph, folder / "model.onnx")

@@ -17,6 +17,8 @@ from typing import Callable
 from pipeline.errors import PipelineError
 
 RESULT_PREFIX = "ENGINE_RESULT "
+#: lines of an engine's stderr that say what went wrong (the last one is quoted in the error)
+TELLING = ("Assertion", "Received signal", "Error", "error:", "Exception", "Killed", "Aborted")
 
 
 def run_child(module: str, payload: dict, what: str, stage: str, timeout: float, env: dict | None = None) -> dict:
@@ -30,8 +32,7 @@ def run_child(module: str, payload: dict, what: str, stage: str, timeout: float,
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX):])
-    last = [line for line in (proc.stderr or "").strip().splitlines() if line.strip()]
-    message = last[-1][-300:] if last else "no message"
+    message = last_words(proc.stderr or "")
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
         hint = " (SIGKILL is usually the out-of-memory killer)" if name == "SIGKILL" else ""
@@ -40,6 +41,16 @@ def run_child(module: str, payload: dict, what: str, stage: str, timeout: float,
                             "try the other engine (pipeline generate --engine onnxruntime)")
     raise PipelineError(f"{what} failed (exit {proc.returncode}) in stage {stage}: {message}",
                         "see the message; the run folder is intact")
+
+
+def last_words(stderr: str) -> str:
+    """The line of a child's stderr that says what went wrong: the last telling one, else the last one.
+
+    (DeepSparse ends a crash report with a "please email this stack trace" line; the signal or
+    assertion line before it is what a user needs.)"""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    telling = [line for line in lines if any(k in line for k in TELLING)]
+    return (telling or lines or ["no message"])[-1][-300:]
 
 
 def child_main(function: Callable[[dict], dict]) -> None:

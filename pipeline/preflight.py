@@ -85,6 +85,10 @@ def _free_disk(path: Path) -> int:
     return shutil.disk_usage(existing).free
 
 
+def _count(params: int) -> str:
+    return f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M"
+
+
 def check_resources(config, recipe, stages: list[str], run_dir: Path) -> dict:
     """Raise PipelineError naming the stage and the numbers when RAM or disk will not do; return the estimates."""
     shapes = Shapes.from_config(config)
@@ -93,11 +97,11 @@ def check_resources(config, recipe, stages: list[str], run_dir: Path) -> dict:
         return {}
     available = psutil.virtual_memory().available
     stage, (ram, _) = max(estimates.items(), key=lambda item: item[1][0])
-    log.info("preflight: %.1fB parameters; peak RAM about %.1f GiB (stage %s), %.1f GiB available",
-             shapes.params / 1e9, ram / GiB, stage, available / GiB)
+    log.info("preflight: %s parameters; peak RAM about %.1f GiB (stage %s), %.1f GiB available",
+             _count(shapes.params), ram / GiB, stage, available / GiB)
     if ram > available:
         raise PipelineError(
-            f"stage {stage} needs about {ram / GiB:.1f} GiB of RAM for {shapes.params / 1e9:.2f}B parameters "
+            f"stage {stage} needs about {ram / GiB:.1f} GiB of RAM for {_count(shapes.params)} parameters "
             f"({recipe.model.dtype}), but {available / GiB:.1f} GiB is available",
             "free memory, use a machine with more RAM, lower calibration.num_samples / seq_len, or pass "
             "--skip-preflight if you know the estimate is too high")

@@ -93,7 +93,7 @@ class QuantizeSection(_Section):
         try:
             check_scheme(value)
         except PipelineError as exc:
-            raise ValueError(exc.problem + " — " + exc.fix) from None
+            raise ValueError(f"{exc.problem} — fix: {exc.fix}") from None
         return value
 
 
@@ -170,8 +170,9 @@ class Recipe(_Section):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _format_error(path: Path, exc: ValidationError) -> str:
-    lines = []
+def _format_error(path: Path, exc: ValidationError) -> PipelineError:
+    """One PipelineError for every problem pydantic found; a message's own fix is kept, not doubled."""
+    problems, fixes = [], []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
@@ -179,8 +180,12 @@ def _format_error(path: Path, exc: ValidationError) -> str:
             message = "unknown key (check its spelling; `pipeline validate --help` lists the keys)"
         elif err["type"] == "missing":
             message = "required key is missing"
-        lines.append(f"{where}: {message}")
-    return f"recipe {path}: " + "; ".join(lines)
+        message, _, fix = message.partition(" — fix: ")
+        problems.append(f"{where}: {message}")
+        if fix:
+            fixes.append(fix)
+    return PipelineError(f"recipe {path}: " + "; ".join(problems),
+                         "; ".join(fixes) or "edit the recipe as the message says; recipes/ has examples")
 
 
 def parse_recipe(data: dict, path: Path | str = "<recipe>") -> Recipe:
@@ -190,7 +195,7 @@ def parse_recipe(data: dict, path: Path | str = "<recipe>") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise PipelineError(_format_error(path, exc), "edit the recipe as the message says; recipes/ has examples") from None
+        raise _format_error(path, exc) from None
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -56,3 +56,13 @@ def test_cli_generate_both_engines_and_bad_artifact(tiny_artifact, tmp_path):
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(
         f"error: {tmp_path / 'empty'} has no manifest.json, so it is not an artifact of this tool — fix: re-run the export stage")
+
+
+def test_the_quoted_engine_message_is_the_telling_line():
+    from pipeline.child import last_words
+
+    report = ("Thread: 0x7f\nReceived signal: Bus error (signal addr: 00007f12f4b04000)\nRegisters:\nBacktrace:\n"
+              " 0# 0x00007f88e145a04f:\nPlease email a copy of this stack trace to: support@neuralmagic.com\n")
+    assert last_words(report) == "Received signal: Bus error (signal addr: 00007f12f4b04000)"
+    assert last_words("Traceback (most recent call last):\n  File x\nValueError: bad graph\n") == "ValueError: bad graph"
+    assert last_words("just one line\n") == "just one line" and last_words("") == "no message"

@@ -28,6 +28,10 @@ def test_layout_and_manifest(tiny_artifact):
     on_disk = json.loads((folder / "manifest.json").read_text())
     assert on_disk["files"]["onnxruntime/model.onnx"]["sha256"] == manifest["files"]["onnxruntime/model.onnx"]["sha256"]
     assert not [p for p in folder.parent.iterdir() if ".partial" in p.name]
+    from export.artifact import DEEPSPARSE_DATA_TAIL
+
+    tail = (folder / "deepsparse" / "model.onnx_data").read_bytes()[-DEEPSPARSE_DATA_TAIL:]
+    assert tail == bytes(DEEPSPARSE_DATA_TAIL), "DeepSparse reads past the last weight: the data file has a zero tail"
 
 
 def test_sparsity_in_onnx_equals_pytorch(tiny_artifact):

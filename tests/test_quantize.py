@@ -40,6 +40,10 @@ def test_layout_manifest_and_every_pruned_zero_kept(int8_artifact):
             assert (q == 0).mean() >= 0.5
             assert any(w.shape == q.shape and ((w == 0) <= (q == 0)).all() for w in pruned)
         assert {n.op_type for n in graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+    from export.artifact import DEEPSPARSE_DATA_TAIL
+
+    tail = (target / "deepsparse" / "model.onnx_data").read_bytes()[-DEEPSPARSE_DATA_TAIL:]
+    assert tail == bytes(DEEPSPARSE_DATA_TAIL)  # else DeepSparse's INT8 kernels can read past the file (SIGBUS)
 
 
 def test_only_decoder_linears_are_quantized(int8_artifact):
