@@ -5,15 +5,16 @@ pydoc_data.topics text instead of LLaMA and WikiText2 (no internet here). One pr
 model is loaded once and restored from its dense weights before every pruning.
 
     python -m benchmarks.ppl_table --out benchmarks/results/ppl_embedded.json
-    python -m benchmarks.ppl_table --weights w4g128 --out benchmarks/results/ppl_embedded_w4.json
+    python -m benchmarks.ppl_table --weights w4g64 --out benchmarks/results/ppl_embedded_w4.json
 
 ``--weights w4g128`` adds the paper's appendix study: after pruning, every decoder linear's weights
-are round-to-nearest quantized to 4 bits in groups of 128 (simulated in PyTorch; pruned zeros kept).
+are round-to-nearest quantized to 4 bits in groups of 128 (64 for SmolLM2, whose 576 is no multiple of 128) (simulated in PyTorch; pruned zeros kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import json
 import logging
 import platform
@@ -41,8 +42,9 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--max-windows", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--weights", default="fp32", choices=["fp32", "w4g128", "w8g128"],
-                        help="simulated weight-only quantization applied after pruning (RTN, per group)")
+    parser.add_argument("--weights", default="fp32",
+                        help="fp32, or wBgG: simulated B-bit weight-only quantization after pruning, round-to-nearest "
+                             "per group of G input columns (w4g128 as in the paper; SmolLM2's 576 needs w4g64)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -52,11 +54,14 @@ def main() -> None:
     calib = calibration_windows(tok, "embedded", args.samples, args.seq_len, args.seed)
     evals = evaluation_tokens(tok, "embedded")
     ev = dict(context_length=args.context, max_windows=args.max_windows, progress=False)
-    bits = None if args.weights == "fp32" else int(args.weights[1])
+    match = re.fullmatch(r"w(\d+)g(\d+)", args.weights)
+    if args.weights != "fp32" and not match:
+        parser.error("--weights must be fp32 or wBgG, e.g. w4g128")
+    bits, group = (int(match[1]), int(match[2])) if match else (None, None)
 
     def quantize():
         if bits:
-            quantize_decoder_linears_(model, bits, 128)
+            quantize_decoder_linears_(model, bits, group)
 
     quantize()
     rows = [{"method": "dense", "sparsity": "0", **perplexity(model, evals, **ev)}]

@@ -33,8 +33,8 @@ def _ratio(entry: dict | None) -> str:
 
 
 def _sparsity_label(a: dict) -> str:
-    if a["method"] == "none":
-        return "dense"
+    if a["method"] in ("none", "none+int8"):
+        return a["method"].replace("none", "dense")
     req = a["requested_sparsity"]
     return f"{a['method']} {req:.0%}" if isinstance(req, float) else f"{a['method']} {req}"
 
