@@ -31,11 +31,11 @@ def test_layout_manifest_and_every_pruned_zero_kept(int8_artifact):
               if isinstance(m, torch.nn.Linear) and ".layers." in f".{n}"]
     for engine in ("deepsparse", "onnxruntime"):
         info = manifest["engines"][engine]
-        assert info["quantized_matmuls"] == 14 and info["pruned_zeros_kept"]  # 7 linears x 2 layers
+        assert info["quantized_matmuls"] == 12 and info["pruned_zeros_kept"]  # q k v o gate up x 2 layers
         graph = onnx.load(str(target / engine / "model.onnx")).graph
         int8 = [numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8
                 and len(i.dims) == 2]
-        assert len(int8) == 14
+        assert len(int8) == 12
         for q in int8:  # independently of the manifest: int8 zeros cover the pruned positions (2:4 -> half)
             assert (q == 0).mean() >= 0.5
             assert any(w.shape == q.shape and ((w == 0) <= (q == 0)).all() for w in pruned)
@@ -49,8 +49,9 @@ def test_layout_manifest_and_every_pruned_zero_kept(int8_artifact):
 def test_only_decoder_linears_are_quantized(int8_artifact):
     _, folder, _, _ = int8_artifact
     graph = onnx.load(str(folder / "deepsparse" / "model.onnx"), load_external_data=False).graph
-    linears, others = linear_matmuls(graph, vocab_size=96)
-    assert len(linears) == 14 and len(others) == 2 * 2 + 1  # QK^T and AV per layer, and the LM head
+    assert [len(x) for x in linear_matmuls(graph, vocab_size=96)] == [14, 2 * 2 + 1]  # QK^T and AV, LM head
+    linears, others = linear_matmuls(graph, vocab_size=96, intermediate_size=128)
+    assert len(linears) == 12 and len(others) == 2 * 2 + 1 + 2  # ... and down_proj
 
 
 def test_logits_and_greedy_decode_agree_with_float_in_both_engines(int8_artifact):
