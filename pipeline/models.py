@@ -98,36 +98,48 @@ def _load_error(source: str, exc: Exception, allow_pickle: bool) -> PipelineErro
     return PipelineError(f"cannot load model {source!r}: {first}", fix)
 
 
-def load_config(source: str, gguf_file: str | None = None, trust_remote_code: bool = False,
-                revision: str | None = None, allow_pickle: bool = False):
-    """The model's config alone (cheap: no weights), e.g. for resource estimates before loading."""
-    from transformers import AutoConfig
-
+def _resolve(source: str, gguf_file: str | None, trust_remote_code: bool, revision: str | None,
+             allow_pickle: bool) -> tuple[str, dict]:
+    """(location, from_pretrained kwargs) after the checks that need no download: paths, pickles."""
     location, kwargs = _source_kwargs(source, gguf_file, trust_remote_code, revision)
     check_weights_are_safe(location, gguf_file, allow_pickle)
+    return location, kwargs
+
+
+def _config(source: str, location: str, kwargs: dict, allow_pickle: bool):
+    from transformers import AutoConfig
+
     try:
         return AutoConfig.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(source, exc, allow_pickle) from exc
 
 
+def load_config(source: str, gguf_file: str | None = None, trust_remote_code: bool = False,
+                revision: str | None = None, allow_pickle: bool = False):
+    """The model's config alone (no weights), e.g. for resource estimates before loading."""
+    location, kwargs = _resolve(source, gguf_file, trust_remote_code, revision, allow_pickle)
+    return _config(source, location, kwargs, allow_pickle)
+
+
 def load_model(source: str, gguf_file: str | None = None, dtype: str = "float16", trust_remote_code: bool = False,
-               revision: str | None = None, allow_pickle: bool = False):
+               revision: str | None = None, allow_pickle: bool = False, config=None):
     """Load (model, tokenizer). Errors name the source and the fix.
 
     Weights load from safetensors (or GGUF) only, unless ``allow_pickle``; remote code runs only with
-    ``trust_remote_code``.
+    ``trust_remote_code``. ``config``: the one ``load_config`` already read (a GGUF's takes seconds).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    load_config(source, gguf_file, trust_remote_code, revision, allow_pickle)  # the cheapest file first: fail fast
-    location, kwargs = _source_kwargs(source, gguf_file, trust_remote_code, revision)
+    location, kwargs = _resolve(source, gguf_file, trust_remote_code, revision, allow_pickle)
+    if config is None:
+        config = _config(source, location, kwargs, allow_pickle)  # the cheapest file first: fail fast
     log.info("loading model %s%s as %s", source, f" ({gguf_file})" if gguf_file else "", dtype)
     weights = {} if gguf_file or allow_pickle else {"use_safetensors": True}
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES[dtype], low_cpu_mem_usage=True,
-                                                     **weights, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, config=config, dtype=DTYPES[dtype],
+                                                     low_cpu_mem_usage=True, **weights, **kwargs)
     except (OSError, ValueError) as exc:
         raise _load_error(source, exc, allow_pickle) from exc
     model.eval()

@@ -20,6 +20,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import time
@@ -68,6 +69,7 @@ class Models:
         self.recipe, self.run_dir = recipe, run_dir
         self.model = self.tokenizer = None
         self.state: str | None = None  # "dense" | "pruned" | None
+        self.source_config = None  # the source's config once preflight has read it
 
     def _load(self, state: str, source: str, **kwargs):
         if self.state != state:
@@ -80,7 +82,8 @@ class Models:
 
     def dense(self):
         m = self.recipe.model
-        return self._load("dense", m.source, gguf_file=m.gguf_file, revision=m.revision, allow_pickle=m.allow_pickle)
+        return self._load("dense", m.source, gguf_file=m.gguf_file, revision=m.revision, allow_pickle=m.allow_pickle,
+                          config=copy.deepcopy(self.source_config))  # later stages mutate a model's config
 
     def saved(self):
         """The model as the last model-changing stage saved it (RUN/pruned, or the source when nothing is pruned)."""
@@ -284,6 +287,7 @@ def preflight(ctx: Context, todo: list[str], skip_resources: bool) -> None:
 
         config = load_config(m.source, m.gguf_file, m.trust_remote_code, m.revision, m.allow_pickle)
         check_resources(config, recipe, todo, ctx.run_dir)
+        ctx.models.source_config = config
     if not set(todo) & {"baseline", "prune", "evaluate", "export"}:
         return  # the benchmark reads the artifact only
     model, tokenizer = ctx.models.dense() if {"baseline", "prune"} & set(todo) else ctx.models.saved()
