@@ -35,6 +35,7 @@ import torch
 
 from export.checks import (
     deepsparse_graph_logits,
+    file_table,
     onnx_weight_sparsity,
     onnxruntime_graph_logits,
     sha256_file,
@@ -79,9 +80,8 @@ def pad_external_data(folder: Path) -> None:
             handle.write(b"\0" * DEEPSPARSE_DATA_TAIL)
 
 
-def estimated_bytes(model: torch.nn.Module, engines: tuple[str, ...]) -> int:
-    """Disk an export needs: float32 weights once per engine, plus room for the exporter's temporaries."""
-    params = sum(p.numel() for p in model.parameters())
+def estimated_bytes(params: int, engines: tuple[str, ...]) -> int:
+    """Disk an export of ``params`` weights needs: float32 once per engine, plus the exporter's temporaries."""
     return int(params * 4 * (len(engines) + 1) * 1.1) + (64 << 20)
 
 
@@ -102,7 +102,7 @@ def preflight_export(model, target: Path, engines: tuple[str, ...]) -> None:
         raise PipelineError(f"unknown export engine(s) {sorted(unknown) or engines}", f"choose from {', '.join(ENGINES)}")
     if "deepsparse" in engines:
         quirks_for(model.config)  # an architecture the patches do not cover
-    check_disk(Path(target), estimated_bytes(model, engines))
+    check_disk(Path(target), estimated_bytes(sum(p.numel() for p in model.parameters()), engines))
 
 
 def _export_deepsparse(model, folder: Path, max_positions: int) -> None:
@@ -181,9 +181,7 @@ def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = E
                                                load='deepsparse.TextGeneration(model_path="ARTIFACT/deepsparse")')
                 else:
                     engine_info[engine]["load"] = 'ORTModelForCausalLM.from_pretrained("ARTIFACT/onnxruntime")'
-            files = {}
-            for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-                files[path.relative_to(tmp).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            files = file_table(tmp)
             first = next(iter(engine_info.values()))["sparsity_in_onnx"]
             total = sum(weights[n].numel() for n in first)
             manifest = {

@@ -103,3 +103,10 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_table(folder: Path) -> dict[str, dict]:
+    """{relative path: {bytes, sha256}} of every file under ``folder``: a manifest's ``files``."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -71,8 +71,9 @@ def needs(shapes: Shapes, recipe, stage: str) -> tuple[int, int]:
     if stage in ("baseline", "evaluate"):
         return model + logits + BASE, 0
     if stage == "export":
-        engines = len(recipe.export.engines)
-        return 2 * fp32 + BASE, int(fp32 * (engines + 1) * 1.1)  # float32 copy + the exporter's graph
+        from export.artifact import estimated_bytes  # the export stage's own disk check uses the same figure
+
+        return 2 * fp32 + BASE, estimated_bytes(shapes.params, tuple(recipe.export.engines))
     if stage == "quantize":
         return 2 * fp32 + BASE, int(fp32 * 0.6)  # float graph read, INT8 weights written (a quarter) + activations
     if stage == "benchmark":
