@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import json
 import logging
 import platform
 import time

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from pipeline.errors import PipelineError
-from pipeline.stages import NAMES as STAGE_NAMES
+from pipeline.stages import NAMES as STAGE_NAMES, STAGES
 
 log = logging.getLogger("pipeline")
 
@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--force", action="store_true", help="redo every stage, even those already complete")
     run.add_argument("--from", dest="start_from", metavar="STAGE", choices=STAGE_NAMES,
-                     help=f"redo this stage and every later one ({', '.join(STAGE_NAMES)})")
+                     help="redo this stage and every later one: " + "; ".join(f"{s.name} ({s.about})" for s in STAGES))
     run.add_argument("--skip-preflight", action="store_true",
                      help="do not refuse the run when the RAM / disk estimate exceeds what is free")
     validate = sub.add_parser("validate", help="check a recipe and print it with defaults filled in",

@@ -124,8 +124,6 @@ def run_cli(*args, cwd, log_dir=None):
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    import yaml  # noqa: F401  (recipes are written as YAML below)
-
     root = tmp_path_factory.mktemp("cli")
     save_checkpoint(root / "tiny-llama", tiny_model("llama"))
     save_checkpoint(root / "tiny-opt", tiny_non_glu_model())

@@ -39,7 +39,7 @@ def test_missing_engine_and_non_artifact_are_clear_errors(tiny_artifact, tmp_pat
 
 def test_recipe_comparing_with_a_run_of_its_own_name_is_refused_up_front(tiny_artifact):
     from pipeline.recipe import parse_recipe
-    from pipeline.run import preflight_benchmark
+    from pipeline.artifact_stages import preflight_benchmark
 
     _, folder, _ = tiny_artifact
     name = folder.parent.name  # the key a compared run folder gets
