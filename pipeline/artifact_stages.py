@@ -61,6 +61,7 @@ def greedy_agreement(a: list[int], b: list[int]) -> dict:
 
 def stage_quantize(ctx: Context) -> None:
     """RUN/artifact -> RUN/artifact-int8 (export/quantize.py), then greedy decodes of both compared per engine."""
+    import numpy as np
     from transformers import AutoTokenizer
 
     from export.engines import generation_spec, run_engine
@@ -71,14 +72,31 @@ def stage_quantize(ctx: Context) -> None:
     source, target = run_dir / "artifact", run_dir / "artifact-int8"
     tokenizer = AutoTokenizer.from_pretrained(source / recipe.export.engines[0])
     windows = calibration_windows(tokenizer, cal.dataset, q.num_samples, q.seq_len, cal.seed, cal.path).numpy()
-    check = tokenizer(recipe.export.smoke_prompt, return_tensors="np").input_ids
+    prompt = tokenizer(recipe.export.smoke_prompt, return_tensors="np").input_ids
+    greedy = {}
+    if q.check_tokens:  # the float artifact's greedy decode, before quantizing (the INT8 one is compared with it)
+        for engine in recipe.export.engines:
+            spec = generation_spec(engine, recipe.export.smoke_prompt, q.check_tokens,
+                                   min(recipe.export.max_sequence_length, 256))
+            greedy[engine] = {"float": run_engine(engine, source, "quantize (greedy check)", **spec)["ids"]}
+    # teacher-forced check: both graphs read prompt + float greedy continuation; from the prompt's last
+    # position on, each position's next token is one step of the float decode (len(first) steps)
+    first = greedy[recipe.export.engines[0]]["float"] if greedy else []
+    check = np.concatenate([prompt, np.asarray([first[:-1]], dtype=prompt.dtype)], 1) if first else prompt
     manifest = quantize_artifact(source, target, q.scheme, windows, check,
-                                 metadata={"recipe_hash": recipe.content_hash()})
-    result = {"path": str(target), "scheme": q.scheme, "quantize_seconds": manifest["quantize_seconds"],
+                                 metadata={"recipe_hash": recipe.content_hash()},
+                                 smoothing_strength=q.smoothing_strength,
+                                 check_from=prompt.shape[1] - 1 if first else 0)
+    result = {"path": str(target), "scheme": q.scheme, "smoothing_strength": q.smoothing_strength,
+              "quantize_seconds": manifest["quantize_seconds"],
               "bytes": sum(f["bytes"] for f in manifest["files"].values()),
               "engines": {e: {k: i[k] for k in ("logits_max_abs_diff_vs_float", "top1_agreement_vs_float",
-                                                 "int8_zeros", "pruned_zeros_kept", "quantized_matmuls")}
+                                                 "int8_zeros", "pruned_zeros_kept", "quantized_matmuls")
+                              if k in i} | ({"smoothing": i["smoothing"]} if "smoothing" in i else {})
                           for e, i in manifest["engines"].items()}}
+    if first:
+        result["top1_agreement_meaning"] = (f"fraction of the {len(first)} steps of the float artifact's greedy decode "
+                                            "at which the INT8 graph picks the same token (same prefix)")
     ev = recipe.evaluation
     if q.perplexity and ev.enabled:
         from export.onnx_perplexity import artifact_perplexity
@@ -90,15 +108,15 @@ def stage_quantize(ctx: Context) -> None:
             for name, folder in (("float", source), ("int8", target))}}
         log.info("perplexity of the %s graph: float %.3f, INT8 %.3f", graph,
                  result["perplexity"]["float"]["perplexity"], result["perplexity"]["int8"]["perplexity"])
-    if q.check_tokens:
-        for engine in recipe.export.engines:
-            spec = generation_spec(engine, recipe.export.smoke_prompt, q.check_tokens,
-                                   min(recipe.export.max_sequence_length, 256))
-            ids = {name: run_engine(engine, folder, "quantize (greedy check)", **spec)["ids"]
-                   for name, folder in (("float", source), ("int8", target))}
-            result["engines"][engine]["greedy_vs_float"] = greedy_agreement(ids["float"], ids["int8"])
-            log.info("%s: INT8 greedy tokens equal to float at %d of %d positions", engine,
-                     result["engines"][engine]["greedy_vs_float"]["equal"], len(ids["float"]))
+    for engine, ids in greedy.items():
+        spec = generation_spec(engine, recipe.export.smoke_prompt, q.check_tokens,
+                               min(recipe.export.max_sequence_length, 256))
+        ids["int8"] = run_engine(engine, target, "quantize (greedy check)", **spec)["ids"]
+        result["engines"][engine]["greedy_vs_float"] = greedy_agreement(ids["float"], ids["int8"])
+        log.info("%s: INT8 picks the float greedy token at %.0f%% of %d steps (same prefix); free-running, the two "
+                 "decodes are equal at %d of %d positions", engine,
+                 100 * result["engines"][engine]["top1_agreement_vs_float"], len(first),
+                 result["engines"][engine]["greedy_vs_float"]["equal"], len(ids["float"]))
     write_json_atomic(run_dir / "quantize.json", result)
 
 

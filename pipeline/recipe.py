@@ -81,6 +81,9 @@ class QuantizeSection(_Section):
     scheme: str = Field("w8a8-static", description="w8a8-static: int8 weights (symmetric), uint8 activations (static)")
     num_samples: int = Field(16, gt=0, description="calibration windows for the activation ranges (calibration text)")
     seq_len: int = Field(128, gt=1)
+    smoothing_strength: Optional[float] = Field(
+        0.5, gt=0, lt=1, description="SmoothQuant migration strength (export/smooth.py): moves activation outliers "
+                                     "of the norm outputs into the weights before INT8; null: no smoothing")
     check_tokens: int = Field(32, ge=0, description="greedy tokens compared with the float artifact in each engine")
     perplexity: bool = Field(True, description="perplexity of the float and INT8 graphs (evaluation settings, "
                                                "ONNX Runtime); needs evaluation.enabled")

@@ -39,10 +39,14 @@ def test_embedded_recipe_prunes_and_perplexity_rises_plausibly(tmp_path):
     for engine in ("deepsparse", "onnxruntime"):
         info = quant["engines"][engine]
         assert info["pruned_zeros_kept"] and info["quantized_matmuls"] == 30 * 6 and info["int8_zeros"] > 0.3
-        assert info["greedy_vs_float"]["tokens"] == 8  # measured and reported; see README for the agreement found
+        assert info["greedy_vs_float"]["tokens"] == 8  # free-running: measured and reported (README)
+        assert info["smoothing"]["groups"] == 60  # SmoothQuant on both norms of each of the 30 layers
+        # teacher-forced: at most of the float greedy decode's steps the INT8 graph picks the same token
+        assert info["top1_agreement_vs_float"] >= 0.75, info
     qp = quant["perplexity"]
     assert qp["float"]["perplexity"] == pytest.approx(pruned, rel=1e-3), "the float graph's perplexity is PyTorch's"
-    assert qp["float"]["perplexity"] * 0.98 < qp["int8"]["perplexity"] < qp["float"]["perplexity"] * 1.5
+    # without smoothing INT8 cost +17% here (25.98 vs 22.13 at 12 x 256); with it about +7%
+    assert qp["float"]["perplexity"] * 0.98 < qp["int8"]["perplexity"] < qp["float"]["perplexity"] * 1.12
     bench = summary["benchmark"]  # the embedded recipe runs every stage, the benchmark included
     assert bench["partial"] is None and bench["failures"] == 0
     assert {"deepsparse decode", "onnxruntime decode", "pytorch decode", "deepsparse decode int8"} <= set(bench["tokens_per_s"])

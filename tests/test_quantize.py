@@ -20,7 +20,7 @@ def int8_artifact(tiny_artifact, tmp_path_factory):
     rng = np.random.default_rng(0)
     target = tmp_path_factory.mktemp("int8") / "artifact-int8"
     manifest = quantize_artifact(folder, target, "w8a8-static", rng.integers(2, 96, (8, 32)),
-                                 rng.integers(2, 96, (1, 16)))
+                                 rng.integers(2, 96, (1, 16)), smoothing_strength=0.5)  # the recipe default
     return model, folder, target, manifest
 
 
@@ -63,6 +63,83 @@ def test_logits_and_greedy_decode_agree_with_float_in_both_engines(int8_artifact
         a = run_engine(engine, folder, "test", prompt="Hello there", max_new_tokens=12, **spec)
         b = run_engine(engine, target, "test", prompt="Hello there", max_new_tokens=12, **spec)
         assert a["ids"] == b["ids"], engine
+
+
+def _smoothing_inputs(folder, engine="onnxruntime"):
+    from transformers import AutoConfig
+
+    from export.quantize import _feeds
+
+    graph = folder / engine / "model.onnx"
+    config = AutoConfig.from_pretrained(folder / engine)
+    rng = np.random.default_rng(1)
+    return graph, config, _feeds(engine, graph, config, rng.integers(2, 96, (4, 32))), rng.integers(2, 96, (1, 24))
+
+
+def _save(model, folder):
+    folder.mkdir(parents=True)
+    onnx.save_model(model, str(folder / "model.onnx"), save_as_external_data=True, location="model.onnx_data")
+    return folder / "model.onnx"
+
+
+def test_smoothing_moves_scale_into_the_weights_without_changing_the_float_function(tiny_artifact, tmp_path):
+    from export.checks import onnxruntime_graph_logits
+    from export.smooth import activation_maxima, smooth, smoothing_groups
+
+    _, folder, _ = tiny_artifact
+    graph, config, feeds, ids = _smoothing_inputs(folder)
+    model = onnx.load(str(graph))
+    linears, _ = linear_matmuls(model.graph, 96, 128)
+    groups = smoothing_groups(model.graph, set(linears))
+    # per layer: input norm -> q, k, v and post-attention norm -> gate, up (o_proj's input has no foldable producer)
+    assert sorted((g.kind, len(g.weights)) for g in groups) == [("norm", 2)] * 2 + [("norm", 3)] * 2
+    before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    maxima = activation_maxima(model, [g.activation for g in groups], feeds, tmp_path)
+    assert smooth(model, groups, maxima, 0.5)["groups"] == 4
+    after = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    assert any(g.shared for g in groups)  # the exporter merged the all-ones norm weights: copies were made
+    for g in groups:  # the norm vector that the producer now reads was divided by s
+        assert not np.allclose(before[g.divisor], after[nodes[g.producer].input[g.port]])
+        for w in g.weights:
+            assert not np.allclose(before[w], after[w]) and ((before[w] == 0) == (after[w] == 0)).all()
+    smoothed = _save(model, tmp_path / "smoothed")
+    np.testing.assert_allclose(onnxruntime_graph_logits(smoothed, config, ids),
+                               onnxruntime_graph_logits(graph, config, ids), atol=1e-4)
+
+
+def test_smoothing_rescues_int8_from_an_activation_outlier_channel(tiny_artifact, tmp_path):
+    """Channel 3 of every norm output made 100x larger, the weights that read it 100x smaller: the same
+    float function, but per-tensor INT8 activations lose the other channels unless smoothing moves it back."""
+    from export.checks import onnxruntime_graph_logits
+    from export.quantize import quantize_graph
+    from export.smooth import smoothing_groups
+
+    _, folder, _ = tiny_artifact
+    graph, config, feeds, ids = _smoothing_inputs(folder)
+    model = onnx.load(str(graph))
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    for g in smoothing_groups(model.graph, set(linear_matmuls(model.graph, 96, 128)[0])):
+        vector = numpy_helper.to_array(inits[g.divisor]).copy()
+        vector[3] *= 100  # each norm its own copy (the exporter merged the all-ones vectors)
+        model.graph.initializer.append(numpy_helper.from_array(vector, f"{g.producer}.outlier"))
+        nodes[g.producer].input[g.port] = f"{g.producer}.outlier"
+        for w in g.weights:
+            value = numpy_helper.to_array(inits[w]).copy()
+            value[3] /= 100
+            inits[w].CopyFrom(numpy_helper.from_array(value, w))
+    outlier = _save(model, tmp_path / "outlier")
+    want = onnxruntime_graph_logits(graph, config, ids)
+    np.testing.assert_allclose(onnxruntime_graph_logits(outlier, config, ids), want, atol=1e-3)
+    errors = {}
+    for strength in (None, 0.5):
+        out = tmp_path / f"int8-{strength}"
+        out.mkdir()
+        done = quantize_graph(outlier, out, feeds, check_scheme("w8a8-static"), config, strength)
+        assert done.get("smoothing", {}).get("max_outlier_ratio", 100) > 20
+        errors[strength] = np.abs(onnxruntime_graph_logits(out / "model.onnx", config, ids) - want).mean()
+    assert errors[0.5] < errors[None] / 3, errors
 
 
 def test_schemes_deepsparse_cannot_run_are_refused():

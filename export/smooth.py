@@ -1,0 +1,169 @@
+"""SmoothQuant-style smoothing of an ONNX graph before INT8 quantization (Xiao et al., 2023).
+
+Per-tensor INT8 activations cannot hold the few input channels of a linear layer that carry
+outliers. Smoothing divides such a channel j of the activation X by s_j and multiplies row j of
+every weight that reads X by s_j: X W = (X diag(1/s)) (diag(s) W), the same function in float.
+The division is folded into the operation that produced X, so the graph gains no node:
+
+- ``norm``: X is the output of the RMSNorm's ``Mul`` by its weight vector (input of q/k/v, and of
+  gate/up): that vector is divided by s.
+- ``up``: X = act(gate) * up is the input of down_proj: up_proj's weight columns are divided by s.
+
+s_j = max|X_j|^a / max|W_j|^(1-a) (a = the smoothing strength), from the maxima of X over
+calibration windows. Zeros of pruned weights stay zeros (rows are only scaled).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SmoothGroup:
+    """One activation X, who produces it, and the MatMul weights that read it."""
+
+    kind: str                      # "norm" or "up"
+    activation: str                # the tensor X
+    divisor: str                   # initializer divided by s: the norm's weight vector, or up_proj's weight
+    weights: list[str] = field(default_factory=list)  # MatMul weights [in, out] whose rows are multiplied by s
+    producer: str = ""             # the node that reads ``divisor`` (the norm's Mul, or up_proj's MatMul)
+    shared: bool = False           # ``divisor`` is read elsewhere too: smooth() gives the producer its own copy
+    port: int = 0                  # which input of ``producer`` leads to ``divisor``
+
+
+def _producers_and_consumers(graph):
+    producers, consumers = {}, {}
+    for node in graph.node:
+        for out in node.output:
+            producers[out] = node
+        for x in node.input:
+            consumers.setdefault(x, []).append(node)
+    return producers, consumers
+
+
+def smoothing_groups(graph, matmuls: set[str]) -> list[SmoothGroup]:
+    """The activations of ``matmuls`` (node names) that can be smoothed with the scale folded away.
+
+    A group needs: every consumer of X is a MatMul in ``matmuls`` with a 2-D weight initializer (read
+    by it alone) as its second input, and X comes from a foldable producer: a ``Mul`` by a vector
+    initializer (given a private copy if the exporter shared it), or act(gate) * up.
+    """
+    inits = {i.name: i for i in graph.initializer}
+    producers, consumers = _producers_and_consumers(graph)
+
+    def weight_of(node):
+        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in inits \
+                and len(inits[node.input[1]].dims) == 2:
+            return node.input[1]
+        return None
+
+    def only_reader(name, node):
+        return [n.name for n in consumers.get(name, [])] == [node.name]
+
+    def initializer_behind(name):  # through Identity nodes (how the exporter shares one initializer)
+        while name not in inits and name in producers and producers[name].op_type == "Identity":
+            name = producers[name].input[0]
+        return name
+
+    groups, seen = [], set()
+    for node in graph.node:
+        if node.name not in matmuls or weight_of(node) is None or node.input[0] in seen:
+            continue
+        x = node.input[0]
+        seen.add(x)
+        readers = [r for r in consumers.get(x, []) if r.op_type != "Shape"]  # Shape reads no values
+        if not all(r.name in matmuls and weight_of(r) and only_reader(weight_of(r), r) for r in readers):
+            continue
+        weights = [weight_of(r) for r in readers]
+        rows = inits[weights[0]].dims[0]
+        producer = producers.get(x)
+        if producer is None or producer.op_type != "Mul":
+            continue
+        vector = [(port, v) for port, v in enumerate(map(initializer_behind, producer.input))
+                  if v in inits and list(inits[v].dims) == [rows]]
+        if vector:  # exporters merge equal initializers (norm weights that are all ones): then it is shared
+            port, name = vector[0]
+            groups.append(SmoothGroup("norm", x, name, weights, producer.name,
+                                      shared=name != producer.input[port] or not only_reader(name, producer),
+                                      port=port))
+            continue
+        # X = act(gate) * up: fold into the columns of up_proj (the MatMul that produces one factor)
+        for factor in producer.input:
+            up = producers.get(factor)
+            if up is not None and weight_of(up) and only_reader(factor, producer) \
+                    and only_reader(weight_of(up), up) and inits[weight_of(up)].dims[1] == rows:
+                groups.append(SmoothGroup("up", x, weight_of(up), weights, up.name))
+                break
+    return groups
+
+
+def activation_maxima(model, names: list[str], feeds: list[dict], scratch: Path) -> dict[str, np.ndarray]:
+    """Per-channel max |X| of the tensors ``names`` over ``feeds``, read by ONNX Runtime from ``model``."""
+    import onnx
+
+    from export.checks import ort_session
+
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    known = {o.name for o in augmented.graph.output}
+    for name in names:
+        if name not in known:
+            augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    path = Path(tempfile.mkdtemp(prefix="smooth-", dir=scratch)) / "model.onnx"
+    onnx.save_model(augmented, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx_data")
+    session = ort_session(path)
+    maxima: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        for name, value in zip(names, session.run(names, feed)):
+            m = np.abs(value.reshape(-1, value.shape[-1])).max(0)
+            maxima[name] = np.maximum(maxima[name], m) if name in maxima else m
+    return maxima
+
+
+def smooth(model, groups: list[SmoothGroup], maxima: dict[str, np.ndarray], strength: float) -> dict:
+    """Rescale ``model``'s initializers in place (the float function is unchanged); returns a summary."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+
+    def get(name):
+        return numpy_helper.to_array(inits[name])
+
+    def put(name, value):
+        inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+    ratios = []
+    for g in groups:
+        x_max = maxima[g.activation].astype(np.float64)
+        w_max = np.max([np.abs(get(w)).max(1) for w in g.weights], axis=0).astype(np.float64)
+        s = np.where((x_max > 0) & (w_max > 0),
+                     np.power(np.maximum(x_max, 1e-5), strength) / np.power(np.maximum(w_max, 1e-5), 1 - strength), 1.0)
+        s = np.clip(s, 1e-5, 1e5)
+        for w in g.weights:
+            put(w, get(w) * s[:, None])
+        if g.kind == "norm":
+            divisor = g.divisor
+            if g.shared:  # a private copy for this norm; the other readers keep the original
+                divisor = f"{g.producer}.smoothed_weight"
+                model.graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), divisor))
+                inits[divisor] = model.graph.initializer[-1]
+                put(divisor, get(g.divisor) / s)
+                nodes[g.producer].input[g.port] = divisor
+            else:
+                put(divisor, get(divisor) / s)
+        else:
+            put(g.divisor, get(g.divisor) / s[None, :])
+        ratios.append(float(x_max.max() / max(np.median(x_max), 1e-12)))
+    log.info("smoothed %d activations (strength %.2f); their outlier ratio max/median was up to %.0f",
+             len(groups), strength, max(ratios, default=0))
+    return {"strength": strength, "groups": len(groups), "norm": sum(g.kind == "norm" for g in groups),
+            "up": sum(g.kind == "up" for g in groups), "max_outlier_ratio": max(ratios, default=0.0)}
