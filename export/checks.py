@@ -42,6 +42,12 @@ def onnx_weight_sparsity(onnx_path: Path, weights: dict[str, torch.Tensor]) -> d
     return result
 
 
+def save_graph(model, onnx_path: Path) -> None:
+    """Write ``model`` as an artifact graph is stored: ``model.onnx`` + all weights in ``model.onnx_data`` beside it."""
+    onnx.save_model(model, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx_data")
+
+
 def ort_session(onnx_path: Path, threads: int | None = None):
     import onnxruntime as ort
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.checks import deepsparse_graph_feed, file_table, onnxruntime_graph_feed
+from export.checks import deepsparse_graph_feed, file_table, onnxruntime_graph_feed, save_graph
 from pipeline.errors import PipelineError
 from pipeline.outputs import StagingDir, write_json_atomic
 
@@ -146,8 +146,7 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme
             done["smoothing"] = smooth(model, groups, maxima, smoothing_strength)
             source = Path(scratch) / "smoothed" / "model.onnx"
             source.parent.mkdir()
-            onnx.save_model(model, str(source), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location="model.onnx_data")
+            save_graph(model, source)
             del model
         out = Path(scratch) / "model.onnx"
         tool.quantize_static(str(source), str(out), Reader(), quant_format=tool.QuantFormat.QDQ,
@@ -156,9 +155,7 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme
                              weight_type=tool.QuantType.QInt8, calibrate_method=tool.CalibrationMethod.MinMax,
                              use_external_data_format=True,
                              extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
-        model = onnx.load(str(out))
-        onnx.save_model(model, str(target / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="model.onnx_data")
+        save_graph(onnx.load(str(out)), target / "model.onnx")
     return done
 
 
@@ -190,8 +187,8 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
     ``check_ids`` [1, T] is run through the float and INT8 graphs; ``top1_agreement_vs_float`` is the
     fraction of positions >= ``check_from`` where both pick the same next token. With ``check_ids`` =
     prompt + the float graph's greedy continuation (all but its last token) and ``check_from`` =
-    len(prompt) - 1, that is the
-    fraction of the float greedy decode's steps at which the INT8 graph would choose the same token.
+    len(prompt) - 1, that is the fraction of the float greedy decode's steps at which the INT8 graph
+    would choose the same token.
     """
     from transformers import AutoConfig
 

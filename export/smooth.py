@@ -108,7 +108,7 @@ def activation_maxima(model, names: list[str], feeds: list[dict], scratch: Path)
     """Per-channel max |X| of the tensors ``names`` over ``feeds``, read by ONNX Runtime from ``model``."""
     import onnx
 
-    from export.checks import ort_session
+    from export.checks import ort_session, save_graph
 
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
@@ -117,8 +117,7 @@ def activation_maxima(model, names: list[str], feeds: list[dict], scratch: Path)
         if name not in known:
             augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     path = Path(tempfile.mkdtemp(prefix="smooth-", dir=scratch)) / "model.onnx"
-    onnx.save_model(augmented, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="model.onnx_data")
+    save_graph(augmented, path)
     session = ort_session(path)
     maxima: dict[str, np.ndarray] = {}
     for feed in feeds:
@@ -150,18 +149,14 @@ def smooth(model, groups: list[SmoothGroup], maxima: dict[str, np.ndarray], stre
         s = np.clip(s, 1e-5, 1e5)
         for w in g.weights:
             put(w, get(w) * s[:, None])
-        if g.kind == "norm":
-            divisor = g.divisor
-            if g.shared:  # a private copy for this norm; the other readers keep the original
-                divisor = f"{g.producer}.smoothed_weight"
-                model.graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), divisor))
-                inits[divisor] = model.graph.initializer[-1]
-                put(divisor, get(g.divisor) / s)
-                nodes[g.producer].input[g.port] = divisor
-            else:
-                put(divisor, get(divisor) / s)
+        divided = get(g.divisor) / (s if g.kind == "norm" else s[None, :])
+        if g.shared:  # a private copy for this norm; the other readers keep the original
+            copy = f"{g.producer}.smoothed_weight"
+            model.graph.initializer.append(numpy_helper.from_array(divided.astype(np.float32), copy))
+            inits[copy] = model.graph.initializer[-1]
+            nodes[g.producer].input[g.port] = copy
         else:
-            put(g.divisor, get(g.divisor) / s[None, :])
+            put(g.divisor, divided)
         ratios.append(float(x_max.max() / max(np.median(x_max), 1e-12)))
     log.info("smoothed %d activations (strength %.2f); their outlier ratio max/median was up to %.0f",
              len(groups), strength, max(ratios, default=0))

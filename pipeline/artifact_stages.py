@@ -73,12 +73,12 @@ def stage_quantize(ctx: Context) -> None:
     tokenizer = AutoTokenizer.from_pretrained(source / recipe.export.engines[0])
     windows = calibration_windows(tokenizer, cal.dataset, q.num_samples, q.seq_len, cal.seed, cal.path).numpy()
     prompt = tokenizer(recipe.export.smoke_prompt, return_tensors="np").input_ids
-    greedy = {}
-    if q.check_tokens:  # the float artifact's greedy decode, before quantizing (the INT8 one is compared with it)
-        for engine in recipe.export.engines:
-            spec = generation_spec(engine, recipe.export.smoke_prompt, q.check_tokens,
-                                   min(recipe.export.max_sequence_length, 256))
-            greedy[engine] = {"float": run_engine(engine, source, "quantize (greedy check)", **spec)["ids"]}
+    specs = {engine: generation_spec(engine, recipe.export.smoke_prompt, q.check_tokens,
+                                     min(recipe.export.max_sequence_length, 256))
+             for engine in recipe.export.engines} if q.check_tokens else {}
+    # the float artifact's greedy decode, before quantizing (the INT8 one is compared with it)
+    greedy = {engine: {"float": run_engine(engine, source, "quantize (greedy check)", **spec)["ids"]}
+              for engine, spec in specs.items()}
     # teacher-forced check: both graphs read prompt + float greedy continuation; from the prompt's last
     # position on, each position's next token is one step of the float decode (len(first) steps)
     first = greedy[recipe.export.engines[0]]["float"] if greedy else []
@@ -91,8 +91,8 @@ def stage_quantize(ctx: Context) -> None:
               "quantize_seconds": manifest["quantize_seconds"],
               "bytes": sum(f["bytes"] for f in manifest["files"].values()),
               "engines": {e: {k: i[k] for k in ("logits_max_abs_diff_vs_float", "top1_agreement_vs_float",
-                                                 "int8_zeros", "pruned_zeros_kept", "quantized_matmuls")
-                              if k in i} | ({"smoothing": i["smoothing"]} if "smoothing" in i else {})
+                                                 "int8_zeros", "pruned_zeros_kept", "quantized_matmuls", "smoothing")
+                              if k in i}  # smoothing: only with smoothing_strength
                           for e, i in manifest["engines"].items()}}
     if first:
         result["top1_agreement_meaning"] = (f"fraction of the {len(first)} steps of the float artifact's greedy decode "
@@ -109,9 +109,7 @@ def stage_quantize(ctx: Context) -> None:
         log.info("perplexity of the %s graph: float %.3f, INT8 %.3f", graph,
                  result["perplexity"]["float"]["perplexity"], result["perplexity"]["int8"]["perplexity"])
     for engine, ids in greedy.items():
-        spec = generation_spec(engine, recipe.export.smoke_prompt, q.check_tokens,
-                               min(recipe.export.max_sequence_length, 256))
-        ids["int8"] = run_engine(engine, target, "quantize (greedy check)", **spec)["ids"]
+        ids["int8"] = run_engine(engine, target, "quantize (greedy check)", **specs[engine])["ids"]
         result["engines"][engine]["greedy_vs_float"] = greedy_agreement(ids["float"], ids["int8"])
         log.info("%s: INT8 picks the float greedy token at %.0f%% of %d steps (same prefix); free-running, the two "
                  "decodes are equal at %d of %d positions", engine,
