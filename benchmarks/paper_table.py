@@ -12,7 +12,7 @@ reproduced at smaller cost on LLaMA-2-7B-shaped models with random weights at a 
 prunes it with DaSS at 50% and 70% (attention + MLP, like the paper's CPU experiment) and, at one
 depth, with Wanda and magnitude at 50% too (equal speed at equal sparsity), and exports
 each as an artifact (DeepSparse graph; the dense one also for ONNX Runtime). ``run`` benchmarks
-them all interleaved (benchmarks/stage.py), fits time per token = fixed + depth x per-layer for
+them all interleaved (benchmarks/runner.py), fits time per token = fixed + depth x per-layer for
 each engine and model, extrapolates to 32 layers, and writes report.md, results.json and the plots.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.shapes import LLAMA2_7B_LAYERS, byte_level_tokenizer, llama2_7b_config, random_model
-from benchmarks.stage import add_settings_arguments, settings_from_arguments
+from benchmarks.settings import add_settings_arguments, settings_from_arguments
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,10 @@ def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_
           equal_speed_depth: int | None = None, names: list[str] | None = None, equal_speed: bool = True,
           int8: bool = False) -> None:
     from export.artifact import MANIFEST, export_artifact
-    from pipeline.data import calibration_windows, embedded_text
-    from pipeline.prune import make_method
-    from pipeline.prune.masks import SparsitySpec
-    from pipeline.prune.sequential import prune_model
+    from pipeline.core.data import calibration_windows, embedded_text
+    from pipeline.core.prune.methods import make_method
+    from pipeline.core.prune.sparsity import SparsitySpec
+    from pipeline.core.prune.sequential import prune_model
 
     tokenizer = byte_level_tokenizer(embedded_text())
     calib = calibration_windows(tokenizer, "embedded", calib_samples, calib_len, seed=0)
@@ -94,7 +94,7 @@ def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_
 
 def collect(out: Path) -> list[dict]:
     """Every artifact ``build`` wrote under ``out``, keyed depthN/name."""
-    from benchmarks.stage import describe_artifact
+    from benchmarks.runner import describe_artifact
     from export.artifact import MANIFEST
 
     found = sorted(out.glob(f"depth*/*/{MANIFEST}"))
@@ -105,7 +105,7 @@ def collect(out: Path) -> list[dict]:
 
 def run(out: Path, settings, command: str) -> None:
     from benchmarks.report import write_report
-    from benchmarks.stage import run_benchmark
+    from benchmarks.runner import run_benchmark
 
     results = run_benchmark(collect(out), settings, out, command=command)
     print(f"wrote {', '.join(write_report(results, out))} and results.json to {out}")
@@ -127,7 +127,7 @@ def main() -> None:
     b.add_argument("--int8", action="store_true", help="also write NAME-int8: the artifact with INT8 decoder linears")
     r = sub.add_parser("run", help="benchmark every artifact under OUT, interleaved, and write the report there")
     r.add_argument("out", type=Path)
-    add_settings_arguments(r, sequence_length=512, prefill_length=64, extrapolate=LLAMA2_7B_LAYERS)
+    add_settings_arguments(r, extrapolate_to_layers=LLAMA2_7B_LAYERS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.what == "build":

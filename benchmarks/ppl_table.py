@@ -21,14 +21,14 @@ import time
 
 import torch
 
-from pipeline.data import calibration_windows, evaluation_tokens
-from pipeline.evaluate import perplexity
-from pipeline.fake_quant import quantize_decoder_linears_
-from pipeline.models import load_model
-from pipeline.outputs import write_json_atomic
-from pipeline.prune import make_method
-from pipeline.prune.masks import SparsitySpec
-from pipeline.prune.sequential import prune_model
+from pipeline.core.data import calibration_windows, evaluation_tokens
+from pipeline.core.evaluate import perplexity
+from pipeline.core.fake_quant import quantize_decoder_linears_
+from pipeline.core.models import load_model
+from pipeline.common.outputs import write_json_atomic
+from pipeline.core.prune.methods import make_method
+from pipeline.core.prune.sparsity import SparsitySpec
+from pipeline.core.prune.sequential import prune_model
 
 
 def main() -> None:

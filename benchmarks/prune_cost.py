@@ -8,7 +8,7 @@ Two measurements, each printed as figures and ratios from one run:
 Reported twice: the whole per-layer step (calibration forwards + hooks + scoring + selection +
 propagation; magnitude needs no forwards) and the scoring + selection alone. Target: DaSS / Wanda <= 1.2.
 
-``memory``: peak resident memory (RSS) of a full 32-layer LLaMA-2-7B-shaped prune, model held in
+``memory``: peak resident memory (RSS) of a full 32-layer (``--layers``) LLaMA-2-7B-shaped prune (``--method``), model held in
 float16 as the llama2-7b recipes do, run in a child process so the figure is that prune's alone.
 Calibrating 128 x 2048 tokens through 7B on 2 CPU cores would take many hours, so the measured
 run uses fewer samples at the full 2048-token length and the report adds what the 128-sample
@@ -31,11 +31,13 @@ import time
 import torch
 
 from benchmarks.shapes import llama2_7b_config, random_model
-from benchmarks.stage import cpu_name
-from pipeline.models import decoder_layers, layer_projections
-from pipeline.prune import make_method
-from pipeline.prune.masks import SparsitySpec, select_mask
-from pipeline.prune.sequential import InputStats, capture_layer_inputs, prune_model
+from benchmarks.runner import cpu_name
+from pipeline.core.models import decoder_layers, layer_projections
+from pipeline.core.prune.methods import make_method
+from pipeline.core.prune.masks import select_mask
+from pipeline.core.prune.sparsity import SparsitySpec
+from pipeline.core.prune.base import ReconstructingMethod
+from pipeline.core.prune.sequential import InputStats, capture_layer_inputs, input_groups, prune_model
 
 GiB = 1024**3
 
@@ -49,20 +51,21 @@ def bench_layer(args) -> dict:
     layer = decoder_layers(model)[0]
     projections = layer_projections(layer)
     methods = args.methods.split(",")
+    groups = input_groups(layer, projections, inputs.hidden[0:1], inputs.kwargs)
     stats = {}
-    for kind in {getattr(make_method(m), "statistics", "norms") for m in methods}:
-        hooks = InputStats(layer, projections, kind)
+    for kind in {make_method(m).statistic for m in methods}:
+        hooks = InputStats(layer, groups, kind)
         with torch.no_grad():
             for s in range(args.samples):
                 layer(inputs.hidden[s : s + 1], **inputs.kwargs)
         hooks.remove()
-        stats[kind] = hooks.sums
+        stats[kind] = hooks.stats()
     results = {}
     for pattern in args.sparsities.split(","):
         spec = SparsitySpec.parse(pattern)
         for name in methods:
             method = make_method(name)
-            sums = stats[getattr(method, "statistics", "norms")]
+            sums = stats[method.statistic]
             whole, scoring = [], []
             for _ in range(args.repeats):
                 model.load_state_dict(dense)
@@ -71,12 +74,15 @@ def bench_layer(args) -> dict:
                 whole.append(time.perf_counter() - t0)
                 model.load_state_dict(dense)
                 t0 = time.perf_counter()
-                for p in projections:
-                    w = layer.get_submodule(p.path).weight.data
-                    if hasattr(method, "prune"):
-                        method.prune(p.role, w, sums, spec)
-                    else:
-                        select_mask(method.score(p.role, w, sums), spec, method.axis(p.role))
+                for group in groups:
+                    prepared = (method.prepare(sums[group[0].role].clone(), group[0].path)
+                                if isinstance(method, ReconstructingMethod) else None)
+                    for p in group:
+                        w = layer.get_submodule(p.path).weight.data
+                        if prepared is not None:
+                            method.prune(p.role, w, prepared, spec)
+                        else:
+                            select_mask(method.score(p.role, w, sums), spec, method.axis(p.role))
                 scoring.append(time.perf_counter() - t0)
             results[f"{name} {pattern}"] = {"whole_s": min(whole), "scoring_s": min(scoring)}
     return results
@@ -90,8 +96,8 @@ def bench_memory(args) -> dict:
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     ids = torch.randint(0, 32000, (args.samples, args.seq_len), generator=torch.Generator().manual_seed(1))
     t0 = time.time()
-    prune_model(model, make_method("dass"), SparsitySpec.parse(0.7), ids, scope="attention+mlp", progress=True)
-    return {"layers": args.layers, "samples": args.samples, "seq_len": args.seq_len, "build_s": built,
+    prune_model(model, make_method(args.method), SparsitySpec.parse(0.7), ids, scope="attention+mlp", progress=True)
+    return {"layers": args.layers, "method": args.method, "samples": args.samples, "seq_len": args.seq_len, "build_s": built,
             "prune_s": time.time() - t0, "peak_rss_after_build": rss_model,
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
@@ -110,6 +116,7 @@ def main() -> None:
     memory.add_argument("--seq-len", type=int, default=2048)
     memory.add_argument("--layers", type=int, default=32)
     memory.add_argument("--target-samples", type=int, default=128)
+    memory.add_argument("--method", default="dass", help="dass, wanda, sparsegpt or magnitude")
     memory.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     header = f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
@@ -136,14 +143,14 @@ def main() -> None:
         print(json.dumps(bench_memory(args)))
         return
     cmd = [sys.executable, "-m", "benchmarks.prune_cost", "memory", "--child", "--samples", str(args.samples),
-           "--seq-len", str(args.seq_len), "--layers", str(args.layers)]
+           "--seq-len", str(args.seq_len), "--layers", str(args.layers), "--method", args.method]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         sys.exit(f"the measured prune failed with exit code {proc.returncode} (killed for memory if -9)")
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     extra = (args.target_samples - r["samples"]) * r["seq_len"] * 4096 * 2  # float16 activation buffer
     print(header)
-    print(f"full LLaMA-2-7B-shaped prune ({r['layers']} layers, float16 model, DaSS 70% attention+MLP), "
+    print(f"full LLaMA-2-7B-shaped prune ({r['layers']} layers, float16 model, {r['method']} 70% attention+MLP), "
           f"{r['samples']} x {r['seq_len']} calibration tokens: {r['prune_s']:.0f} s")
     print(f"peak RSS after building the model: {r['peak_rss_after_build'] / GiB:.2f} GiB")
     print(f"peak RSS measured:                 {r['peak_rss'] / GiB:.2f} GiB")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.outputs import write_bytes_atomic, write_text_atomic
+from pipeline.common.outputs import write_bytes_atomic, write_text_atomic
 
 PAPER = {"machine": "24-core Intel Xeon Platinum 8160, LLaMA-2-7B, DeepSparse",
          "tokens_per_s": {None: 3.05, 0.5: 5.64, 0.7: 8.27}}

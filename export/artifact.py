@@ -41,8 +41,8 @@ from export.checks import (
     sha256_file,
 )
 from export.deepsparse_graph import PATCHES, quirks_for
-from pipeline.errors import PipelineError
-from pipeline.outputs import StagingDir, read_json, write_json_atomic
+from pipeline.common.errors import PipelineError
+from pipeline.common.outputs import StagingDir, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 

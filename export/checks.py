@@ -11,7 +11,7 @@ import torch
 from onnx import numpy_helper
 
 from export.deepsparse_graph import head_dim
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 
 def _digest(array: np.ndarray) -> str:

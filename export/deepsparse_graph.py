@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.errors import PipelineError
-from pipeline.models import decoder_layers
+from pipeline.common.errors import PipelineError
+from pipeline.core.models import decoder_layers
 
 PATCHES = ("positions_input", "rotary_table", "causal_mask_input", "repeat_kv_before_cache",
            "cache_concat_feeds_matmul", "logits_first")

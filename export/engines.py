@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.child import child_main, run_child
+from pipeline.common.child import child_main, run_child
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
 """Perplexity of an artifact's graph, computed in ONNX Runtime, with the same windows and loss as
-pipeline/evaluate.py (it is reused: the session is wrapped as a module that returns logits).
+pipeline/core/evaluate.py (it is reused: the session is wrapped as a module that returns logits).
 
 This is how the INT8 artifact's perplexity is measured: the QDQ graph itself, not a PyTorch imitation.
 """
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from export.checks import deepsparse_graph_feed, onnxruntime_graph_feed, ort_session
-from pipeline.evaluate import perplexity
+from pipeline.core.evaluate import perplexity
 
 
 class OnnxLogits(nn.Module):

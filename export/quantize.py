@@ -3,7 +3,7 @@ onnxruntime's quantization tool, calibrated on real text, for both graphs of the
 
     RUN/artifact/  --quantize_artifact-->  RUN/artifact-int8/   (same layout, same manifest keys, same loaders)
 
-The scheme (``SCHEMES``) is what DeepSparse executes: weights int8, symmetric, per tensor, so a
+The scheme (export/schemes.py) is what DeepSparse executes: weights int8, symmetric, per tensor, so a
 pruned zero stays exactly 0 (checked for every weight); activations uint8, asymmetric, calibrated
 with min/max; QuantizeLinear/DequantizeLinear around the MatMuls of q/k/v/o/gate/up. down_proj
 (whose input has the outliers, see ``linear_matmuls``), the attention score MatMuls (two
@@ -20,49 +20,16 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from export.checks import deepsparse_graph_feed, file_table, onnxruntime_graph_feed, save_graph
-from pipeline.errors import PipelineError
-from pipeline.outputs import StagingDir, write_json_atomic
+from export.schemes import Scheme, check_scheme
+from pipeline.common.errors import PipelineError
+from pipeline.common.outputs import StagingDir, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Scheme:
-    weights: str
-    activations: str
-    per_channel: bool
-    about: str
-
-
-SCHEMES = {
-    "w8a8-static": Scheme("int8 symmetric per tensor", "uint8 asymmetric, static (min/max calibration)", False,
-                          "q/k/v/o/gate/up INT8 (QDQ) after SmoothQuant smoothing of their inputs; down_proj, "
-                          "attention scores, LM head, norms float32"),
-}
-#: schemes users ask for that the DeepSparse path does not run, and what to do instead
-NOT_RUNNABLE = {
-    "w4a16": "4-bit weights have no DeepSparse kernels; the 4-bit study is simulated in PyTorch for perplexity only "
-             "(python -m benchmarks.ppl_table --weights w4g128)",
-    "w4-rtn": "4-bit weights have no DeepSparse kernels; the perplexity study: python -m benchmarks.ppl_table "
-              "--weights w4g128",
-    "w8a8-dynamic": "dynamic activation quantization (DynamicQuantizeLinear + MatMulInteger) is not a DeepSparse "
-                    "fast path; use w8a8-static",
-    "fp8": "DeepSparse 1.8 has no FP8 kernels",
-}
-
-
-def check_scheme(name: str) -> Scheme:
-    if name in SCHEMES:
-        return SCHEMES[name]
-    why = NOT_RUNNABLE.get(name, "unknown scheme")
-    raise PipelineError(f"quantize.scheme {name!r} cannot run in DeepSparse: {why}",
-                        f"use one of: {', '.join(SCHEMES)}")
 
 
 def _quantization_tool():
@@ -86,12 +53,8 @@ def linear_matmuls(graph, vocab_size: int, intermediate_size: int | None = None)
 
     Left in float32: activation x activation MatMuls (attention scores), the LM head (a vocab-sized
     weight) and, with ``intermediate_size``, down_proj (its weight is [intermediate, hidden] as a
-    MatMul operand). down_proj's input — act(gate) * up — has the large outliers that per-tensor
-    activation ranges cannot hold: on the embedded SmolLM2-135M (DaSS 50%, 12 windows of 256) the
-    INT8 graph's perplexity was 147.1 with down_proj quantized and 27.25 without (float: 22.68).
-    Smoothing does not rescue it: with down_proj's input smoothed too (folded into up_proj's columns;
-    max/median channel ratio up to 2825) it was 86.4 against 23.7 with down_proj float (float: 22.13,
-    another artifact, 12 windows of 256).
+    MatMul operand). down_proj's input — act(gate) * up — has outliers that one per-tensor
+    activation range cannot hold, smoothed or not (README, "INT8").
     """
     shapes = {init.name: tuple(init.dims) for init in graph.initializer}
     linears, others = [], []

@@ -6,7 +6,8 @@ import argparse
 import logging
 import sys
 
-from pipeline.errors import PipelineError
+from benchmarks.settings import add_settings_arguments, settings_from_arguments
+from pipeline.common.errors import PipelineError
 from pipeline.stages import NAMES as STAGE_NAMES, STAGES
 
 log = logging.getLogger("pipeline")
@@ -63,8 +64,6 @@ def _parser() -> argparse.ArgumentParser:
                                        "writes results.json, report.md and plots to --out.")
     bench.add_argument("artifacts", nargs="+", help="artifact folders (RUN/artifact) or run folders")
     bench.add_argument("--out", required=True, help="folder for results.json, report.md and the plots")
-    from benchmarks.stage import add_settings_arguments
-
     add_settings_arguments(bench)
     return parser
 
@@ -73,8 +72,8 @@ def _report(folder: str) -> int:
     from pathlib import Path
 
     from benchmarks.report import write_report
-    from benchmarks.stage import RESULTS, load_results
-    from pipeline.outputs import read_json, write_text_atomic
+    from benchmarks.runner import RESULTS, load_results
+    from pipeline.common.outputs import read_json, write_text_atomic
     from pipeline.report import render_report
 
     root = Path(folder)
@@ -97,7 +96,7 @@ def _benchmark(args) -> int:
     from pathlib import Path
 
     from benchmarks.report import write_report
-    from benchmarks.stage import find_artifact, run_benchmark, settings_from_arguments
+    from benchmarks.runner import find_artifact, run_benchmark
 
     artifacts = [find_artifact(entry) for entry in args.artifacts]
     out = Path(args.out)
@@ -194,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"recipe {args.recipe} is valid")
             print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")
             return 0
-        from pipeline.run import run_recipe
+        from pipeline.runner import run_recipe
 
         _print_summary(run_recipe(recipe, progress=not args.no_progress, force=args.force,
                                   start_from=args.start_from, skip_preflight=args.skip_preflight))

@@ -14,8 +14,10 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import PipelineError
-from pipeline.prune.masks import SparsitySpec
+from benchmarks.settings import BenchmarkSettings
+from export.schemes import check_scheme
+from pipeline.common.errors import PipelineError
+from pipeline.core.prune.sparsity import SparsitySpec
 
 DatasetName = Literal["c4", "wikitext2", "file", "embedded"]
 
@@ -49,6 +51,9 @@ class PruneSection(_Section):
     ignore: list[str] = Field(default_factory=list, description="glob patterns of projections kept dense")
     device: str = Field("cpu", description="compute device for the layer being pruned (cpu, cuda, cuda:0)")
     sequential: bool = Field(True, description="each layer calibrated on the pruned outputs before it")
+    block_size: int = Field(128, gt=0, description="SparseGPT: input columns reconstructed together")
+    dampening_frac: float = Field(0.01, gt=0, description="SparseGPT: damping added to diag(X^T X), as a fraction "
+                                                          "of its mean")
 
     @field_validator("sparsity")
     @classmethod
@@ -91,8 +96,6 @@ class QuantizeSection(_Section):
     @field_validator("scheme")
     @classmethod
     def _runnable(cls, value):
-        from export.quantize import check_scheme
-
         try:
             check_scheme(value)
         except PipelineError as exc:
@@ -111,20 +114,10 @@ class ExportSection(_Section):
     smoke_tokens: int = Field(16, gt=0)
 
 
-class BenchmarkSection(_Section):
-    """Tokens/s of the artifact (benchmarks/stage.py); each measurement in its own process."""
+class BenchmarkSection(BenchmarkSettings):
+    """Tokens/s of the artifact (benchmarks/runner.py): the benchmark settings, plus what only a recipe says."""
 
     enabled: bool = False
-    engines: list[Literal["deepsparse", "onnxruntime", "pytorch"]] = Field(
-        default_factory=lambda: ["deepsparse", "onnxruntime", "pytorch"], min_length=1)
-    modes: list[Literal["decode", "prefill"]] = Field(default_factory=lambda: ["decode", "prefill"], min_length=1)
-    sequence_length: int = Field(512, gt=1, description="context: decode runs with sequence_length - 1 cached tokens")
-    prefill_length: int = Field(64, gt=0)
-    threads: Optional[int] = Field(None, gt=0, description="null: all cores")
-    warmup_seconds: float = Field(2.0, ge=0)
-    seconds: float = Field(10.0, gt=0, description="timed seconds per measurement")
-    repeats: int = Field(3, gt=0, description="interleaved rounds")
-    time_budget_seconds: float = Field(3 * 3600, gt=0, description="stop (keeping partial results) past this")
     compare: list[str] = Field(default_factory=list,
                                description="other run folders (or artifact folders) benchmarked interleaved with this one")
 
@@ -156,9 +149,6 @@ class Recipe(_Section):
             if bench.sequence_length > self.export.max_sequence_length:
                 raise ValueError(f"benchmark.sequence_length {bench.sequence_length} exceeds export.max_sequence_length "
                                  f"{self.export.max_sequence_length}: lower it or export a longer graph")
-            if "prefill" in bench.modes and bench.prefill_length >= bench.sequence_length:
-                raise ValueError(f"benchmark.prefill_length {bench.prefill_length} must be below "
-                                 f"benchmark.sequence_length {bench.sequence_length}")
             missing = sorted({e for e in bench.engines if e != "pytorch"} - set(self.export.engines))
             if missing:
                 raise ValueError(f"benchmark.engines has {missing} but export.engines does not export a graph for it: "

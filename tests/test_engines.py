@@ -10,7 +10,7 @@ import torch
 
 from export.artifact import open_artifact
 from export.engines import run_engine
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 PROMPT = "hello world, this is"
 N = 16
@@ -59,7 +59,7 @@ def test_cli_generate_both_engines_and_bad_artifact(tiny_artifact, tmp_path):
 
 
 def test_the_quoted_engine_message_is_the_telling_line():
-    from pipeline.child import last_words
+    from pipeline.common.child import last_words
 
     report = ("Thread: 0x7f\nReceived signal: Bus error (signal addr: 00007f12f4b04000)\nRegisters:\nBacktrace:\n"
               " 0# 0x00007f88e145a04f:\nPlease email a copy of this stack trace to: support@neuralmagic.com\n")

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from pipeline.errors import PipelineError
-from pipeline.evaluate import perplexity
+from pipeline.common.errors import PipelineError
+from pipeline.core.evaluate import perplexity
 
 
 def test_perplexity_is_exp_of_mean_window_loss():

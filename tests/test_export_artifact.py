@@ -15,7 +15,7 @@ from conftest import pruned_tiny, tiny_non_glu_model, tiny_tokenizer
 from export import artifact as artifact_module
 from export.artifact import export_artifact, open_artifact
 from export.checks import deepsparse_graph_logits, onnx_weight_sparsity, onnxruntime_graph_logits
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 
 def test_layout_and_manifest(tiny_artifact):

@@ -10,7 +10,7 @@ from conftest import ARCHITECTURES, tiny_model, tiny_non_glu_model
 from export.checks import ort_session
 from export.deepsparse_graph import ARCHITECTURES as COVERED, DeepSparseForward, head_dim, quirks_for
 from export.onnx_configs import DeepSparseDecoderOnnxConfig
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 MAX_POS = 64
 GLU_ARCHS = [a for a in ARCHITECTURES]  # llama, mistral, gemma, reglu (llama), qwen2

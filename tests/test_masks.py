@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from pipeline.errors import PipelineError
-from pipeline.prune.masks import SparsitySpec, select_mask
+from pipeline.common.errors import PipelineError
+from pipeline.core.prune.masks import select_mask
+from pipeline.core.prune.sparsity import SparsitySpec
 
 
 @pytest.mark.parametrize("text,fraction,n,m", [(0.5, 0.5, None, None), ("0.7", 0.7, None, None),

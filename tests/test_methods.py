@@ -5,8 +5,9 @@ import itertools
 import pytest
 import torch
 
-from pipeline.prune import make_method
-from pipeline.prune.masks import SparsitySpec, select_mask
+from pipeline.core.prune.methods import make_method
+from pipeline.core.prune.masks import select_mask
+from pipeline.core.prune.sparsity import SparsitySpec
 
 OUT, IN, INTER = 16, 8, 16
 

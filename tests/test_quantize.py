@@ -9,8 +9,9 @@ from onnx import numpy_helper
 
 from export.artifact import open_artifact
 from export.engines import run_engine
-from export.quantize import check_scheme, linear_matmuls, quantize_artifact
-from pipeline.errors import PipelineError
+from export.quantize import linear_matmuls, quantize_artifact
+from export.schemes import check_scheme
+from pipeline.common.errors import PipelineError
 from pipeline.recipe import parse_recipe
 
 
@@ -162,7 +163,7 @@ def test_quantizing_what_was_not_exported(tmp_path):
 
 
 def test_rtn_4bit_keeps_pruned_zeros_and_rounds_within_half_a_step():
-    from pipeline.fake_quant import rtn_quantize
+    from pipeline.core.fake_quant import rtn_quantize
 
     torch.manual_seed(0)
     w = torch.randn(64, 256)
@@ -181,7 +182,7 @@ def test_rtn_4bit_keeps_pruned_zeros_and_rounds_within_half_a_step():
 def test_onnx_perplexity_equals_pytorch_for_the_float_graph_and_int8_stays_close(int8_artifact):
     from conftest import calibration_ids
     from export.onnx_perplexity import artifact_perplexity
-    from pipeline.evaluate import perplexity
+    from pipeline.core.evaluate import perplexity
 
     model, folder, target, _ = int8_artifact
     tokens = calibration_ids(n=1, seq_len=96, seed=3)[0]

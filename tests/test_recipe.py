@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 from pipeline.recipe import load_recipe, parse_recipe
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
@@ -66,7 +66,7 @@ def _error(patch: dict) -> str:
     ({"benchmark.enabled": True, "export.enabled": True, "benchmark.sequence_length": 4096},
      "benchmark.sequence_length 4096 exceeds export.max_sequence_length 2048"),
     ({"benchmark.enabled": True, "export.enabled": True, "benchmark.prefill_length": 512},
-     "benchmark.prefill_length 512 must be below benchmark.sequence_length 512"),
+     "benchmark: prefill_length 512 must be below sequence_length 512"),
     ({"benchmark.enabled": True, "export.enabled": True, "export.engines": ["onnxruntime"]},
      "benchmark.engines has ['deepsparse'] but export.engines does not export a graph for it"),
     ({"benchmark.engines": ["tensorrt"]}, "benchmark.engines.0"),

@@ -7,10 +7,10 @@ import os
 import pytest
 
 from conftest import save_checkpoint, tiny_model
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 from pipeline.recipe import parse_recipe
-from pipeline.run import run_recipe
-from pipeline.stages import plan, remove_leftovers
+from pipeline.runner import run_recipe
+from pipeline.resume import plan, remove_leftovers
 
 TEXT = " ".join(f"word{i % 37} and more text number {i}." for i in range(3000))
 

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from conftest import ARCHITECTURES, calibration_ids, tiny_model, tiny_non_glu_model
-from pipeline.errors import PipelineError
-from pipeline.models import decoder_layers, require_glu
-from pipeline.prune import make_method
-from pipeline.prune.masks import SparsitySpec, select_mask
-from pipeline.prune.sequential import prune_model
+from pipeline.common.errors import PipelineError
+from pipeline.core.models import decoder_layers, require_glu
+from pipeline.core.prune.methods import make_method
+from pipeline.core.prune.masks import select_mask
+from pipeline.core.prune.sparsity import SparsitySpec
+from pipeline.core.prune.sequential import prune_model
 
 
 def _nm_ok(weight: torch.Tensor, n: int, m: int, along: str) -> bool:

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from conftest import calibration_ids, tiny_model
-from pipeline.prune import make_method
-from pipeline.prune.masks import SparsitySpec, select_mask
-from pipeline.prune.sequential import prune_model
-from pipeline.prune.sparsegpt import sparsegpt_prune
-from pipeline.prune.wanda import wanda_score
+from pipeline.core.prune.methods import make_method
+from pipeline.core.prune.masks import select_mask
+from pipeline.core.prune.sparsity import SparsitySpec
+from pipeline.core.prune.sequential import prune_model
+from pipeline.core.prune.sparsegpt import inverse_hessian_factor, sparsegpt_prune
+from pipeline.core.prune.wanda import wanda_score
 
 
 def correlated_inputs(n=2048, d=64, seed=0):
@@ -33,7 +34,7 @@ def test_pattern_and_lower_error_than_magnitude_and_wanda(pattern):
     w = torch.randn(48, 64, generator=g)
     gram = x.double().T @ x.double()
     pruned = w.clone()
-    keep = sparsegpt_prune(pruned, gram, spec, block_size=16)
+    keep = sparsegpt_prune(pruned, inverse_hessian_factor(gram.clone(), 0.01), spec, block_size=16)
     assert torch.equal(pruned != 0, keep)
     if spec.is_nm:
         groups = keep.reshape(48, -1, spec.m).sum(-1)
@@ -48,7 +49,7 @@ def test_pattern_and_lower_error_than_magnitude_and_wanda(pattern):
     assert err < layer_error(w, magnitude, x)
     # with the mask chosen over the whole matrix (one block), reconstruction also beats Wanda's mask
     whole = w.clone()
-    sparsegpt_prune(whole, gram, spec, block_size=64)
+    sparsegpt_prune(whole, inverse_hessian_factor(gram.clone(), 0.01), spec, block_size=64)
     wanda = w * select_mask(wanda_score(w, x.pow(2).sum(0)), spec, "row")
     assert layer_error(w, whole, x) < layer_error(w, wanda, x)
 
@@ -58,7 +59,7 @@ def test_dead_inputs_and_singular_hessian_are_damped_with_a_warning(caplog):
     x[:, 5] = 0.0  # an input that never fires
     w = torch.randn(16, 32, generator=torch.Generator().manual_seed(2))
     gram = x.double().T @ x.double()
-    keep = sparsegpt_prune(w, gram, SparsitySpec.parse(0.5), damp=0.0, name="layers.0.mlp.down_proj")
+    keep = sparsegpt_prune(w, inverse_hessian_factor(gram, 0.0, name="layers.0.mlp.down_proj"), SparsitySpec.parse(0.5))
     assert not keep[:, 5].any() and (w[:, 5] == 0).all(), "weights of a dead input are zeroed"
     assert torch.isfinite(w).all()
     assert any("not positive definite" in r.message and "down_proj" in r.message for r in caplog.records

@@ -1,10 +1,8 @@
 """Engine runners for the benchmark stage. One measurement = one engine, one artifact, one mode, in
 its own child process (``python -m benchmarks.engines``), so an engine abort is one clear error.
 
-Modes (batch 1):
-- ``decode``: one new token with a KV cache already holding ``sequence_length - 1`` tokens (the cost
-  of each generated token at that context); tokens/s = 1000 / median ms.
-- ``prefill``: ``prefill_length`` prompt tokens into an empty cache; tokens/s = prefill_length x 1000 / median ms.
+Modes (batch 1; benchmarks/settings.py): ``decode`` tokens/s = 1000 / median ms of one step;
+``prefill`` tokens/s = prefill_length x 1000 / median ms.
 
 Each runner warms up for ``warmup_seconds``, then times single steps for ``seconds`` and reports the
 median, mean and count of the step latencies. Engine facts live in the ``ENGINES`` table below.
@@ -17,8 +15,9 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.child import run_child
-from pipeline.errors import PipelineError
+from benchmarks.settings import BenchmarkSettings
+from pipeline.common.child import run_child
+from pipeline.common.errors import PipelineError
 
 
 @dataclass(frozen=True)
@@ -37,19 +36,25 @@ ENGINES: dict[str, EngineFacts] = {
                                "benchmarks.engines.onnxruntime_runner", False),
     "pytorch": EngineFacts("torch", "pip install torch==2.13.0", None, "benchmarks.engines.pytorch_runner", False),
 }
-MODES = ("decode", "prefill")
 
 
 @dataclass(frozen=True)
 class MeasureSpec:
+    """One measurement, as the child process receives it; the values come from a BenchmarkSettings."""
+
     engine: str
     artifact: str
-    mode: str = "decode"
-    sequence_length: int = 256
-    prefill_length: int = 64
-    threads: int | None = None
-    warmup_seconds: float = 2.0
-    seconds: float = 10.0
+    mode: str
+    sequence_length: int
+    prefill_length: int
+    threads: int | None
+    warmup_seconds: float
+    seconds: float
+
+    @classmethod
+    def of(cls, engine: str, artifact: str, mode: str, settings: BenchmarkSettings) -> "MeasureSpec":
+        return cls(engine, str(artifact), mode, settings.sequence_length, settings.prefill_length, settings.threads,
+                   settings.warmup_seconds, settings.seconds)
 
     @property
     def tokens_per_step(self) -> int:

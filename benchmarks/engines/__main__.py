@@ -3,7 +3,7 @@
 import importlib
 
 from benchmarks.engines import ENGINES, MeasureSpec
-from pipeline.child import child_main
+from pipeline.common.child import child_main
 
 
 def _measure(payload: dict) -> dict:

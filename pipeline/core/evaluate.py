@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 
 @torch.no_grad()

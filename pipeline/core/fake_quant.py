@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.errors import PipelineError
-from pipeline.models import decoder_layers
+from pipeline.common.errors import PipelineError
+from pipeline.core.models import decoder_layers
 
 
 def rtn_quantize(weight: torch.Tensor, bits: int = 4, group: int = 128) -> torch.Tensor:

@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 log = logging.getLogger(__name__)
 

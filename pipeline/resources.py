@@ -1,4 +1,5 @@
-"""Refuse a run early when this machine cannot hold what its stages will need.
+"""Refuse a run early when this machine cannot hold what its stages will need (each stage states its own
+estimate, pipeline/stages/).
 
 Estimates come from the model's config alone (read before the weights load), so a 7B run on a
 machine that is too small stops in seconds with the numbers instead of hours in. They are upper
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -56,29 +57,18 @@ class Shapes:
         return self.layers * self.layer_params + self.vocab * self.hidden * (1 if self.tied else 2)
 
 
-def needs(shapes: Shapes, recipe, stage: str) -> tuple[int, int]:
-    """(peak RAM, disk written) in bytes for one stage of ``recipe`` on a model of ``shapes``."""
-    dtype = BYTES[recipe.model.dtype]
-    model = shapes.params * dtype
-    fp32 = shapes.params * 4
-    cal, ev = recipe.calibration, recipe.evaluation
-    logits = ev.context_length * shapes.vocab * 4 * 3  # logits, log-softmax, gradient-free temporaries
-    if stage == "prune":
-        buffer = cal.num_samples * cal.seq_len * shapes.hidden * dtype  # the layer-by-layer activations
-        layer = shapes.layer_params * 4 * 3  # one layer in float32, its masks and scores
-        hessian = 2 * max(shapes.hidden, shapes.intermediate) ** 2 * 8 if recipe.prune.method == "sparsegpt" else 0
-        return model + buffer + layer + hessian + BASE, int(model * 1.05)
-    if stage in ("baseline", "evaluate"):
-        return model + logits + BASE, 0
-    if stage == "export":
-        from export.artifact import estimated_bytes  # the export stage's own disk check uses the same figure
+def dtype_bytes(recipe) -> int:
+    return BYTES[recipe.model.dtype]
 
-        return 2 * fp32 + BASE, estimated_bytes(shapes.params, tuple(recipe.export.engines))
-    if stage == "quantize":
-        return 2 * fp32 + BASE, int(fp32 * 0.6)  # float graph read, INT8 weights written (a quarter) + activations
-    if stage == "benchmark":
-        return int(1.5 * fp32) + BASE, 0  # each engine loads one graph in its own process
-    raise ValueError(stage)
+
+def model_bytes(shapes: Shapes, recipe) -> int:
+    """The model's weights in the dtype it is held in."""
+    return shapes.params * dtype_bytes(recipe)
+
+
+def perplexity_ram(shapes: Shapes, recipe) -> int:
+    """The model, plus one window's logits, log-softmax and temporaries (float32)."""
+    return model_bytes(shapes, recipe) + recipe.evaluation.context_length * shapes.vocab * 4 * 3 + BASE
 
 
 def _free_disk(path: Path) -> int:
@@ -90,10 +80,13 @@ def _count(params: int) -> str:
     return f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M"
 
 
-def check_resources(config, recipe, stages: list[str], run_dir: Path) -> dict:
-    """Raise PipelineError naming the stage and the numbers when RAM or disk will not do; return the estimates."""
+def check_resources(config, recipe, stages: list, run_dir: Path) -> dict:
+    """Raise PipelineError naming the stage and the numbers when RAM or disk will not do; return the estimates.
+
+    ``stages``: the Stage objects that will run; each estimates its own (peak RAM, disk written).
+    """
     shapes = Shapes.from_config(config)
-    estimates = {stage: needs(shapes, recipe, stage) for stage in stages}
+    estimates = {stage.name: stage.estimate(shapes, recipe) for stage in stages}
     if not estimates:
         return {}
     available = psutil.virtual_memory().available
@@ -110,7 +103,7 @@ def check_resources(config, recipe, stages: list[str], run_dir: Path) -> dict:
     free = _free_disk(run_dir)
     if disk > free:
         raise PipelineError(
-            f"stages {', '.join(stages)} will write about {disk / GiB:.1f} GiB to {run_dir}, "
+            f"stages {', '.join(estimates)} will write about {disk / GiB:.1f} GiB to {run_dir}, "
             f"but {free / GiB:.1f} GiB is free there",
             "free some space, set output_dir on a larger disk, or pass --skip-preflight")
     return {s: {"ram_gib": r / GiB, "disk_gib": d / GiB} for s, (r, d) in estimates.items()}

@@ -1,4 +1,4 @@
-"""The benchmark stage: artifacts x engines x modes, repeated in interleaved rounds, one child process
+"""The benchmark runner: artifacts x engines x modes, repeated in interleaved rounds, one child process
 per measurement, written to ``OUT/results.json`` (atomically, after every measurement, so partial
 results survive a crash or a time budget and are labelled as partial).
 
@@ -16,32 +16,18 @@ import logging
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from tqdm import tqdm
 
-from benchmarks.engines import ENGINES, MODES, MeasureSpec, check_engine, check_threads, measure
+from benchmarks.engines import ENGINES, MeasureSpec, check_engine, check_threads, measure
+from benchmarks.settings import BenchmarkSettings
 from benchmarks.stats import summarize
-from pipeline.errors import PipelineError
-from pipeline.outputs import read_json, write_json_atomic
+from pipeline.common.errors import PipelineError
+from pipeline.common.outputs import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 RESULTS = "results.json"
-
-
-@dataclass
-class BenchmarkSettings:
-    engines: list[str] = field(default_factory=lambda: ["deepsparse", "onnxruntime", "pytorch"])
-    modes: list[str] = field(default_factory=lambda: ["decode", "prefill"])
-    sequence_length: int = 512
-    prefill_length: int = 64
-    threads: int | None = None
-    warmup_seconds: float = 2.0
-    seconds: float = 10.0
-    repeats: int = 3
-    time_budget_seconds: float = 3 * 3600
-    extrapolate_to_layers: int | None = None
 
 
 def describe_artifact(path: Path, key: str | None = None, name: str | None = None) -> dict:
@@ -116,22 +102,17 @@ def plan(artifacts: list[dict], settings: BenchmarkSettings) -> list[tuple[str, 
     return steps
 
 
-def validate(settings: BenchmarkSettings) -> None:
+def check_machine(settings: BenchmarkSettings) -> None:
+    """What the settings model cannot know: each engine is installed here, the threads exist here."""
     for engine in settings.engines:
         check_engine(engine)
     check_threads(settings.threads)
-    for mode in settings.modes:
-        if mode not in MODES:
-            raise PipelineError(f"unknown benchmark mode {mode!r}", f"choose from {', '.join(MODES)}")
-    if "prefill" in settings.modes and not 0 < settings.prefill_length < settings.sequence_length:
-        raise PipelineError(f"prefill_length {settings.prefill_length} must be between 1 and sequence_length - 1 "
-                            f"({settings.sequence_length - 1})", "lower benchmark.prefill_length")
 
 
 def run_benchmark(artifacts: list[dict], settings: BenchmarkSettings, out: Path, progress: bool = True,
                   measure_fn=measure, command: str | None = None) -> dict:
     """Measure, write ``out/results.json`` after every measurement, return the results with their summary."""
-    validate(settings)
+    check_machine(settings)
     keys = [a["key"] for a in artifacts]
     if len(set(keys)) != len(keys):
         raise PipelineError(f"two benchmarked artifacts share a name: {keys}", "give each artifact its own name")
@@ -139,7 +120,7 @@ def run_benchmark(artifacts: list[dict], settings: BenchmarkSettings, out: Path,
     steps = plan(artifacts, settings)
     total = len(steps) * settings.repeats
     results = {"format": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
-               "settings": asdict(settings), "command": command, "artifacts": artifacts, "measurements": [], "failures": [],
+               "settings": settings.model_dump(mode="json"), "command": command, "artifacts": artifacts, "measurements": [], "failures": [],
                "partial": f"in progress: 0 of {total} measurements"}
     started = time.time()
     bar = tqdm(total=total, desc="benchmark", disable=not progress)
@@ -150,8 +131,7 @@ def run_benchmark(artifacts: list[dict], settings: BenchmarkSettings, out: Path,
                 stopped = (f"time budget of {settings.time_budget_seconds:.0f} s reached after "
                            f"{len(results['measurements'])} of {total} measurements")
                 break
-            spec = MeasureSpec(engine, by_key[key]["path"], mode, settings.sequence_length, settings.prefill_length,
-                               settings.threads, settings.warmup_seconds, settings.seconds)
+            spec = MeasureSpec.of(engine, by_key[key]["path"], mode, settings)
             try:
                 m = measure_fn(spec)
             except PipelineError as exc:
@@ -182,24 +162,3 @@ def load_results(folder: Path) -> dict:
     results = read_json(Path(folder) / RESULTS, "give a benchmark folder (RUN/benchmark) a finished benchmark wrote")
     results["summary"] = summarize(results, results["settings"].get("extrapolate_to_layers"))
     return results
-
-
-def add_settings_arguments(parser, sequence_length: int = 512, prefill_length: int = 64,
-                           extrapolate: int | None = None) -> None:
-    """The BenchmarkSettings as command-line options (for `pipeline benchmark` and the table scripts)."""
-    d = BenchmarkSettings()
-    parser.add_argument("--engines", nargs="+", default=d.engines, choices=list(ENGINES))
-    parser.add_argument("--modes", nargs="+", default=d.modes, choices=list(MODES))
-    parser.add_argument("--sequence-length", type=int, default=sequence_length,
-                        help="context: decode runs with sequence_length - 1 tokens in the KV cache")
-    parser.add_argument("--prefill-length", type=int, default=prefill_length)
-    parser.add_argument("--threads", type=int, default=None, help="default: all cores")
-    parser.add_argument("--warmup-seconds", type=float, default=d.warmup_seconds)
-    parser.add_argument("--seconds", type=float, default=d.seconds, help="timed seconds per measurement")
-    parser.add_argument("--repeats", type=int, default=d.repeats, help="interleaved rounds")
-    parser.add_argument("--time-budget-seconds", type=float, default=d.time_budget_seconds)
-    parser.add_argument("--extrapolate-to-layers", type=int, default=extrapolate)
-
-
-def settings_from_arguments(args) -> BenchmarkSettings:
-    return BenchmarkSettings(**{f.name: getattr(args, f.name) for f in fields(BenchmarkSettings)})

@@ -17,19 +17,22 @@ from typing import Mapping
 
 import torch
 
-from pipeline.prune.masks import Axis
-from pipeline.prune.wanda import wanda_score
+from pipeline.core.prune.base import ScoringMethod
+from pipeline.core.prune.sparsity import Axis
+from pipeline.core.prune.wanda import wanda_score
 
 
-class DaSS:
+class DaSS(ScoringMethod):
     name = "dass"
-    needs_calibration = True
 
     def __init__(self, alpha: float = 0.5):
         self.alpha = alpha
 
     def axis(self, role: str) -> Axis:
         return "column" if role in ("gate", "up") else "row"
+
+    def inputs_read(self, role: str) -> tuple[str, ...]:
+        return ("down",) if role in ("gate", "up") else (role,)
 
     def score(self, role: str, weight: torch.Tensor, stats: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if role in ("gate", "up"):

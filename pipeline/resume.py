@@ -1,11 +1,11 @@
-"""Which stages a run has, what each depends on, and whether its output on disk is complete.
+"""Resuming: whether a stage's output on disk is complete for the recipe as it is now, and which stages run.
 
 A stage that finishes writes ``RUN/.stages/NAME.json``: the hash of the recipe sections its output
 depends on, and the size of every file it wrote. On the next ``pipeline run`` a stage is skipped
 when its marker is there, its hash matches the recipe as it is now, and every recorded file is
 still there with its recorded size; otherwise it runs again, and every later stage with it.
 
-Outputs are written atomically (pipeline/outputs.py) and the marker last, so a process killed at
+Outputs are written atomically (pipeline/common/outputs.py) and the marker last, so a process killed at
 any point leaves either a complete stage with its marker, or no marker and at most hidden
 ``.NAME.*.partial`` / ``.NAME.*.tmp`` leftovers, which :func:`remove_leftovers` clears.
 """
@@ -17,56 +17,21 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import PipelineError
-from pipeline.outputs import write_json_atomic
+from pipeline.common.errors import PipelineError
+from pipeline.common.outputs import write_json_atomic
+from pipeline.stages import STAGES
+from pipeline.stages.stage import Stage
 
 log = logging.getLogger(__name__)
 
 MARKERS = ".stages"
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    sections: tuple[str, ...]  # recipe sections (top-level keys) the stage's output depends on
-    outputs: tuple[str, ...]  # files or folders under the run folder
-    reads: tuple[str, ...]  # earlier stages whose outputs it reads: when one of them reruns, so does this one
-    about: str
-
-
-#: In run order. A stage's sections include those of every stage whose output it reads.
-STAGES: tuple[Stage, ...] = (
-    Stage("baseline", ("model", "evaluation"), ("perplexity_dense.json",), (), "perplexity of the unpruned model"),
-    Stage("prune", ("model", "calibration", "prune"), ("pruned",), (), "calibration and layer-wise pruning"),
-    Stage("evaluate", ("model", "calibration", "prune", "evaluation"), ("perplexity.json",), ("prune",),
-          "perplexity of the pruned model"),
-    Stage("export", ("model", "calibration", "prune", "export"), ("artifact", "export.json"), ("prune",),
-          "ONNX artifact for DeepSparse and ONNX Runtime, smoke generation"),
-    Stage("quantize", ("model", "calibration", "prune", "export", "quantize", "evaluation"),
-          ("artifact-int8", "quantize.json"),
-          ("export",), "INT8 artifact from the float artifact"),
-    Stage("benchmark", ("name", "model", "calibration", "prune", "export", "quantize", "benchmark"),
-          ("benchmark", "benchmark.json"), ("export", "quantize"), "tokens/s in each engine"),
-)
-NAMES = tuple(s.name for s in STAGES)
-BY_NAME = {s.name: s for s in STAGES}
-
-
 def applicable(recipe) -> list[Stage]:
     """The stages this recipe asks for, in run order."""
-    pruning = recipe.prune.method != "none"
-    wanted = {
-        "baseline": pruning and recipe.evaluation.enabled and recipe.evaluation.dense_baseline,
-        "prune": pruning,
-        "evaluate": recipe.evaluation.enabled,
-        "export": recipe.export.enabled,
-        "quantize": recipe.quantize.enabled,
-        "benchmark": recipe.benchmark.enabled,
-    }
-    return [s for s in STAGES if wanted[s.name]]
+    return [s for s in STAGES if s.applies(recipe)]
 
 
 def stage_hash(recipe, stage: Stage) -> str:

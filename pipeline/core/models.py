@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 log = logging.getLogger(__name__)
 

@@ -10,37 +10,66 @@ through the Cholesky factor of ``H^-1``, ``H = X^T X`` summed over all calibrati
 - N:M: in each row, N of every M consecutive input weights are kept, chosen when the group's
   first column is reached (groups along the input dimension).
 
-Damping: ``damp * mean(diag H)`` on the diagonal (``damp = 0.01``, the reference's default);
+Damping: ``dampening_frac * mean(diag H)`` on the diagonal (0.01, the reference's default; recipe
+``prune.dampening_frac``);
 inputs that never fire (a zero diagonal) get their weights zeroed. A Hessian that is still not
 positive definite is damped ten times harder, up to four times, with a warning each time.
-Memory: one projection's Hessian at a time, ``in_features^2`` floats (11008^2 for LLaMA-2-7B's down_proj).
+Memory: one distinct input's Hessian at a time (q/k/v share one, gate/up share one), factorised once
+for all the projections that read it: about two ``in_features^2`` float64 matrices at the peak
+(11008^2 for LLaMA-2-7B's down_proj input).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import PipelineError
-from pipeline.prune.masks import Axis, SparsitySpec
+from pipeline.common.errors import PipelineError
+from pipeline.core.prune.base import ReconstructingMethod
+from pipeline.core.prune.sparsity import Axis, SparsitySpec
 
 log = logging.getLogger(__name__)
 
 
-def inverse_hessian_factor(gram: torch.Tensor, damp: float, name: str = "") -> torch.Tensor:
-    """Upper Cholesky factor of (H + damping)^-1, damping harder (with a warning) where H is singular."""
-    h = gram.to(torch.float64).clone()
+@dataclass
+class Factor:
+    """What pruning needs from one input's ``X^T X``: the upper Cholesky factor of its damped inverse, and
+    the input features that never fire (their weights are zeroed)."""
+
+    upper: torch.Tensor  # [in, in] float32
+    dead: torch.Tensor  # [in] bool
+
+
+@torch.no_grad()
+def inverse_hessian_factor(gram: torch.Tensor, dampening_frac: float, name: str = "") -> Factor:
+    """Factor of (H + damping)^-1, damping harder (with a warning) where H is singular. Consumes ``gram``.
+
+    Works in place on ``gram`` (float64) and frees each intermediate as soon as the next exists, so
+    the peak is about two ``in_features^2`` float64 matrices (for LLaMA-2-7B's down_proj, 2 x 0.97 GB).
+    """
+    h = gram if gram.dtype == torch.float64 else gram.to(torch.float64)
+    del gram
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
     mean = torch.diagonal(h).mean().clamp_min(1e-12)
-    relative = damp
+    diagonal = torch.diagonal(h).clone()
+    relative = dampening_frac
     for _ in range(5):
-        damped = h + relative * mean * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-        chol, info = torch.linalg.cholesky_ex(damped)
+        torch.diagonal(h).copy_(diagonal + relative * mean)
+        chol, info = torch.linalg.cholesky_ex(h)
         if info == 0:
-            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
+            del h
+            inverse = torch.cholesky_inverse(chol)
+            del chol
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if info == 0:
-                return upper.to(torch.float32)
+                return Factor(upper.to(torch.float32), dead)
+            raise PipelineError(f"SparseGPT: the inverse Hessian of {name or 'a projection'} is not positive definite",
+                                "check the calibration data (NaN or inf activations?) or raise prune.dampening_frac")
+        del chol
         relative = max(relative * 10, 0.01)
         log.warning("SparseGPT: the Hessian of %s is not positive definite (too few or degenerate calibration "
                     "tokens); damping it harder: %g x mean(diag H)", name or "a projection", relative)
@@ -49,15 +78,12 @@ def inverse_hessian_factor(gram: torch.Tensor, damp: float, name: str = "") -> t
 
 
 @torch.no_grad()
-def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, sparsity: SparsitySpec, block_size: int = 128,
-                    damp: float = 0.01, name: str = "") -> torch.Tensor:
+def sparsegpt_prune(weight: torch.Tensor, factor: Factor, sparsity: SparsitySpec, block_size: int = 128) -> torch.Tensor:
     """Prune ``weight`` ([out, in], float32) in place with SparseGPT; returns the keep-mask."""
     w = weight.data
-    h = gram.to(device=w.device, dtype=torch.float64).clone()
-    dead = torch.diagonal(h) == 0
-    h[dead, dead] = 1.0
+    dead = factor.dead.to(w.device)
     w[:, dead] = 0.0
-    hinv = inverse_hessian_factor(h, damp, name).to(w.device)
+    hinv = factor.upper.to(w.device)
     rows, cols = w.shape
     keep = torch.ones_like(w, dtype=torch.bool)
     for start in range(0, cols, block_size):
@@ -94,20 +120,21 @@ def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, sparsity: Sparsity
     return keep
 
 
-class SparseGPT:
-    """A pruning method that needs ``X^T X`` per projection and rewrites the weights it keeps."""
+class SparseGPT(ReconstructingMethod):
+    """Needs ``X^T X`` per distinct projection input and rewrites the weights it keeps."""
 
     name = "sparsegpt"
-    needs_calibration = True
-    statistics = "gram"
 
-    def __init__(self, block_size: int = 128, damp: float = 0.01):
+    def __init__(self, block_size: int = 128, dampening_frac: float = 0.01):
         self.block_size = block_size
-        self.damp = damp
+        self.dampening_frac = dampening_frac
 
     def axis(self, role: str) -> Axis:
         return "row"  # N:M groups along the input dimension
 
-    def prune(self, role: str, weight: torch.Tensor, stats: Mapping[str, torch.Tensor], sparsity: SparsitySpec,
+    def prepare(self, gram: torch.Tensor, name: str) -> Factor:
+        return inverse_hessian_factor(gram, self.dampening_frac, name)
+
+    def prune(self, role: str, weight: torch.Tensor, prepared: Factor, sparsity: SparsitySpec,
               name: str = "") -> torch.Tensor:
-        return sparsegpt_prune(weight, stats[role], sparsity, self.block_size, self.damp, name)
+        return sparsegpt_prune(weight, prepared, sparsity, self.block_size)

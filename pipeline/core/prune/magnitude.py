@@ -6,12 +6,13 @@ from typing import Mapping
 
 import torch
 
-from pipeline.prune.masks import Axis
+from pipeline.core.prune.base import ScoringMethod
+from pipeline.core.prune.sparsity import Axis
 
 
-class Magnitude:
+class Magnitude(ScoringMethod):
     name = "magnitude"
-    needs_calibration = False
+    statistic = None  # no calibration
 
     def axis(self, role: str) -> Axis:
         return "matrix"

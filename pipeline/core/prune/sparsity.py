@@ -1,9 +1,6 @@
-"""From importance scores to keep-masks: the one selection core every method shares.
+"""The sparsity a recipe asks for (unstructured fraction or N:M) and the axes along which scores compete.
 
-A score matrix has the shape of a linear layer's weight, ``[out_features, in_features]``.
-A mask is a bool tensor of the same shape, True where the weight is kept.
-
-Every method states along which axis its scores are compared:
+Torch-free, so that reading and validating a recipe loads nothing heavy.
 
 - ``"row"``: within each output row (Wanda, DaSS down_proj). N:M groups are M consecutive
   weights of a row, i.e. along the input dimension.
@@ -19,9 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 Axis = Literal["row", "column", "matrix"]
 
@@ -85,45 +80,3 @@ class SparsitySpec:
                 f"{self} sparsity does not fit {name}: its {which} dimension {dim} is not a multiple of {self.m}",
                 f"choose an M that divides {dim}, or list {name} under prune.ignore",
             )
-
-
-def select_mask(score: torch.Tensor, spec: SparsitySpec, axis: Axis) -> torch.Tensor:
-    """Keep-mask for ``score`` (``[out, in]``): the highest scores survive within each comparison group."""
-    if score.dim() != 2:
-        raise ValueError(f"score must be 2-D, got shape {tuple(score.shape)}")
-    if axis == "column":
-        return select_mask(score.t().contiguous(), spec, "row").t().contiguous()
-    if spec.is_nm:
-        return _nm_mask_rows(score, spec.n, spec.m)
-    if axis == "row":
-        return _unstructured_mask_rows(score, spec.fraction)
-    if axis == "matrix":
-        return _unstructured_mask_rows(score.reshape(1, -1), spec.fraction).reshape(score.shape)
-    raise ValueError(f"unknown axis {axis!r}")
-
-
-def _unstructured_mask_rows(score: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Prune exactly ``int(cols * fraction)`` lowest scores in every row."""
-    rows, cols = score.shape
-    n_prune = int(cols * fraction)
-    if n_prune == 0:
-        return torch.ones_like(score, dtype=torch.bool)
-    # Selection instead of a full sort: the n_prune-th smallest score of each row is the threshold.
-    threshold = torch.kthvalue(score, n_prune, dim=1, keepdim=True).values
-    below = score < threshold
-    # Ties at the threshold: prune the first ones (in index order) until each row has exactly n_prune,
-    # so that counts are exact and the result deterministic (e.g. for all-zero activations).
-    missing = n_prune - below.sum(dim=1, keepdim=True)
-    at = score == threshold
-    prune = below | (at & (at.cumsum(dim=1) <= missing))
-    return ~prune
-
-
-def _nm_mask_rows(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Keep the ``n`` highest of every ``m`` consecutive scores along each row (vectorised)."""
-    rows, cols = score.shape
-    groups = score.reshape(rows, cols // m, m)
-    keep = torch.topk(groups, n, dim=2, sorted=False).indices
-    mask = torch.zeros_like(groups, dtype=torch.bool)
-    mask.scatter_(2, keep, True)
-    return mask.reshape(rows, cols)

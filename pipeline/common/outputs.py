@@ -33,7 +33,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def read_json(path: Path, fix: str):
     """A JSON file a stage wrote; a missing or unreadable one is a PipelineError with ``fix``."""
-    from pipeline.errors import PipelineError
+    from pipeline.common.errors import PipelineError
 
     path = Path(path)
     if not path.is_file():

@@ -6,16 +6,16 @@ from typing import Mapping
 
 import torch
 
-from pipeline.prune.masks import Axis
+from pipeline.core.prune.base import ScoringMethod
+from pipeline.core.prune.sparsity import Axis
 
 
 def wanda_score(weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tensor:
     return weight.abs() * input_sq_sum.sqrt().to(weight.dtype).unsqueeze(0)
 
 
-class Wanda:
+class Wanda(ScoringMethod):
     name = "wanda"
-    needs_calibration = True
 
     def axis(self, role: str) -> Axis:
         return "row"

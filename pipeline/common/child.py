@@ -14,7 +14,7 @@ import subprocess
 import sys
 from typing import Callable
 
-from pipeline.errors import PipelineError
+from pipeline.common.errors import PipelineError
 
 RESULT_PREFIX = "ENGINE_RESULT "
 #: lines of an engine's stderr that say what went wrong (the last one is quoted in the error)

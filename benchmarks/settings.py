@@ -1,0 +1,70 @@
+"""The benchmark settings: one model for the recipe's ``benchmark`` section, the ``pipeline benchmark``
+command line and the runner (benchmarks/runner.py). Pydantic only, so that reading a recipe stays light.
+
+Modes (batch 1):
+- ``decode``: one new token with a KV cache already holding ``sequence_length - 1`` tokens.
+- ``prefill``: ``prefill_length`` prompt tokens into an empty cache.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.common.errors import PipelineError
+
+Engine = Literal["deepsparse", "onnxruntime", "pytorch"]
+Mode = Literal["decode", "prefill"]
+
+
+class BenchmarkSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    engines: list[Engine] = Field(default_factory=lambda: ["deepsparse", "onnxruntime", "pytorch"], min_length=1,
+                                  description="engines that measure each artifact")
+    modes: list[Mode] = Field(default_factory=lambda: ["decode", "prefill"], min_length=1)
+    sequence_length: int = Field(512, gt=1, description="context: decode runs with sequence_length - 1 cached tokens")
+    prefill_length: int = Field(64, gt=0, description="prompt tokens of a prefill measurement")
+    threads: Optional[int] = Field(None, gt=0, description="engine threads; null: all cores")
+    warmup_seconds: float = Field(2.0, ge=0, description="untimed seconds before each measurement")
+    seconds: float = Field(10.0, gt=0, description="timed seconds per measurement")
+    repeats: int = Field(3, gt=0, description="interleaved rounds")
+    time_budget_seconds: float = Field(3 * 3600, gt=0, description="stop (keeping partial results) past this")
+    extrapolate_to_layers: Optional[int] = Field(None, gt=0, description="fit ms/token over the artifacts' depths "
+                                                                         "and extrapolate to this many layers")
+
+    @model_validator(mode="after")
+    def _prefill_fits(self):
+        if "prefill" in self.modes and self.prefill_length >= self.sequence_length:
+            raise ValueError(f"prefill_length {self.prefill_length} must be below sequence_length "
+                             f"{self.sequence_length}")
+        return self
+
+    def settings(self) -> "BenchmarkSettings":
+        """The settings alone (a subclass, such as the recipe's section, adds keys of its own)."""
+        return BenchmarkSettings(**{name: getattr(self, name) for name in BenchmarkSettings.model_fields})
+
+
+def add_settings_arguments(parser, **defaults) -> None:
+    """Every setting as a command-line option (``--sequence-length`` ...); ``defaults`` override the model's."""
+    for name, field in BenchmarkSettings.model_fields.items():
+        default = defaults.get(name, field.get_default(call_default_factory=True))
+        option = "--" + name.replace("_", "-")
+        kind = field.annotation
+        if typing.get_origin(kind) is list:
+            choices = typing.get_args(typing.get_args(kind)[0])
+            parser.add_argument(option, nargs="+", default=default, choices=choices, help=field.description)
+        else:
+            base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # Optional[int] -> int
+            parser.add_argument(option, type=base, default=default, help=field.description)
+
+
+def settings_from_arguments(args) -> BenchmarkSettings:
+    try:
+        return BenchmarkSettings(**{name: getattr(args, name) for name in BenchmarkSettings.model_fields})
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-') or 'settings'}: "
+                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise PipelineError(f"bad benchmark settings: {problems}", "see pipeline benchmark --help") from None

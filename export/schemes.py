@@ -1,0 +1,43 @@
+"""The quantization schemes the quantize stage offers, and the ones it refuses with the reason.
+
+Torch- and onnx-free, so that validating a recipe loads nothing heavy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.common.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class Scheme:
+    weights: str
+    activations: str
+    per_channel: bool
+    about: str
+
+
+SCHEMES = {
+    "w8a8-static": Scheme("int8 symmetric per tensor", "uint8 asymmetric, static (min/max calibration)", False,
+                          "q/k/v/o/gate/up INT8 (QDQ) after SmoothQuant smoothing of their inputs; down_proj, "
+                          "attention scores, LM head, norms float32"),
+}
+#: schemes users ask for that the DeepSparse path does not run, and what to do instead
+NOT_RUNNABLE = {
+    "w4a16": "4-bit weights have no DeepSparse kernels; the 4-bit study is simulated in PyTorch for perplexity only "
+             "(python -m benchmarks.ppl_table --weights w4g128)",
+    "w4-rtn": "4-bit weights have no DeepSparse kernels; the perplexity study: python -m benchmarks.ppl_table "
+              "--weights w4g128",
+    "w8a8-dynamic": "dynamic activation quantization (DynamicQuantizeLinear + MatMulInteger) is not a DeepSparse "
+                    "fast path; use w8a8-static",
+    "fp8": "DeepSparse 1.8 has no FP8 kernels",
+}
+
+
+def check_scheme(name: str) -> Scheme:
+    if name in SCHEMES:
+        return SCHEMES[name]
+    why = NOT_RUNNABLE.get(name, "unknown scheme")
+    raise PipelineError(f"quantize.scheme {name!r} cannot run in DeepSparse: {why}",
+                        f"use one of: {', '.join(SCHEMES)}")

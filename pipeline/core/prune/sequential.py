@@ -1,0 +1,287 @@
+"""The sequential layer-by-layer pruning loop (Wanda / SparseGPT style).
+
+1. Calibration token windows run through the model until the first decoder layer; a
+   pre-forward hook captures that layer's hidden states *and its own keyword arguments*
+   (attention mask, position ids, rotary embeddings, ...), so no architecture detail is
+   hard-coded here.
+2. For each decoder layer in turn, cast to float32 (and moved to the compute device) alone:
+   one probe forward finds which projections read the same input tensor (q/k/v, gate/up);
+   forward hooks on one projection per such input accumulate the method's statistic over all
+   calibration windows (pipeline/core/prune/base.py); every projection in scope is pruned from
+   the statistics of the *dense* layer; then the *pruned* layer maps the windows to the next
+   layer's inputs (in place, so only one activation buffer exists). Each layer therefore sees
+   the outputs of the already-pruned layers before it.
+   - scoring methods: one pass gathers every needed input's squared norms, then score + select;
+   - reconstructing methods (SparseGPT): one pass per distinct input gathers its ``X^T X``, the
+     method factorises it once and rewrites every projection reading it into a side copy; the
+     layer stays dense until all inputs are done, so one ``X^T X`` exists at a time.
+
+Memory: the model stays in its load dtype on the CPU; one layer at a time is float32 on the
+compute device; activations are one ``[samples, seq_len, hidden]`` buffer in the model dtype.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.core.models import Projection, decoder_layers, layer_projections
+from pipeline.core.prune.base import PruningMethod, ReconstructingMethod, ScoringMethod
+from pipeline.core.prune.masks import select_mask
+from pipeline.core.prune.sparsity import SparsitySpec
+
+log = logging.getLogger(__name__)
+
+
+class _Captured(Exception):
+    pass
+
+
+@dataclass
+class LayerInputs:
+    hidden: torch.Tensor  # [samples, seq_len, hidden], storage dtype
+    kwargs: dict[str, Any]  # the first decoder layer's keyword arguments (shared by all samples)
+
+
+@dataclass
+class PruneResult:
+    #: "layers.{i}.{path}" -> stats about the pruned projection
+    layers: dict[str, dict] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _to(value: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """Move tensors (also inside tuples/lists/dicts) to device; floating ones to dtype."""
+    if isinstance(value, torch.Tensor):
+        if dtype is not None and value.is_floating_point():
+            return value.to(device=device, dtype=dtype)
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _to(v, device, dtype) for k, v in value.items()}
+    return value
+
+
+@torch.no_grad()
+def capture_layer_inputs(model: nn.Module, input_ids: torch.Tensor, progress: bool = True) -> LayerInputs:
+    """Run each calibration window up to the first decoder layer and keep what it receives."""
+    first = decoder_layers(model)[0]
+    dtype = next(model.parameters()).dtype
+    n, seq_len = input_ids.shape
+    hidden = torch.empty((n, seq_len, model.config.hidden_size), dtype=dtype)
+    state: dict[str, Any] = {}
+
+    def hook(module, args, kwargs):
+        states = args[0] if args else kwargs["hidden_states"]
+        hidden[state["i"]] = states[0].to(dtype)
+        if "kwargs" not in state:
+            state["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        raise _Captured
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for i in tqdm(range(n), desc="calibration inputs", disable=not progress, leave=False):
+            state["i"] = i
+            try:
+                model(input_ids=input_ids[i : i + 1], use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    kwargs = state["kwargs"]
+    kwargs.pop("past_key_value", None)
+    kwargs.pop("past_key_values", None)
+    kwargs["use_cache"] = False
+    return LayerInputs(hidden=hidden, kwargs=kwargs)
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def input_groups(layer: nn.Module, projections: list[Projection], x: torch.Tensor, kwargs: dict) -> list[list[Projection]]:
+    """``projections`` grouped by the input tensor they read, found by one forward of ``x`` (identity, not value)."""
+    seen: list[tuple[torch.Tensor, list[Projection]]] = []
+    handles = []
+
+    def hook_for(proj: Projection):
+        def hook(module, args):
+            for tensor, group in seen:
+                if args[0] is tensor:
+                    group.append(proj)
+                    return
+            seen.append((args[0], [proj]))
+
+        return hook
+
+    for proj in projections:
+        handles.append(layer.get_submodule(proj.path).register_forward_pre_hook(hook_for(proj)))
+    try:
+        layer(x, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    grouped = [group for _, group in seen]
+    missing = [p for p in projections if not any(p in g for g in grouped)]
+    return grouped + [[p] for p in missing]  # a projection the forward did not reach keeps a group of its own
+
+
+class InputStats:
+    """Forward hooks that accumulate, over all tokens, one statistic per distinct input (in float64):
+
+    - ``"input_norms"``: the sum of squared inputs per feature, ``[in_features]`` (Wanda, DaSS);
+    - ``"input_gram"``: ``X^T X``, ``[in_features, in_features]`` (SparseGPT's Hessian).
+
+    ``groups`` are projections that read one tensor: one hook on the first of each, and
+    ``stats()`` gives every role of the group the same tensor.
+    """
+
+    def __init__(self, layer: nn.Module, groups: list[list[Projection]], kind: str):
+        self.kind = kind
+        self.groups = groups
+        self.sums: dict[str, torch.Tensor] = {}
+        self.handles = [layer.get_submodule(g[0].path).register_forward_hook(self._hook(g[0].role)) for g in groups]
+
+    def _hook(self, key: str):
+        def hook(module, args, output):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
+            total = x.pow(2).sum(dim=0) if self.kind == "input_norms" else x.T @ x
+            self.sums[key] = self.sums[key] + total if key in self.sums else total
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        return {p.role: self.sums[g[0].role] for g in self.groups for p in g if g[0].role in self.sums}
+
+
+def _in_scope(proj: Projection, scope: str, layer_index: int, ignore: list[str]) -> bool:
+    if proj.kind == "attention" and scope != "attention+mlp":
+        return False
+    qualified = f"layers.{layer_index}.{proj.path}"
+    return not any(fnmatch.fnmatch(qualified, pat) or fnmatch.fnmatch(proj.path, pat) for pat in ignore)
+
+
+def plan_projections(model: nn.Module, method: PruningMethod, sparsity: SparsitySpec, scope: str = "mlp",
+                     ignore: list[str] | None = None) -> list[list[Projection]]:
+    """The projections to prune in each decoder layer; raises if N:M does not fit one of them."""
+    ignore = ignore or []
+    plan = []
+    for index, layer in enumerate(decoder_layers(model)):
+        chosen = [p for p in layer_projections(layer) if _in_scope(p, scope, index, ignore)]
+        for proj in chosen:
+            weight = layer.get_submodule(proj.path).weight
+            sparsity.check_fits(tuple(weight.shape), method.axis(proj.role), f"layers.{index}.{proj.path}")
+        plan.append(chosen)
+    return plan
+
+
+def _record(result: PruneResult, name: str, role: str, weight: torch.Tensor, mask: torch.Tensor, sparsity: SparsitySpec,
+            axis: str, keep_masks: bool) -> None:
+    result.layers[name] = {"role": role, "shape": list(weight.shape), "sparsity": 1.0 - mask.sum().item() / mask.numel(),
+                           "pattern": str(sparsity), "axis": axis}
+    if keep_masks:
+        result.masks[name] = mask.cpu()
+
+
+@torch.no_grad()
+def prune_model(
+    model: nn.Module,
+    method: PruningMethod,
+    sparsity: SparsitySpec,
+    calibration_ids: torch.Tensor | None,
+    scope: str = "mlp",
+    ignore: list[str] | None = None,
+    device: str = "cpu",
+    sequential: bool = True,
+    keep_masks: bool = False,
+    progress: bool = True,
+) -> PruneResult:
+    """Prune ``model`` in place, layer by layer. Returns per-projection sparsity (and masks if asked).
+
+    ``sequential=False`` is the one-shot variant: every layer's statistics come from the
+    *dense* outputs of the layers before it (for comparison only; the paper is sequential).
+    """
+    if not isinstance(method, (ScoringMethod, ReconstructingMethod)):
+        raise TypeError(f"{type(method).__name__} is neither a ScoringMethod nor a ReconstructingMethod")
+    compute = torch.device(device)
+    layers = decoder_layers(model)
+    plan = plan_projections(model, method, sparsity, scope, ignore)
+
+    inputs = None
+    if method.needs_calibration:
+        if calibration_ids is None:
+            raise ValueError(f"{method.name} needs calibration data")
+        inputs = capture_layer_inputs(model, calibration_ids, progress=progress)
+        layer_kwargs = _to(inputs.kwargs, compute, torch.float32)
+
+    result = PruneResult()
+    bar = tqdm(list(enumerate(layers)), desc=f"pruning ({method.name}, {sparsity})", disable=not progress)
+    for index, layer in bar:
+        store_dtype = next(layer.parameters()).dtype
+        layer.to(device=compute, dtype=torch.float32)
+
+        def forward_all(update: bool, groups: list[list[Projection]] = ()) -> dict[str, torch.Tensor]:
+            """Every window through the layer (its outputs replace the inputs when ``update``); the statistic of ``groups``."""
+            hooks = InputStats(layer, list(groups), method.statistic)
+            try:
+                for s in range(inputs.hidden.shape[0]):
+                    out = layer(inputs.hidden[s : s + 1].to(compute, torch.float32), **layer_kwargs)
+                    if update:
+                        inputs.hidden[s] = _first_tensor(out)[0].to("cpu", inputs.hidden.dtype)
+            finally:
+                hooks.remove()
+            return hooks.stats()
+
+        if inputs is not None:
+            probe = inputs.hidden[0:1].to(compute, torch.float32)
+        if isinstance(method, ScoringMethod):
+            stats: dict[str, torch.Tensor] = {}
+            if inputs is not None:
+                needed = {r for p in plan[index] for r in method.inputs_read(p.role)}
+                groups = input_groups(layer, [p for p in layer_projections(layer) if p.role in needed], probe,
+                                      layer_kwargs)
+                stats = forward_all(update=not sequential, groups=groups)  # one-shot: dense outputs feed the next
+            for proj in plan[index]:
+                linear = layer.get_submodule(proj.path)
+                mask = select_mask(method.score(proj.role, linear.weight.data, stats), sparsity, method.axis(proj.role))
+                linear.weight.data.mul_(mask)
+                _record(result, f"layers.{index}.{proj.path}", proj.role, linear.weight, mask, sparsity,
+                        method.axis(proj.role), keep_masks)
+        else:
+            rewritten: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            groups = input_groups(layer, plan[index], probe, layer_kwargs)
+            # the largest X^T X first, while no rewritten copy is held yet
+            for group in sorted(groups, key=lambda g: -layer.get_submodule(g[0].path).in_features):
+                gram = forward_all(update=False, groups=[group]).pop(group[0].role)
+                prepared = method.prepare(gram, f"layers.{index}.{group[0].path}")
+                del gram
+                for proj in group:
+                    weight = layer.get_submodule(proj.path).weight.data.clone()
+                    mask = method.prune(proj.role, weight, prepared, sparsity, f"layers.{index}.{proj.path}")
+                    rewritten[proj.path] = (weight, mask)
+                del prepared
+            if not sequential:
+                forward_all(update=True)  # one-shot: dense outputs feed the next layer
+            for proj in plan[index]:
+                weight, mask = rewritten.pop(proj.path)
+                linear = layer.get_submodule(proj.path)
+                linear.weight.data.copy_(weight)
+                _record(result, f"layers.{index}.{proj.path}", proj.role, linear.weight, mask, sparsity,
+                        method.axis(proj.role), keep_masks)
+                del weight
+
+        if inputs is not None and sequential:
+            forward_all(update=True)  # pruned outputs feed the next layer
+        layer.to(device="cpu", dtype=store_dtype)
+    return result

@@ -1,0 +1,130 @@
+"""Runs a recipe's stages (pipeline/stages/) in order, resuming where an earlier run of the same recipe stopped.
+
+A stage whose outputs are complete and whose recipe sections have not changed is skipped
+(pipeline/resume.py); ``force`` redoes everything, ``start_from`` redoes one stage and those after it.
+Everything that can be checked is checked before the first file is written, for the stages that
+will run: first the checks that need no model, then RAM and disk (pipeline/resources.py, from the
+model's config), then the checks that look at the model (it loads, it has a GLU MLP when DaSS asks
+for one, N:M fits every projection, the calibration / evaluation text is usable). Each stage that
+runs reads the previous stage's output from disk where that matters for the artifact (export always
+starts from RUN/pruned), so a resumed run ends in the same bytes as an uninterrupted one.
+Always written: RUN/summary.json (every applicable stage's part), RUN/report.md, RUN/recipe.yaml, RUN/pipeline.log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import yaml
+
+from pipeline.common.errors import PipelineError
+from pipeline.common.outputs import write_json_atomic, write_text_atomic
+from pipeline.recipe import Recipe
+from pipeline.report import render_report
+from pipeline.resume import invalidate, mark_complete, plan, remove_leftovers
+from pipeline.stages.stage import Context, Models, Stage
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "pipeline.log"
+
+
+def preflight(ctx: Context, todo: list[Stage], skip_resources: bool) -> None:
+    """Every check that can refuse the run, for the stages that will run; loads a model only if one of them needs it."""
+    for stage in todo:
+        if stage.model is None:
+            ctx.prepared[stage.name] = stage.check(ctx)
+    if not todo:
+        return
+    if not skip_resources:
+        from pipeline.core.models import load_config
+        from pipeline.resources import check_resources
+
+        m = ctx.recipe.model
+        config = load_config(m.source, m.gguf_file, m.trust_remote_code, m.revision, m.allow_pickle)
+        check_resources(config, ctx.recipe, todo, ctx.run_dir)
+        ctx.models.source_config = config
+    ctx.check_model = next((s.model for s in todo if s.model), None)
+    for stage in todo:
+        if stage.model is not None:
+            ctx.prepared[stage.name] = stage.check(ctx)
+
+
+def collect_summary(recipe: Recipe, run_dir: Path, stages: list[Stage], status: dict[str, str]) -> dict:
+    """summary.json: the run's identity, then each applicable stage's part (nested dicts merged one level)."""
+    p = recipe.prune
+    summary: dict = {"recipe": recipe.name, "recipe_hash": recipe.content_hash(), "model": recipe.model.source,
+                     "method": p.method, "sparsity": str(p.sparsity), "scope": p.scope,
+                     "alpha": p.alpha if p.method == "dass" else None, "stages": status}
+    for stage in stages:
+        for key, value in (stage.summary(recipe, run_dir) or {}).items():
+            if isinstance(value, dict) and isinstance(summary.get(key), dict):
+                summary[key] = {**summary[key], **value}
+            else:
+                summary[key] = value
+    return summary
+
+
+def _attach_log_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _run_stage(stage: Stage, ctx: Context) -> float:
+    t0 = time.time()
+    log.info("stage %s: started", stage.name)
+    try:
+        stage.run(ctx)
+    except PipelineError:
+        raise
+    except MemoryError as exc:
+        raise PipelineError(f"stage {stage.name} ran out of memory",
+                            "use a machine with more RAM or smaller settings; completed stages are kept, "
+                            "rerun the same command to resume") from exc
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise PipelineError(f"stage {stage.name} failed: {type(exc).__name__}: {first}",
+                            "the full traceback is in the log file; completed stages are kept, so rerun the same "
+                            "command once the cause is fixed") from exc
+    seconds = time.time() - t0
+    mark_complete(ctx.run_dir, ctx.recipe, stage, seconds)
+    log.info("stage %s: finished in %.1f s", stage.name, seconds)
+    return seconds
+
+
+def run_recipe(recipe: Recipe, progress: bool = True, force: bool = False, start_from: str | None = None,
+               skip_preflight: bool = False) -> dict:
+    run_dir = recipe.run_dir()
+    started = time.time()
+    steps = plan(recipe, run_dir, force, start_from)
+    todo = [stage for stage, run, _ in steps if run]
+    ctx = Context(recipe, run_dir, Models(recipe, run_dir), progress)
+    preflight(ctx, todo, skip_preflight)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _attach_log_file(run_dir)
+    try:
+        for stage, run, why in steps:
+            log.info("stage %s: %s (%s)", stage.name, "to run" if run else "complete, skipped", why)
+        remove_leftovers(run_dir)
+        write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        invalidate(run_dir, todo)
+        status = {stage.name: "skipped (complete)" for stage, run, _ in steps if not run}
+        for stage in todo:
+            status[stage.name] = f"ran in {_run_stage(stage, ctx):.1f} s"
+        ctx.models.release()
+        stages = [stage for stage, _, _ in steps]
+        summary = collect_summary(recipe, run_dir, stages, {s.name: status[s.name] for s in stages})
+        summary["seconds"] = time.time() - started
+        write_json_atomic(run_dir / "summary.json", summary)
+        write_text_atomic(run_dir / "report.md", render_report(summary))
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    summary["run_dir"] = str(run_dir)
+    return summary

@@ -1,0 +1,22 @@
+"""The stages of a run, in run order: one module each, one line each in ``STAGES``.
+
+Adding a stage: write ``pipeline/stages/NAME.py`` defining ``STAGE = Stage(...)`` (pipeline/stages/stage.py
+says what each field means) and add it to ``STAGES`` below, after the stages it reads from. The
+runner, resuming, the resource preflight, ``--from``, summary.json and report.md pick it up from here.
+"""
+
+from __future__ import annotations
+
+from pipeline.stages import baseline, benchmark, evaluate, export, prune, quantize
+from pipeline.stages.stage import Stage
+
+STAGES: tuple[Stage, ...] = (
+    baseline.STAGE,
+    prune.STAGE,
+    evaluate.STAGE,
+    export.STAGE,
+    quantize.STAGE,
+    benchmark.STAGE,
+)
+NAMES = tuple(s.name for s in STAGES)
+BY_NAME = {s.name: s for s in STAGES}

@@ -1,0 +1,41 @@
+"""baseline: the perplexity of the unpruned model (RUN/perplexity_dense.json)."""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline.common.outputs import read_json, write_json_atomic
+from pipeline.resources import perplexity_ram
+from pipeline.stages.stage import Context, Stage
+
+log = logging.getLogger(__name__)
+OUTPUT = "perplexity_dense.json"
+
+
+def run(ctx: Context) -> None:
+    from pipeline.core.evaluate import perplexity
+
+    model, _ = ctx.models.dense()
+    ppl = perplexity(model, ctx.evaluation_ids(), **ctx.eval_args("perplexity (dense)"))
+    log.info("dense perplexity on %s: %.3f", ctx.recipe.evaluation.dataset, ppl["perplexity"])
+    write_json_atomic(ctx.run_dir / OUTPUT, {"dataset": ctx.recipe.evaluation.dataset, "dense": ppl})
+
+
+def summary(recipe, run_dir) -> dict:
+    """Its figure joins the evaluate stage's in summary["perplexity"] (and in that stage's report table)."""
+    return {"perplexity": read_json(run_dir / OUTPUT, "re-run the recipe with --from baseline")}
+
+
+STAGE = Stage(
+    name="baseline",
+    about="perplexity of the unpruned model",
+    sections=("model", "evaluation"),
+    outputs=(OUTPUT,),
+    reads=(),
+    applies=lambda r: r.prune.method != "none" and r.evaluation.enabled and r.evaluation.dense_baseline,
+    model="dense",
+    check=lambda ctx: ctx.evaluation_ids(),
+    estimate=lambda shapes, recipe: (perplexity_ram(shapes, recipe), 0),
+    run=run,
+    summary=summary,
+)

@@ -1,0 +1,88 @@
+"""export: the deployable ONNX artifact (export/artifact.py) in RUN/artifact/, smoke generation in each
+engine (child processes), RUN/export.json."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.common.outputs import read_json, write_json_atomic
+from pipeline.resources import BASE, Shapes
+from pipeline.stages.stage import Context, Stage
+
+log = logging.getLogger(__name__)
+SECTIONS = ("model", "calibration", "prune", "export")
+
+
+def check(ctx: Context) -> None:
+    from export.artifact import preflight_export
+
+    model, _ = ctx.model_for_checks()
+    preflight_export(model, ctx.run_dir / "artifact", tuple(ctx.recipe.export.engines))
+
+
+def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
+    from export.artifact import estimated_bytes  # the export's own disk check uses the same figure
+
+    return 2 * shapes.params * 4 + BASE, estimated_bytes(shapes.params, tuple(recipe.export.engines))
+
+
+def run(ctx: Context) -> None:
+    """Export the saved model as an artifact, then let each engine generate from it (child processes)."""
+    from export.artifact import export_artifact
+    from export.engines import generation_spec, run_engine
+
+    recipe, run_dir, ex = ctx.recipe, ctx.run_dir, ctx.recipe.export
+    # From disk, not from memory: a resumed run must export exactly what an uninterrupted one does.
+    ctx.models.release()
+    model, tokenizer = ctx.models.saved()
+    metadata = {"recipe": {k: v for k, v in recipe.model_dump(mode="json").items() if k in ("name", *SECTIONS)},
+                "recipe_hash": recipe.content_hash(), "method": recipe.prune.method,
+                "requested_sparsity": str(recipe.prune.sparsity), "scope": recipe.prune.scope}
+    manifest = export_artifact(model, tokenizer, run_dir / "artifact", tuple(ex.engines), ex.max_sequence_length,
+                               metadata=metadata, external_data=ex.external_data)
+    ctx.models.release()  # the export cast it to float32 and switched its cache on
+    result = {"path": str(run_dir / "artifact"), "export_seconds": manifest["export_seconds"],
+              "bytes": sum(f["bytes"] for f in manifest["files"].values()),
+              "sparsity_in_onnx": manifest["sparsity"]["overall_decoder_linears"],
+              "logits_max_abs_diff": {e: i["logits_max_abs_diff_vs_pytorch"] for e, i in manifest["engines"].items()}}
+    if ex.smoke_test:
+        result["smoke"] = {}
+        for engine in ex.engines:
+            spec = generation_spec(engine, ex.smoke_prompt, ex.smoke_tokens, min(ex.max_sequence_length, 256))
+            out = run_engine(engine, run_dir / "artifact", "export (smoke test)", **spec)
+            result["smoke"][engine] = {"text": out["text"], "ids": out["ids"]}
+            log.info("%s generated: %r", engine, out["text"])
+    write_json_atomic(run_dir / "export.json", result)
+
+
+def summary(recipe, run_dir: Path) -> dict:
+    return {"export": read_json(run_dir / "export.json", "re-run the recipe with --from export")}
+
+
+def report(summary: dict) -> list[str]:
+    ex = summary["export"]
+    lines = ["## Artifact", "", f"`{ex['path']}`: {ex['bytes'] / 2**20:.1f} MiB, exported in {ex['export_seconds']:.1f} s; "
+             f"sparsity of the decoder linears read back from the ONNX file: {ex['sparsity_in_onnx']:.4f}.", "",
+             "| engine | max abs logit difference vs PyTorch | smoke-test generation |", "|---|---|---|"]
+    for engine, diff in ex["logits_max_abs_diff"].items():
+        text = (ex.get("smoke") or {}).get(engine, {}).get("text", "–").replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {engine} | {diff:.2e} | {text} |")
+    return lines + ["", "Load it with `deepsparse.TextGeneration(model_path=\"<artifact>/deepsparse\")` or "
+                    "`ORTModelForCausalLM.from_pretrained(\"<artifact>/onnxruntime\")`, or `pipeline generate <artifact> \"prompt\"`."]
+
+
+STAGE = Stage(
+    name="export",
+    about="ONNX artifact for DeepSparse and ONNX Runtime, smoke generation",
+    sections=SECTIONS,
+    outputs=("artifact", "export.json"),
+    reads=("prune",),
+    applies=lambda r: r.export.enabled,
+    model="saved",
+    check=check,
+    estimate=estimate,
+    run=run,
+    summary=summary,
+    report=report,
+)

@@ -1,0 +1,124 @@
+"""prune: calibration and layer-by-layer pruning (pipeline/core/prune/); RUN/pruned/ holds the pruned model
+(save_pretrained, safetensors), its tokenizer and sparsity.json (every projection)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from pipeline.common.outputs import StagingDir, read_json, write_json_atomic
+from pipeline.resources import BASE, Shapes, dtype_bytes, model_bytes
+from pipeline.stages.stage import Context, Stage
+
+OUTPUT = "pruned"
+ROLE_ORDER = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def method_of(recipe):
+    from pipeline.core.prune.methods import make_method
+
+    p = recipe.prune
+    return make_method(p.method, alpha=p.alpha, block_size=p.block_size, dampening_frac=p.dampening_frac)
+
+
+def check(ctx: Context) -> None:
+    """The method fits the model (GLU for DaSS, N:M divides every projection); the calibration text is usable."""
+    from pipeline.core.models import require_glu
+    from pipeline.core.prune.sequential import plan_projections
+
+    p = ctx.recipe.prune
+    model, _ = ctx.model_for_checks()
+    method = method_of(ctx.recipe)
+    if p.method == "dass":
+        require_glu(model, "DaSS")
+    plan_projections(model, method, p.spec, p.scope, p.ignore)
+    if method.needs_calibration:
+        ctx.calibration_ids()
+
+
+def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
+    """The model, the activation buffer, one layer in float32 with its masks and scores; SparseGPT adds one
+    input's X^T X and its factorisation (two in^2 float64 matrices) and the rewritten copies of the layer."""
+    cal = recipe.calibration
+    model = model_bytes(shapes, recipe)
+    buffer = cal.num_samples * cal.seq_len * shapes.hidden * dtype_bytes(recipe)  # in the model dtype
+    layer = shapes.layer_params * 4 * 3
+    hessian = 0
+    if recipe.prune.method == "sparsegpt":
+        hessian = 2 * max(shapes.hidden, shapes.intermediate) ** 2 * 8 + shapes.layer_params * 4
+    return model + buffer + layer + hessian + BASE, int(model * 1.05)
+
+
+def sparsity_summary(layers: dict[str, dict]) -> dict:
+    """Per-role mean sparsity and the overall fraction of zeros in the pruned projections."""
+    by_role: dict[str, list[float]] = defaultdict(list)
+    zeros = total = 0
+    for info in layers.values():
+        by_role[info["role"]].append(info["sparsity"])
+        count = info["shape"][0] * info["shape"][1]
+        zeros += info["sparsity"] * count
+        total += count
+    return {
+        "overall": zeros / total if total else 0.0,
+        "pruned_parameters": total,
+        "by_role": {role: sum(v) / len(v) for role, v in by_role.items()},
+    }
+
+
+def run(ctx: Context) -> None:
+    from pipeline.core.prune.sequential import prune_model
+
+    p = ctx.recipe.prune
+    model, tokenizer = ctx.models.dense()
+    method = method_of(ctx.recipe)
+    t0 = time.time()
+    result = prune_model(model, method, p.spec, ctx.calibration_ids() if method.needs_calibration else None,
+                         scope=p.scope, ignore=p.ignore, device=p.device, sequential=p.sequential,
+                         progress=ctx.progress)
+    seconds = time.time() - t0
+    with StagingDir(ctx.run_dir / OUTPUT) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / "sparsity.json", {"summary": sparsity_summary(result.layers), "prune_seconds": seconds,
+                                                  "layers": result.layers})
+    ctx.models.state = "saved"
+
+
+def summary(recipe, run_dir) -> dict:
+    p, cal = recipe.prune, recipe.calibration
+    sparsity = read_json(run_dir / OUTPUT / "sparsity.json", "re-run the recipe with --from prune")
+    calibrated = p.method not in ("magnitude", "none")
+    return {"calibration": {"dataset": cal.dataset, "num_samples": cal.num_samples, "seq_len": cal.seq_len,
+                            "seed": cal.seed} if calibrated else None,
+            "prune_seconds": sparsity.get("prune_seconds"), "sparsity_achieved": sparsity["summary"]}
+
+
+def report(summary: dict) -> list[str]:
+    lines = ["## Pruning", ""]
+    cal = summary.get("calibration")
+    if cal:
+        lines.append(f"- calibration: {cal['dataset']}, {cal['num_samples']} x {cal['seq_len']} tokens, seed {cal['seed']}")
+    if summary.get("prune_seconds") is not None:
+        lines.append(f"- pruning time: {summary['prune_seconds']:.1f} s")
+    achieved = summary["sparsity_achieved"]
+    lines += ["", f"Sparsity achieved, overall over the pruned projections: **{achieved['overall']:.4f}** "
+              f"of {achieved['pruned_parameters']:,} weights.", "", "| projection | mean sparsity |", "|---|---|"]
+    roles = sorted(achieved["by_role"], key=lambda r: ROLE_ORDER.index(r) if r in ROLE_ORDER else 99)
+    lines += [f"| {r} | {achieved['by_role'][r]:.4f} |" for r in roles]
+    return lines + ["", "Per-layer figures: `pruned/sparsity.json`."]
+
+
+STAGE = Stage(
+    name="prune",
+    about="calibration and layer-wise pruning",
+    sections=("model", "calibration", "prune"),
+    outputs=(OUTPUT,),
+    reads=(),
+    applies=lambda r: r.prune.method != "none",
+    model="dense",
+    check=check,
+    estimate=estimate,
+    run=run,
+    summary=summary,
+    report=report,
+)

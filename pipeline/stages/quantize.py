@@ -1,0 +1,121 @@
+"""quantize: RUN/artifact -> RUN/artifact-int8 (export/quantize.py), perplexity of both graphs, the INT8
+graph's greedy decode compared with the float one's in each engine; RUN/quantize.json."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.common.outputs import read_json, write_json_atomic
+from pipeline.resources import BASE, Shapes
+from pipeline.stages.stage import Context, Stage
+
+log = logging.getLogger(__name__)
+
+
+def greedy_agreement(a: list[int], b: list[int]) -> dict:
+    """How far two greedy decodes of one prompt agree: tokens equal position by position, and the common prefix."""
+    same = sum(x == y for x, y in zip(a, b))
+    prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return {"tokens": max(len(a), len(b)), "equal": same, "fraction": same / max(len(a), len(b), 1),
+            "common_prefix": prefix}
+
+
+def run(ctx: Context) -> None:
+    """RUN/artifact -> RUN/artifact-int8 (export/quantize.py), then greedy decodes of both compared per engine."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from export.engines import generation_spec, run_engine
+    from export.quantize import quantize_artifact
+    from pipeline.core.data import calibration_windows, evaluation_tokens
+
+    recipe, run_dir, q, cal = ctx.recipe, ctx.run_dir, ctx.recipe.quantize, ctx.recipe.calibration
+    ctx.models.release()
+    source, target = run_dir / "artifact", run_dir / "artifact-int8"
+    tokenizer = AutoTokenizer.from_pretrained(source / recipe.export.engines[0])
+    windows = calibration_windows(tokenizer, cal.dataset, q.num_samples, q.seq_len, cal.seed, cal.path).numpy()
+    prompt = tokenizer(recipe.export.smoke_prompt, return_tensors="np").input_ids
+    specs = {engine: generation_spec(engine, recipe.export.smoke_prompt, q.check_tokens,
+                                     min(recipe.export.max_sequence_length, 256))
+             for engine in recipe.export.engines} if q.check_tokens else {}
+    # the float artifact's greedy decode, before quantizing (the INT8 one is compared with it)
+    greedy = {engine: {"float": run_engine(engine, source, "quantize (greedy check)", **spec)["ids"]}
+              for engine, spec in specs.items()}
+    # teacher-forced check: both graphs read prompt + float greedy continuation; from the prompt's last
+    # position on, each position's next token is one step of the float decode (len(first) steps)
+    first = greedy[recipe.export.engines[0]]["float"] if greedy else []
+    check = np.concatenate([prompt, np.asarray([first[:-1]], dtype=prompt.dtype)], 1) if first else prompt
+    manifest = quantize_artifact(source, target, q.scheme, windows, check,
+                                 metadata={"recipe_hash": recipe.content_hash()},
+                                 smoothing_strength=q.smoothing_strength,
+                                 check_from=prompt.shape[1] - 1 if first else 0)
+    result = {"path": str(target), "scheme": q.scheme, "smoothing_strength": q.smoothing_strength,
+              "quantize_seconds": manifest["quantize_seconds"],
+              "bytes": sum(f["bytes"] for f in manifest["files"].values()),
+              "engines": {e: {k: i[k] for k in ("logits_max_abs_diff_vs_float", "top1_agreement_vs_float",
+                                                 "int8_zeros", "pruned_zeros_kept", "quantized_matmuls", "smoothing")
+                              if k in i}  # smoothing: only with smoothing_strength
+                          for e, i in manifest["engines"].items()}}
+    if first:
+        result["top1_agreement_meaning"] = (f"fraction of the {len(first)} steps of the float artifact's greedy decode "
+                                            "at which the INT8 graph picks the same token (same prefix)")
+    ev = recipe.evaluation
+    if q.perplexity and ev.enabled:
+        from export.onnx_perplexity import artifact_perplexity
+
+        graph = "onnxruntime" if "onnxruntime" in recipe.export.engines else "deepsparse"
+        tokens = evaluation_tokens(tokenizer, ev.dataset, ev.path)
+        result["perplexity"] = {"dataset": ev.dataset, "graph": graph, **{
+            name: artifact_perplexity(folder, tokens, ev.context_length, ev.max_windows, graph, ctx.progress)
+            for name, folder in (("float", source), ("int8", target))}}
+        log.info("perplexity of the %s graph: float %.3f, INT8 %.3f", graph,
+                 result["perplexity"]["float"]["perplexity"], result["perplexity"]["int8"]["perplexity"])
+    for engine, ids in greedy.items():
+        ids["int8"] = run_engine(engine, target, "quantize (greedy check)", **specs[engine])["ids"]
+        result["engines"][engine]["greedy_vs_float"] = greedy_agreement(ids["float"], ids["int8"])
+        log.info("%s: INT8 picks the float greedy token at %.0f%% of %d steps (same prefix); free-running, the two "
+                 "decodes are equal at %d of %d positions", engine,
+                 100 * result["engines"][engine]["top1_agreement_vs_float"], len(first),
+                 result["engines"][engine]["greedy_vs_float"]["equal"], len(ids["float"]))
+    write_json_atomic(run_dir / "quantize.json", result)
+
+
+def summary(recipe, run_dir: Path) -> dict:
+    return {"quantize": read_json(run_dir / "quantize.json", "re-run the recipe with --from quantize")}
+
+
+def report(summary: dict) -> list[str]:
+    quant = summary["quantize"]
+    lines = [f"## INT8 artifact ({quant['scheme']})", "",
+             f"`{quant['path']}`: {quant['bytes'] / 2**20:.1f} MiB, quantized in {quant['quantize_seconds']:.1f} s. "
+             "Decoder linears INT8 (weights symmetric per tensor, activations static); every pruned zero "
+             "is still exactly 0.", "",
+             "| engine | quantized MatMuls | INT8 zeros | top-1 on the check prompt vs float | max abs logit diff "
+             "| greedy tokens equal to float |", "|---|---|---|---|---|---|"]
+    for engine, info in quant["engines"].items():
+        greedy = info.get("greedy_vs_float")
+        text = f"{greedy['equal']}/{greedy['tokens']} (common prefix {greedy['common_prefix']})" if greedy else "–"
+        lines.append(f"| {engine} | {info['quantized_matmuls']} | {info['int8_zeros']:.4f} | "
+                     f"{info['top1_agreement_vs_float']:.3f} | {info['logits_max_abs_diff_vs_float']:.3f} | {text} |")
+    qp = quant.get("perplexity")
+    if qp:
+        lines += ["", f"Perplexity of the {qp['graph']} graphs ({qp['dataset']}, {qp['int8']['windows']} windows of "
+                  f"{qp['int8']['context_length']} tokens, ONNX Runtime): float {qp['float']['perplexity']:.3f}, "
+                  f"INT8 {qp['int8']['perplexity']:.3f}."]
+    return lines
+
+
+STAGE = Stage(
+    name="quantize",
+    about="INT8 artifact from the float artifact",
+    sections=("model", "calibration", "prune", "export", "quantize", "evaluation"),
+    outputs=("artifact-int8", "quantize.json"),
+    reads=("export",),
+    applies=lambda r: r.quantize.enabled,
+    # the float graph read, the INT8 weights written (a quarter) and the calibration activations
+    estimate=lambda shapes, recipe: (2 * shapes.params * 4 + BASE, int(shapes.params * 4 * 0.6)),
+    run=run,
+    summary=summary,
+    report=report,
+)

@@ -1,0 +1,144 @@
+"""What a stage is (one declarative object per stage module) and what its functions receive.
+
+A stage module under pipeline/stages/ defines ``STAGE = Stage(...)``; pipeline/stages/__init__.py lists
+them in run order, and the runner (pipeline/runner.py), the resume bookkeeping (pipeline/resume.py), the
+resource preflight (pipeline/resources.py), summary.json and report.md all read that table. Nothing
+else names a stage. A stage module imports its heavy libraries inside its functions, so that the
+table (and with it ``pipeline validate``) loads nothing heavy.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pipeline.common.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+def _nothing(*_) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    about: str
+    #: recipe sections (top-level keys) its output depends on, those of the stages it reads included
+    sections: tuple[str, ...]
+    #: files or folders it writes under the run folder
+    outputs: tuple[str, ...]
+    #: earlier stages whose outputs it reads: when one of them runs again, so does this one
+    reads: tuple[str, ...]
+    #: whether the recipe asks for it
+    applies: Callable[[Any], bool]
+    #: the body: reads what it needs, writes its outputs atomically
+    run: Callable[["Context"], None]
+    #: (peak RAM, disk written) in bytes, from the model's shapes (pipeline/resources.py) and the recipe
+    estimate: Callable[[Any, Any], tuple[int, int]]
+    #: the model its body works on: "dense" (the recipe's source), "saved" (RUN/pruned, or the source
+    #: when nothing is pruned) or None; its check runs after that model is loaded (None: before)
+    model: Literal["dense", "saved"] | None = None
+    #: up-front checks, before anything is written; what it returns is kept in ``ctx.prepared[name]``
+    check: Callable[["Context"], Any] = _nothing
+    #: its part of summary.json, from the files it wrote (None: nothing)
+    summary: Callable[[Any, Path], dict | None] = _nothing
+    #: its section of report.md, from summary.json (empty: none)
+    report: Callable[[dict], list[str]] = lambda summary: []
+
+
+class Models:
+    """The one model in memory: the recipe's source (dense) or the run's pruned/ folder, loaded on demand."""
+
+    def __init__(self, recipe, run_dir: Path):
+        self.recipe, self.run_dir = recipe, run_dir
+        self.model = self.tokenizer = None
+        self.state: str | None = None  # "dense" | "saved" | None
+        self.source_config = None  # the source's config once the resource preflight has read it
+
+    def _load(self, state: str, source: str, **kwargs):
+        if self.state != state:
+            from pipeline.core.models import load_model
+
+            self.release()
+            m = self.recipe.model
+            self.model, self.tokenizer = load_model(source, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
+                                                    **kwargs)
+            self.state = state
+        return self.model, self.tokenizer
+
+    def dense(self):
+        m = self.recipe.model
+        return self._load("dense", m.source, gguf_file=m.gguf_file, revision=m.revision, allow_pickle=m.allow_pickle,
+                          config=copy.deepcopy(self.source_config))  # later stages mutate a model's config
+
+    def saved(self):
+        """The model as the last model-changing stage saved it (RUN/pruned, or the source when nothing is pruned)."""
+        if self.recipe.prune.method == "none":
+            return self.dense()
+        return self._load("saved", str((self.run_dir / "pruned").resolve()))
+
+    def get(self, which: str):
+        return self.dense() if which == "dense" else self.saved()
+
+    def release(self) -> None:
+        self.model, self.state = None, None
+        gc.collect()
+
+
+@dataclass
+class Context:
+    recipe: Any
+    run_dir: Path
+    models: Models
+    progress: bool
+    #: the model the checks look at: that of the first stage to run that has one
+    check_model: str | None = None
+    #: what each stage's check returned, by stage name
+    prepared: dict[str, Any] = field(default_factory=dict)
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    def model_for_checks(self):
+        """(model, tokenizer) as the first model-using stage of this run will see it."""
+        if self.models.state is None:
+            self.models.get(self.check_model or "saved")
+        return self.models.model, self.models.tokenizer
+
+    def calibration_ids(self):
+        """The calibration windows [num_samples, seq_len] (tokenized once per run)."""
+        if "calibration" not in self._cache:
+            from pipeline.core.data import calibration_windows
+
+            cal = self.recipe.calibration
+            _, tokenizer = self.model_for_checks()
+            self._cache["calibration"] = calibration_windows(tokenizer, cal.dataset, cal.num_samples, cal.seq_len,
+                                                             cal.seed, cal.path)
+            log.info("calibration: %d windows of %d tokens from %s", *self._cache["calibration"].shape, cal.dataset)
+        return self._cache["calibration"]
+
+    def evaluation_ids(self):
+        """The evaluation text's tokens, refused when shorter than one window (tokenized once per run)."""
+        if "evaluation" not in self._cache:
+            from pipeline.core.data import evaluation_tokens
+
+            ev = self.recipe.evaluation
+            _, tokenizer = self.model_for_checks()
+            ids = evaluation_tokens(tokenizer, ev.dataset, ev.path)
+            if ids.numel() < ev.context_length:
+                raise PipelineError(
+                    f"the evaluation text ({ev.dataset}) has {ids.numel()} tokens, fewer than "
+                    f"context_length={ev.context_length}",
+                    "use a longer evaluation text or a smaller evaluation.context_length",
+                )
+            self._cache["evaluation"] = ids
+        return self._cache["evaluation"]
+
+    def eval_args(self, desc: str) -> dict:
+        ev = self.recipe.evaluation
+        return dict(context_length=ev.context_length, max_windows=ev.max_windows, device=ev.device,
+                    progress=self.progress, desc=desc)
