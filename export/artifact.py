@@ -8,7 +8,7 @@
 
 Why two graphs: DeepSparse accepts only its own input names (``positions``, ``causal_mask``) and a
 cache holding every attention head; ONNX Runtime's ``ORTModelForCausalLM`` feeds Optimum's names
-(``position_ids``) and a cache of the KV heads. No one graph serves both (PLATFORM.md). Each
+(``position_ids``) and a cache of the KV heads. No one graph serves both. Each
 subfolder loads as is:
 
     deepsparse.TextGeneration(model_path="ARTIFACT/deepsparse")

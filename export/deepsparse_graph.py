@@ -1,7 +1,7 @@
 """The forward pass DeepSparse's internal KV cache needs, built from a transformers model's own modules.
 
 DeepSparse 1.8 never published its text-generation graph format; what it accepts is what
-SparseML 1.8 produced (../shared/DEEPSPARSE_KV_CACHE.md, ../shared/PLATFORM.md). Each
+SparseML 1.8 produced, found by compiling candidate graphs (tests/test_export_patches.py). Each
 difference from transformers' own forward is one named patch below, with its reason:
 
 - ``positions`` input (patch ``positions_input``): DeepSparse feeds ``positions`` and rejects

@@ -3,8 +3,7 @@ estimate, pipeline/stages/).
 
 Estimates come from the model's config alone (read before the weights load), so a 7B run on a
 machine that is too small stops in seconds with the numbers instead of hours in. They are upper
-bounds of the kind measured in README "Measured" (7B DaSS prune in float16: 16.8 GiB projected,
-estimated here at about 18 GiB), not exact figures.
+bounds, not exact figures; README "Measured" compares them with measured peaks.
 """
 
 from __future__ import annotations
