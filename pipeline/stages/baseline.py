@@ -26,16 +26,11 @@ def summary(recipe, run_dir) -> dict:
     return {"perplexity": read_json(run_dir / OUTPUT, "re-run the recipe with --from baseline")}
 
 
-STAGE = Stage(
-    name="baseline",
-    about="perplexity of the unpruned model",
-    sections=("model", "evaluation"),
-    outputs=(OUTPUT,),
-    reads=(),
-    applies=lambda r: r.prune.method != "none" and r.evaluation.enabled and r.evaluation.dense_baseline,
-    model="dense",
-    check=lambda ctx: ctx.evaluation_ids(),
-    estimate=lambda shapes, recipe: (perplexity_ram(shapes, recipe), 0),
-    run=run,
-    summary=summary,
-)
+def estimate(shapes, recipe) -> tuple[int, int]:
+    return perplexity_ram(shapes, recipe), 0
+
+
+STAGE = Stage(name="baseline", about="perplexity of the unpruned model",
+              sections=("model", "evaluation"), outputs=(OUTPUT,), reads=(),
+              applies=lambda r: r.prune.method != "none" and r.evaluation.enabled and r.evaluation.dense_baseline,
+              model="dense", check=lambda ctx: ctx.evaluation_ids(), estimate=estimate, run=run, summary=summary)

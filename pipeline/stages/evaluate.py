@@ -45,17 +45,11 @@ def report(summary: dict) -> list[str]:
     return lines
 
 
-STAGE = Stage(
-    name="evaluate",
-    about="perplexity of the pruned model",
-    sections=("model", "calibration", "prune", "evaluation"),
-    outputs=(OUTPUT,),
-    reads=("prune",),
-    applies=lambda r: r.evaluation.enabled,
-    model="saved",
-    check=lambda ctx: ctx.evaluation_ids(),
-    estimate=lambda shapes, recipe: (perplexity_ram(shapes, recipe), 0),
-    run=run,
-    summary=summary,
-    report=report,
-)
+def estimate(shapes, recipe) -> tuple[int, int]:
+    return perplexity_ram(shapes, recipe), 0
+
+
+STAGE = Stage(name="evaluate", about="perplexity of the pruned model",
+              sections=("model", "calibration", "prune", "evaluation"), outputs=(OUTPUT,), reads=("prune",),
+              applies=lambda r: r.evaluation.enabled, model="saved", check=lambda ctx: ctx.evaluation_ids(),
+              estimate=estimate, run=run, summary=summary, report=report)

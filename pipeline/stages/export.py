@@ -72,17 +72,7 @@ def report(summary: dict) -> list[str]:
                     "`ORTModelForCausalLM.from_pretrained(\"<artifact>/onnxruntime\")`, or `pipeline generate <artifact> \"prompt\"`."]
 
 
-STAGE = Stage(
-    name="export",
-    about="ONNX artifact for DeepSparse and ONNX Runtime, smoke generation",
-    sections=SECTIONS,
-    outputs=("artifact", "export.json"),
-    reads=("prune",),
-    applies=lambda r: r.export.enabled,
-    model="saved",
-    check=check,
-    estimate=estimate,
-    run=run,
-    summary=summary,
-    report=report,
-)
+STAGE = Stage(name="export", about="ONNX artifact for DeepSparse and ONNX Runtime, smoke generation",
+              sections=SECTIONS, outputs=("artifact", "export.json"), reads=("prune",),
+              applies=lambda r: r.export.enabled, model="saved",
+              check=check, estimate=estimate, run=run, summary=summary, report=report)

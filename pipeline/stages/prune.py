@@ -108,17 +108,7 @@ def report(summary: dict) -> list[str]:
     return lines + ["", "Per-layer figures: `pruned/sparsity.json`."]
 
 
-STAGE = Stage(
-    name="prune",
-    about="calibration and layer-wise pruning",
-    sections=("model", "calibration", "prune"),
-    outputs=(OUTPUT,),
-    reads=(),
-    applies=lambda r: r.prune.method != "none",
-    model="dense",
-    check=check,
-    estimate=estimate,
-    run=run,
-    summary=summary,
-    report=report,
-)
+STAGE = Stage(name="prune", about="calibration and layer-wise pruning",
+              sections=("model", "calibration", "prune"), outputs=(OUTPUT,), reads=(),
+              applies=lambda r: r.prune.method != "none", model="dense",
+              check=check, estimate=estimate, run=run, summary=summary, report=report)

@@ -106,16 +106,12 @@ def report(summary: dict) -> list[str]:
     return lines
 
 
-STAGE = Stage(
-    name="quantize",
-    about="INT8 artifact from the float artifact",
-    sections=("model", "calibration", "prune", "export", "quantize", "evaluation"),
-    outputs=("artifact-int8", "quantize.json"),
-    reads=("export",),
-    applies=lambda r: r.quantize.enabled,
-    # the float graph read, the INT8 weights written (a quarter) and the calibration activations
-    estimate=lambda shapes, recipe: (2 * shapes.params * 4 + BASE, int(shapes.params * 4 * 0.6)),
-    run=run,
-    summary=summary,
-    report=report,
-)
+def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
+    """The float graph read, the INT8 weights written (a quarter) and the calibration activations."""
+    return 2 * shapes.params * 4 + BASE, int(shapes.params * 4 * 0.6)
+
+
+STAGE = Stage(name="quantize", about="INT8 artifact from the float artifact",
+              sections=("model", "calibration", "prune", "export", "quantize", "evaluation"),
+              outputs=("artifact-int8", "quantize.json"), reads=("export",), applies=lambda r: r.quantize.enabled,
+              estimate=estimate, run=run, summary=summary, report=report)
