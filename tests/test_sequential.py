@@ -163,3 +163,61 @@ def test_half_precision_model_stays_half_and_is_pruned(ids):
     gate = decoder_layers(model)[0].mlp.gate_proj.weight
     assert gate.dtype == torch.bfloat16
     assert ((gate == 0).sum(dim=0) == gate.shape[0] // 2).all()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma", "qwen2"])
+def test_projections_reading_one_input_are_grouped(arch):
+    from pipeline.core.models import layer_projections
+    from pipeline.core.prune.sequential import capture_layer_inputs, input_groups
+
+    model = tiny_model(arch)
+    inputs = capture_layer_inputs(model, calibration_ids(n=1), progress=False)
+    layer = decoder_layers(model)[0]
+    groups = input_groups(layer, layer_projections(layer), inputs.hidden[0:1], inputs.kwargs)
+    assert sorted(sorted(p.role for p in g) for g in groups) == [["down"], ["gate", "up"], ["k", "q", "v"], ["o"]]
+
+
+@pytest.mark.parametrize("method,inputs", [("wanda", 4), ("dass", 3)])
+def test_statistics_are_summed_once_per_distinct_input(monkeypatch, method, inputs):
+    """Wanda on attention+MLP reads 4 distinct inputs (q/k/v, o, gate/up, down), so 4 sums per window, not 7;
+    DaSS scores gate/up from down's input, so 3."""
+    from pipeline.core.prune import sequential
+
+    calls = []
+    original = sequential.InputStats._hook
+
+    def counting(self, key):
+        hook = original(self, key)
+
+        def counted(*args):
+            calls.append(key)
+            hook(*args)
+
+        return counted
+
+    monkeypatch.setattr(sequential.InputStats, "_hook", counting)
+    model = tiny_model("llama")
+    windows = 3
+    prune_model(model, make_method(method), SparsitySpec.parse(0.5), calibration_ids(n=windows), scope="attention+mlp",
+                progress=False)
+    assert len(calls) == inputs * windows * len(decoder_layers(model))
+
+
+def test_sparsegpt_holds_one_hessian_at_a_time(monkeypatch):
+    import weakref
+
+    from pipeline.core.prune.sparsegpt import SparseGPT
+
+    alive = []
+    original = SparseGPT.prepare
+
+    def prepare(self, gram, name):
+        assert not [r for r in alive if r() is not None], f"an earlier X^T X is still alive when {name}'s arrives"
+        alive.append(weakref.ref(gram))
+        return original(self, gram, name)
+
+    monkeypatch.setattr(SparseGPT, "prepare", prepare)
+    model = tiny_model("llama")
+    prune_model(model, make_method("sparsegpt"), SparsitySpec.parse(0.5), calibration_ids(n=2), scope="attention+mlp",
+                progress=False)
+    assert len(alive) == 4 * len(decoder_layers(model))  # q/k/v, o, gate/up, down: one X^T X each
