@@ -73,7 +73,7 @@ def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
 
 
 STAGE = Stage(name="benchmark", about="tokens/s in each engine",
-              sections=("name", "model", "calibration", "prune", "export", "quantize", "benchmark"),
+              sections=("name", "model", "calibration", "prune", "export", "quantize", "evaluation", "benchmark"),
               outputs=("benchmark", "benchmark.json"), reads=("export", "quantize"),
               applies=lambda r: r.benchmark.enabled, check=check, estimate=estimate, run=run, summary=summary,
               report=report)
