@@ -2,7 +2,7 @@
 reproduced at smaller cost on LLaMA-2-7B-shaped models with random weights at a few depths.
 
     python -m benchmarks.paper_table build runs/paper7b --depths 1 2 3 --equal-speed-depth 2   # prune + export
-    python -m benchmarks.paper_table run runs/paper7b --rounds 3         # benchmark, fit, extrapolate, report
+    python -m benchmarks.paper_table run runs/paper7b --repeats 3        # benchmark, fit, extrapolate, report
 
     # sparse + INT8: dense and DaSS 70%, float32 and INT8 (export/quantize.py), DeepSparse decode
     python -m benchmarks.paper_table build runs/int8 --depths 1 2 --names dense dass-70 --no-equal-speed --int8

@@ -37,16 +37,20 @@ def check(ctx: Context) -> None:
 
 
 def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
-    """The model, the activation buffer, one layer in float32 with its masks and scores; SparseGPT adds one
-    input's X^T X and its factorisation (two in^2 float64 matrices) and the rewritten copies of the layer."""
+    """The model, the activation buffer, one layer in float32 and its work: scores and masks (scoring methods),
+    or one input's X^T X with its factor (two in^2 float64 matrices) and the rewritten copies (SparseGPT).
+
+    Measured on one LLaMA-2-7B-shaped layer (float16 model, SparseGPT, 8 x 512 tokens): 4.60 GiB peak RSS
+    against 4.45 GiB estimated here (README "Measured")."""
     cal = recipe.calibration
     model = model_bytes(shapes, recipe)
     buffer = cal.num_samples * cal.seq_len * shapes.hidden * dtype_bytes(recipe)  # in the model dtype
-    layer = shapes.layer_params * 4 * 3
-    hessian = 0
-    if recipe.prune.method == "sparsegpt":
-        hessian = 2 * max(shapes.hidden, shapes.intermediate) ** 2 * 8 + shapes.layer_params * 4
-    return model + buffer + layer + hessian + BASE, int(model * 1.05)
+    layer = shapes.layer_params * 4
+    if recipe.prune.method == "sparsegpt":  # the largest input first, while no rewritten copy is held
+        work = layer + max(2 * max(shapes.hidden, shapes.intermediate) ** 2 * 8, layer + 2 * shapes.hidden ** 2 * 8)
+    else:
+        work = layer * 3
+    return model + buffer + work + BASE, int(model * 1.05)
 
 
 def sparsity_summary(layers: dict[str, dict]) -> dict:
