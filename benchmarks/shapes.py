@@ -50,3 +50,58 @@ def byte_level_tokenizer(text: str, vocab_size: int = 32000) -> PreTrainedTokeni
     tok.train_from_iterator([text], vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
     return PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>", pad_token="<unk>")
+
+
+def _fill_random(module: torch.nn.Module, dtype: torch.dtype, gen: torch.Generator) -> None:
+    """Give every (meta) parameter of ``module`` real random values (norms 1), as ``random_model`` does."""
+    from pipeline.core.checkpoint import assign_parameter
+
+    for name, param in list(module.named_parameters()):
+        if "norm" in name:
+            value = torch.ones(param.shape, dtype=dtype)
+        else:
+            value = torch.randn(param.shape, generator=gen, dtype=torch.float32).mul_(0.02).to(dtype)
+        assign_parameter(module, name, value)
+
+
+def write_checkpoint(folder, layers: int, dtype: str = "float16", seed: int = 0, text: str | None = None) -> None:
+    """An ordinary Hugging Face folder (config.json, sharded safetensors + index, tokenizer) of a LLaMA-2-7B-shaped
+    model with ``layers`` decoder layers and random weights, written one layer at a time (memory: one layer)."""
+    from pathlib import Path
+
+    from pipeline.core.checkpoint import ShardWriter, skeleton
+    from pipeline.core.data import embedded_text
+    from pipeline.core.models import DTYPES, decoder_layers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = skeleton(llama2_7b_config(layers), dtype)
+    gen = torch.Generator().manual_seed(seed)
+    _fill_random(model.model.embed_tokens, DTYPES[dtype], gen)
+    _fill_random(model.model.norm, DTYPES[dtype], gen)
+    _fill_random(model.lm_head, DTYPES[dtype], gen)
+    writer = ShardWriter(folder, model)
+    writer.write_outside_layers()
+    for index, layer in enumerate(decoder_layers(model)):
+        _fill_random(layer, DTYPES[dtype], gen)
+        writer.write_layer(index)
+        layer.to("meta")
+    writer.finish()
+    byte_level_tokenizer(text or embedded_text()).save_pretrained(folder)
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a LLaMA-2-7B-shaped checkpoint with random weights "
+                                                 "(a Hugging Face safetensors folder), one layer in memory at a time.")
+    parser.add_argument("out", help="folder to write")
+    parser.add_argument("--layers", type=int, default=LLAMA2_7B_LAYERS)
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    write_checkpoint(args.out, args.layers, args.dtype, args.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -51,6 +51,9 @@ class PruneSection(_Section):
     ignore: list[str] = Field(default_factory=list, description="glob patterns of projections kept dense")
     device: str = Field("cpu", description="compute device for the layer being pruned (cpu, cuda, cuda:0)")
     sequential: bool = Field(True, description="each layer calibrated on the pruned outputs before it")
+    streaming: bool = Field(True, description="a safetensors source is pruned one decoder layer at a time, read "
+                                              "from its shards and written back as shards (memory flat in depth); "
+                                              "GGUF and pickled sources always load whole")
     block_size: int = Field(128, gt=0, description="SparseGPT: input columns reconstructed together")
     dampening_frac: float = Field(0.01, gt=0, description="SparseGPT: damping added to diag(X^T X), as a fraction "
                                                           "of its mean")

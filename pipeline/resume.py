@@ -76,14 +76,30 @@ def is_complete(run_dir: Path, recipe, stage: Stage) -> tuple[bool, str]:
     return True, "outputs complete, recipe unchanged"
 
 
-def mark_complete(run_dir: Path, recipe, stage: Stage, seconds: float) -> None:
+def mark_complete(run_dir: Path, recipe, stage: Stage, seconds: float, resources: dict | None = None) -> None:
+    """Record that ``stage`` finished: its recipe hash, its files' sizes, and what it cost (wall time, peak RSS)."""
     files = _files(run_dir, stage)
     if not files:
         raise PipelineError(f"stage {stage.name} finished but wrote none of {', '.join(stage.outputs)}",
                             "this is a bug; please report it with the recipe")
     write_json_atomic(_marker(run_dir, stage), {"stage": stage.name, "hash": stage_hash(recipe, stage),
                                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                                "seconds": round(seconds, 3), "files": files})
+                                                "seconds": round(seconds, 3), "resources": resources or {},
+                                                "files": files})
+
+
+def recorded_resources(run_dir: Path, stages: list[Stage]) -> dict[str, dict]:
+    """What each finished stage cost when it last ran (from its marker): seconds, peak RSS, the estimate."""
+    found = {}
+    for stage in stages:
+        marker = _marker(run_dir, stage)
+        try:
+            data = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        found[stage.name] = {"seconds": data.get("seconds"), "finished": data.get("finished"),
+                             **data.get("resources", {})}
+    return found
 
 
 def invalidate(run_dir: Path, stages: list[Stage]) -> None:

@@ -23,7 +23,7 @@ from pipeline.common.errors import PipelineError
 from pipeline.common.outputs import write_json_atomic, write_text_atomic
 from pipeline.recipe import Recipe
 from pipeline.report import render_report
-from pipeline.resume import invalidate, mark_complete, plan, remove_leftovers
+from pipeline.resume import invalidate, mark_complete, plan, recorded_resources, remove_leftovers
 from pipeline.stages.stage import Context, Models, Stage
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def preflight(ctx: Context, todo: list[Stage], skip_resources: bool) -> None:
 
         m = ctx.recipe.model
         config = load_config(m.source, m.gguf_file, m.trust_remote_code, m.revision, m.allow_pickle)
-        check_resources(config, ctx.recipe, todo, ctx.run_dir)
+        ctx.estimates = check_resources(config, ctx.recipe, todo, ctx.run_dir)
         ctx.models.source_config = config
     ctx.check_model = next((s.model for s in todo if s.model), None)
     for stage in todo:
@@ -76,10 +76,13 @@ def _attach_log_file(run_dir: Path) -> logging.Handler:
 
 
 def _run_stage(stage: Stage, ctx: Context) -> float:
+    from pipeline.common.peak_memory import PeakMemory
+
     t0 = time.time()
     log.info("stage %s: started", stage.name)
     try:
-        stage.run(ctx)
+        with PeakMemory() as peak:
+            stage.run(ctx)
     except PipelineError:
         raise
     except MemoryError as exc:
@@ -92,8 +95,11 @@ def _run_stage(stage: Stage, ctx: Context) -> float:
                             "the full traceback is in the log file; completed stages are kept, so rerun the same "
                             "command once the cause is fixed") from exc
     seconds = time.time() - t0
-    mark_complete(ctx.run_dir, ctx.recipe, stage, seconds)
-    log.info("stage %s: finished in %.1f s", stage.name, seconds)
+    resources = peak.result()
+    if stage.name in ctx.estimates:
+        resources["estimated_ram_bytes"] = int(ctx.estimates[stage.name]["ram_gib"] * 2**30)
+    mark_complete(ctx.run_dir, ctx.recipe, stage, seconds, resources)
+    log.info("stage %s: finished in %.1f s, peak RSS %.2f GiB", stage.name, seconds, resources["peak_rss_bytes"] / 2**30)
     return seconds
 
 
@@ -120,6 +126,7 @@ def run_recipe(recipe: Recipe, progress: bool = True, force: bool = False, start
         ctx.models.release()
         stages = [stage for stage, _, _ in steps]
         summary = collect_summary(recipe, run_dir, stages, {s.name: status[s.name] for s in stages})
+        summary["resources"] = recorded_resources(run_dir, stages)
         summary["seconds"] = time.time() - started
         write_json_atomic(run_dir / "summary.json", summary)
         write_text_atomic(run_dir / "report.md", render_report(summary))

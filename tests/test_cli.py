@@ -27,7 +27,8 @@ def test_run_writes_a_complete_run_folder(workspace):
     out = workspace / "runs" / "ok-run"
     assert {"recipe.yaml", "summary.json", "perplexity.json", "report.md", "pruned"} <= {p.name for p in out.iterdir()}
     assert not [p for p in out.rglob("*") if ".partial" in p.name or p.name.endswith(".tmp")]
-    weights = load_file(out / "pruned" / "model.safetensors")
+    weights = {k: v for shard in (out / "pruned").glob("model*.safetensors") for k, v in load_file(shard).items()}
+    assert len(list((out / "pruned").glob("model-*-of-00003.safetensors"))) == 3, "streamed: one shard per layer"
     gate = weights["model.layers.1.mlp.gate_proj.weight"]
     assert ((gate != 0).t().reshape(gate.shape[1], -1, 4).sum(-1) == 2).all(), "2:4 along the output dim survives saving"
     down = weights["model.layers.0.mlp.down_proj.weight"]

@@ -78,11 +78,11 @@ def test_force_and_from(base):
 def test_a_damaged_output_is_redone(base, tmp_path):
     recipe = parse_recipe(base)
     run_recipe(recipe, progress=False)
-    weights = tmp_path / "run" / "pruned" / "model.safetensors"
+    weights = tmp_path / "run" / "pruned" / "model-00002-of-00003.safetensors"  # streamed: layer 0's shard
     with open(weights, "r+b") as handle:
         handle.truncate(weights.stat().st_size - 100)
     steps = {stage.name: (run, why) for stage, run, why in plan(recipe, tmp_path / "run")}
-    assert steps["prune"] == (True, f"pruned/model.safetensors has {weights.stat().st_size} bytes, "
+    assert steps["prune"] == (True, f"pruned/{weights.name} has {weights.stat().st_size} bytes, "
                                     f"{weights.stat().st_size + 100} when the stage finished")
     assert steps["evaluate"] == (True, "prune runs again") and steps["baseline"][0] is False
     (tmp_path / "run" / "perplexity_dense.json").unlink()
@@ -100,7 +100,7 @@ def test_leftovers_of_a_killed_run_are_removed(base, tmp_path):
     assert sorted(remove_leftovers(run)) == [".perplexity.json.xyz.tmp", ".pruned.abc123.partial",
                                              "pruned/.sparsity.json.q.tmp"]
     assert not [p for p in run.rglob("*") if p.name.endswith((".partial", ".tmp"))]
-    assert (run / "pruned" / "model.safetensors").is_file()
+    assert (run / "pruned" / "model.safetensors.index.json").is_file()
 
 
 def test_the_run_log_keeps_every_invocation(base, tmp_path, caplog):

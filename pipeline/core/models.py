@@ -122,6 +122,17 @@ def load_config(source: str, gguf_file: str | None = None, trust_remote_code: bo
     return _config(source, location, kwargs, allow_pickle)
 
 
+def load_tokenizer(source: str, gguf_file: str | None = None, trust_remote_code: bool = False,
+                   revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    location, kwargs = _source_kwargs(source, gguf_file, trust_remote_code, revision)
+    try:
+        return AutoTokenizer.from_pretrained(location, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _load_error(source, exc, False) from exc
+
+
 def load_model(source: str, gguf_file: str | None = None, dtype: str = "float16", trust_remote_code: bool = False,
                revision: str | None = None, allow_pickle: bool = False, config=None):
     """Load (model, tokenizer). Errors name the source and the fix.

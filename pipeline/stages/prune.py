@@ -36,21 +36,28 @@ def check(ctx: Context) -> None:
         ctx.calibration_ids()
 
 
+def streams(recipe) -> bool:
+    """Whether the prune stage will stream layers (a safetensors source; GGUF loads whole)."""
+    return recipe.prune.streaming and not recipe.model.gguf_file
+
+
 def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
-    """The model, the activation buffer, one layer in float32 and its work: scores and masks (scoring methods),
-    or one input's X^T X with its factor (two in^2 float64 matrices) and the rewritten copies (SparseGPT).
+    """What is held: the model (streaming: only the parts outside the decoder layers), the activation buffer,
+    one layer in float32 and its work: scores and masks (scoring methods), or one input's X^T X with its
+    factor (two in^2 float64 matrices) and the rewritten copies (SparseGPT).
 
     Measured on one LLaMA-2-7B-shaped layer (float16 model, SparseGPT, 8 x 512 tokens): 4.60 GiB peak RSS
     against 4.45 GiB estimated here (README "Measured")."""
     cal = recipe.calibration
     model = model_bytes(shapes, recipe)
+    held = (model - shapes.layers * shapes.layer_params * dtype_bytes(recipe)) if streams(recipe) else model
     buffer = cal.num_samples * cal.seq_len * shapes.hidden * dtype_bytes(recipe)  # in the model dtype
     layer = shapes.layer_params * 4
     if recipe.prune.method == "sparsegpt":  # the largest input first, while no rewritten copy is held
         work = layer + max(2 * max(shapes.hidden, shapes.intermediate) ** 2 * 8, layer + 2 * shapes.hidden ** 2 * 8)
     else:
         work = layer * 3
-    return model + buffer + work + BASE, int(model * 1.05)
+    return held + buffer + work + BASE, int(model * 1.05)
 
 
 def sparsity_summary(layers: dict[str, dict]) -> dict:
@@ -70,22 +77,31 @@ def sparsity_summary(layers: dict[str, dict]) -> dict:
 
 
 def run(ctx: Context) -> None:
-    from pipeline.core.prune.sequential import prune_model
-
     p = ctx.recipe.prune
-    model, tokenizer = ctx.models.dense()
     method = method_of(ctx.recipe)
+    ids = ctx.calibration_ids() if method.needs_calibration else None
+    options = dict(scope=p.scope, ignore=p.ignore, device=p.device, sequential=p.sequential, progress=ctx.progress)
+    folder = ctx.models.stream_folder()
     t0 = time.time()
-    result = prune_model(model, method, p.spec, ctx.calibration_ids() if method.needs_calibration else None,
-                         scope=p.scope, ignore=p.ignore, device=p.device, sequential=p.sequential,
-                         progress=ctx.progress)
-    seconds = time.time() - t0
     with StagingDir(ctx.run_dir / OUTPUT) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if folder is not None:  # one decoder layer in memory at a time, written out as its own shard
+            from pipeline.core.prune.streaming import prune_streaming
+
+            _, tokenizer = ctx.model_for_checks()
+            ctx.models.release()
+            result = prune_streaming(folder, ctx.models.config(), ctx.recipe.model.dtype, tmp, method, p.spec, ids,
+                                     **options)
+        else:
+            from pipeline.core.prune.sequential import prune_model
+
+            model, tokenizer = ctx.models.dense()
+            result = prune_model(model, method, p.spec, ids, **options)
+            model.save_pretrained(tmp, safe_serialization=True)
+        seconds = time.time() - t0
         tokenizer.save_pretrained(tmp)
         write_json_atomic(tmp / "sparsity.json", {"summary": sparsity_summary(result.layers), "prune_seconds": seconds,
-                                                  "layers": result.layers})
-    ctx.models.state = "saved"
+                                                  "streamed": folder is not None, "layers": result.layers})
+    ctx.models.state = "saved" if folder is None else None
 
 
 def summary(recipe, run_dir) -> dict:
@@ -94,7 +110,8 @@ def summary(recipe, run_dir) -> dict:
     calibrated = p.method not in ("magnitude", "none")
     return {"calibration": {"dataset": cal.dataset, "num_samples": cal.num_samples, "seq_len": cal.seq_len,
                             "seed": cal.seed} if calibrated else None,
-            "prune_seconds": sparsity.get("prune_seconds"), "sparsity_achieved": sparsity["summary"]}
+            "prune_seconds": sparsity.get("prune_seconds"), "streamed": sparsity.get("streamed", False),
+            "sparsity_achieved": sparsity["summary"]}
 
 
 def report(summary: dict) -> list[str]:
@@ -104,6 +121,8 @@ def report(summary: dict) -> list[str]:
         lines.append(f"- calibration: {cal['dataset']}, {cal['num_samples']} x {cal['seq_len']} tokens, seed {cal['seed']}")
     if summary.get("prune_seconds") is not None:
         lines.append(f"- pruning time: {summary['prune_seconds']:.1f} s")
+    if summary.get("streamed"):
+        lines.append("- streamed: one decoder layer in memory at a time, read from the checkpoint's shards")
     achieved = summary["sparsity_achieved"]
     lines += ["", f"Sparsity achieved, overall over the pruned projections: **{achieved['overall']:.4f}** "
               f"of {achieved['pruned_parameters']:,} weights.", "", "| projection | mean sparsity |", "|---|---|"]

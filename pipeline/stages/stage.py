@@ -60,6 +60,7 @@ class Models:
         self.model = self.tokenizer = None
         self.state: str | None = None  # "dense" | "saved" | None
         self.source_config = None  # the source's config once the resource preflight has read it
+        self._cached: dict[str, Any] = {}  # the stream folder and the skeleton, found once
 
     def _load(self, state: str, source: str, **kwargs):
         if self.state != state:
@@ -86,6 +87,37 @@ class Models:
     def get(self, which: str):
         return self.dense() if which == "dense" else self.saved()
 
+    def config(self):
+        """The source's config (read once; a copy, since later stages mutate a model's config)."""
+        if self.source_config is None:
+            from pipeline.core.models import load_config
+
+            m = self.recipe.model
+            self.source_config = load_config(m.source, m.gguf_file, m.trust_remote_code, m.revision, m.allow_pickle)
+        return copy.deepcopy(self.source_config)
+
+    def stream_folder(self):
+        """The local safetensors folder the prune stage streams layers from, or None (it loads the model whole)."""
+        if not self.recipe.prune.streaming:
+            return None
+        if "stream_folder" not in self._cached:
+            from pipeline.core.checkpoint import safetensors_folder
+
+            m = self.recipe.model
+            self._cached["stream_folder"] = safetensors_folder(m.source, m.gguf_file, m.revision)
+        return self._cached["stream_folder"]
+
+    def skeleton(self):
+        """(source model with its parameters on the meta device, tokenizer): what checks need, without weights."""
+        if "skeleton" not in self._cached:
+            from pipeline.core.checkpoint import skeleton
+            from pipeline.core.models import load_tokenizer
+
+            m = self.recipe.model
+            self._cached["skeleton"] = (skeleton(self.config(), m.dtype),
+                                        load_tokenizer(m.source, m.gguf_file, m.trust_remote_code, m.revision))
+        return self._cached["skeleton"]
+
     def release(self) -> None:
         self.model, self.state = None, None
         gc.collect()
@@ -101,11 +133,16 @@ class Context:
     check_model: str | None = None
     #: what each stage's check returned, by stage name
     prepared: dict[str, Any] = field(default_factory=dict)
+    #: the resource preflight's estimates, by stage name ({"ram_gib", "disk_gib"}; empty when skipped)
+    estimates: dict[str, dict] = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def model_for_checks(self):
-        """(model, tokenizer) as the first model-using stage of this run will see it."""
+        """(model, tokenizer) as the first model-using stage of this run will see it (the source's skeleton, no
+        weights, when that stage is the streaming prune: checks need shapes and the tokenizer, not weights)."""
         if self.models.state is None:
+            if self.check_model == "dense" and self.recipe.prune.method != "none" and self.models.stream_folder():
+                return self.models.skeleton()
             self.models.get(self.check_model or "saved")
         return self.models.model, self.models.tokenizer
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -47,6 +47,15 @@ class _Captured(Exception):
 class LayerInputs:
     hidden: torch.Tensor  # [samples, seq_len, hidden], storage dtype
     kwargs: dict[str, Any]  # the first decoder layer's keyword arguments (shared by all samples)
+
+
+class LayerStore(Protocol):
+    """Where decoder layers live when the model is not wholly in memory (pipeline/core/prune/streaming.py):
+    ``load`` brings layer ``index`` in before it is pruned, ``store`` writes it out and frees it after."""
+
+    def load(self, index: int) -> None: ...
+
+    def store(self, index: int) -> None: ...
 
 
 @dataclass
@@ -206,11 +215,14 @@ def prune_model(
     sequential: bool = True,
     keep_masks: bool = False,
     progress: bool = True,
+    store: LayerStore | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place, layer by layer. Returns per-projection sparsity (and masks if asked).
 
     ``sequential=False`` is the one-shot variant: every layer's statistics come from the
     *dense* outputs of the layers before it (for comparison only; the paper is sequential).
+    ``store``: the layers are not in memory (their parameters are on the meta device); each is loaded
+    just before it is pruned and stored just after, so one layer is held at a time.
     """
     if not isinstance(method, (ScoringMethod, ReconstructingMethod)):
         raise TypeError(f"{type(method).__name__} is neither a ScoringMethod nor a ReconstructingMethod")
@@ -228,6 +240,8 @@ def prune_model(
     result = PruneResult()
     bar = tqdm(list(enumerate(layers)), desc=f"pruning ({method.name}, {sparsity})", disable=not progress)
     for index, layer in bar:
+        if store is not None:
+            store.load(index)
         store_dtype = next(layer.parameters()).dtype
         layer.to(device=compute, dtype=torch.float32)
 
@@ -284,4 +298,6 @@ def prune_model(
         if inputs is not None and sequential:
             forward_all(update=True)  # pruned outputs feed the next layer
         layer.to(device="cpu", dtype=store_dtype)
+        if store is not None:
+            store.store(index)
     return result

@@ -1,0 +1,95 @@
+"""Peak resident memory while a block runs: this process exactly, its child processes by sampling.
+
+This process: the kernel's high-water mark (``VmHWM`` in /proc/self/status), reset when the block starts
+by writing 5 to /proc/self/clear_refs (Linux), so each stage gets its own peak, not the run's. Child
+processes (engines run in children): their summed RSS sampled every ``interval`` seconds, as is the
+process tree's total (this process + children at the same instant). Where the reset is not possible
+(no /proc), this process's peak is the sampled one and ``exact`` is False.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+STATUS = Path("/proc/self/status")
+CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _high_water_mark() -> int | None:
+    try:
+        for line in STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_high_water_mark() -> bool:
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class PeakMemory:
+    """``with PeakMemory() as peak: ...`` then ``peak.result()``: bytes at the peak, for the block alone."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval = interval
+        self.process = psutil.Process()
+        self.self_peak = self.children_peak = self.total_peak = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        try:
+            own = self.process.memory_info().rss
+            children = 0
+            for child in self.process.children(recursive=True):
+                try:
+                    children += child.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+        except psutil.Error:
+            return
+        self.self_peak = max(self.self_peak, own)
+        self.children_peak = max(self.children_peak, children)
+        self.total_peak = max(self.total_peak, own + children)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> "PeakMemory":
+        self.exact = _reset_high_water_mark() and _high_water_mark() is not None
+        self._sample()
+        self._thread = threading.Thread(target=self._loop, name="peak-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        if self.exact:
+            self.self_peak = max(self.self_peak, _high_water_mark() or 0)
+            self.total_peak = max(self.total_peak, self.self_peak)
+        return False
+
+    def result(self) -> dict:
+        return {"peak_rss_bytes": self.total_peak, "peak_rss_self_bytes": self.self_peak,
+                "peak_rss_children_bytes": self.children_peak, "self_exact": self.exact,
+                "children_sampled_every_s": self.interval}
+
+
+def measured(block, *args, **kwargs) -> tuple[object, dict]:
+    """(what ``block(*args, **kwargs)`` returns, {"seconds", peak RSS figures}) for one call."""
+    t0 = time.time()
+    with PeakMemory() as peak:
+        value = block(*args, **kwargs)
+    return value, {"seconds": round(time.time() - t0, 3), **peak.result()}
