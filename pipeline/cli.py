@@ -141,31 +141,23 @@ def _print_summary(summary: dict) -> None:
 
 
 def _setup_logging(debug: bool):
-    """Terminal: INFO lines (DEBUG with --debug). Log file: everything, tracebacks included."""
+    """Terminal: our INFO lines (everything with --debug). Log file: everything, tracebacks and third-party
+    warnings included (pipeline/common/logsetup.py)."""
     import os
     import time
     from pathlib import Path
 
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = logging.getLogger()
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    terminal = logging.StreamHandler(sys.stderr)
-    terminal.setLevel(logging.DEBUG if debug else logging.INFO)
-    terminal.setFormatter(fmt)
-    terminal.addFilter(lambda record: debug or not record.exc_info)  # tracebacks go to the file only
-    root.addHandler(terminal)
+    from pipeline.common.logsetup import configure_terminal, file_handler
+
+    configure_terminal(debug)
     folder = Path(os.environ.get("PIPELINE_LOG_DIR") or Path.home() / ".cache" / "dass-pipeline" / "logs")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+        handler = file_handler(path, delay=True)
     except OSError:
         return None
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(fmt)
-    root.addHandler(handler)
-    for noisy in ("urllib3", "filelock", "fsspec", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger().addHandler(handler)
     return path
 
 
@@ -193,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"recipe {args.recipe} is valid")
             print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")
             return 0
+        from pipeline.common.logsetup import route_library_output
         from pipeline.runner import run_recipe
 
+        route_library_output(args.debug)
         _print_summary(run_recipe(recipe, progress=not args.no_progress, force=args.force,
                                   start_from=args.start_from, skip_preflight=args.skip_preflight))
         return 0

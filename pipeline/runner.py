@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.common.errors import PipelineError
+from pipeline.common.logsetup import file_handler
 from pipeline.common.outputs import write_json_atomic, write_text_atomic
 from pipeline.recipe import Recipe
 from pipeline.report import render_report
@@ -68,9 +69,7 @@ def collect_summary(recipe: Recipe, run_dir: Path, stages: list[Stage], status: 
 
 
 def _attach_log_file(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = file_handler(run_dir / LOG_FILE)
     logging.getLogger().addHandler(handler)
     return handler
 
