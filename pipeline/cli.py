@@ -15,6 +15,7 @@ log = logging.getLogger("pipeline")
 EPILOG = """examples:
   pipeline validate recipes/llama2-7b-70pct.yaml   check a recipe without loading anything heavy
   pipeline run recipes/smollm2-embedded.yaml       prune the embedded SmolLM2-135M offline and report
+  pipeline run R.yaml --set prune.sparsity=2:4 --output-dir runs/r-24   the same recipe, one value changed
   pipeline benchmark runs/a runs/b --out runs/ab   tokens/s of two runs' artifacts side by side
   pipeline report runs/smollm2-embedded            regenerate report.md and plots from the run's JSON
 
@@ -24,6 +25,13 @@ sparsity.json), perplexity.json, summary.json, report.md, artifact/ (export), be
 Running the same recipe again resumes: complete stages whose recipe sections are unchanged are
 skipped (--force / --from STAGE to redo them). Every invocation logs to a file (full tracebacks
 included): RUN/pipeline.log for runs, and $PIPELINE_LOG_DIR (default ~/.cache/dass-pipeline/logs)."""
+
+
+def _add_override_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="change one recipe value (repeatable; YAML values, e.g. --set prune.sparsity=2:4 "
+                             "--set evaluation.max_windows=8); checked like the recipe file")
+    parser.add_argument("--output-dir", metavar="DIR", help="the run folder (instead of the recipe's output_dir)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,9 +51,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="redo this stage and every later one: " + "; ".join(f"{s.name} ({s.about})" for s in STAGES))
     run.add_argument("--skip-preflight", action="store_true",
                      help="do not refuse the run when the RAM / disk estimate exceeds what is free")
+    _add_override_arguments(run)
     validate = sub.add_parser("validate", help="check a recipe and print it with defaults filled in",
                               description="Check a recipe (schema, values) and print it with every default filled in.")
     validate.add_argument("recipe", help="path of a YAML recipe")
+    _add_override_arguments(validate)
     gen = sub.add_parser("generate", help="generate text from an exported artifact",
                          description="Greedy generation from an artifact folder (RUN/artifact), each engine in a child "
                                      "process so that an engine crash becomes a clear error.")
@@ -176,9 +186,12 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args.folder)
         if args.command == "benchmark":
             return _benchmark(args)
-        from pipeline.recipe import load_recipe
+        from pipeline.overrides import load_recipe_with_overrides
 
-        recipe = load_recipe(args.recipe)
+        recipe = load_recipe_with_overrides(args.recipe, args.overrides, args.output_dir)
+        changes = [*args.overrides, *([f"output_dir={args.output_dir}"] if args.output_dir else [])]
+        if changes:
+            log.info("recipe %s with overrides: %s", args.recipe, " ".join(changes))
         if args.command == "validate":
             import yaml
 
