@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="redo this stage and every later one: " + "; ".join(f"{s.name} ({s.about})" for s in STAGES))
     run.add_argument("--skip-preflight", action="store_true",
                      help="do not refuse the run when the RAM / disk estimate exceeds what is free")
+    run.add_argument("--wait", action="store_true",
+                     help="when another run holds the run folder, wait for it to finish instead of refusing")
     _add_override_arguments(run)
     validate = sub.add_parser("validate", help="check a recipe and print it with defaults filled in",
                               description="Check a recipe (schema, values) and print it with every default filled in.")
@@ -203,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
 
         route_library_output(args.debug)
         _print_summary(run_recipe(recipe, progress=not args.no_progress, force=args.force,
-                                  start_from=args.start_from, skip_preflight=args.skip_preflight))
+                                  start_from=args.start_from, skip_preflight=args.skip_preflight,
+                                  wait=args.wait))
         return 0
     except PipelineError as exc:
         log.error("failed: %s", exc, exc_info=True)
