@@ -16,6 +16,7 @@ EPILOG = """examples:
   pipeline validate recipes/llama2-7b-70pct.yaml   check a recipe without loading anything heavy
   pipeline run recipes/smollm2-embedded.yaml       prune the embedded SmolLM2-135M offline and report
   pipeline run R.yaml --set prune.sparsity=2:4 --output-dir runs/r-24   the same recipe, one value changed
+  pipeline sweep R.yaml --grid prune.method=dass,wanda --grid prune.sparsity=0.5,2:4   one run per point, one table
   pipeline benchmark runs/a runs/b --out runs/ab   tokens/s of two runs' artifacts side by side
   pipeline report runs/smollm2-embedded            regenerate report.md and plots from the run's JSON
 
@@ -54,6 +55,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", action="store_true",
                      help="when another run holds the run folder, wait for it to finish instead of refusing")
     _add_override_arguments(run)
+    sweep = sub.add_parser("sweep", help="run a recipe once per point of a grid of values, and tabulate",
+                           description="Run the recipe once per grid point (the point's values as --set overrides), "
+                                       "each point in its own resumable run folder RUN/sweep/KEY=VALUE,...; a stage "
+                                       "complete in an earlier point for the same sections (the dense baseline) is "
+                                       "copied, not rerun. Writes sweep.md, sweep.json and perplexity_vs_sparsity.png "
+                                       "in RUN/sweep.")
+    sweep.add_argument("recipe", help="path of a YAML recipe")
+    sweep.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2,...", required=True,
+                       help="values of one recipe key (repeatable: every combination runs), e.g. "
+                            "--grid prune.method=dass,wanda --grid prune.sparsity=0.5,2:4")
+    sweep.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sweep.add_argument("--skip-preflight", action="store_true",
+                       help="do not refuse a point when the RAM / disk estimate exceeds what is free")
+    sweep.add_argument("--wait", action="store_true", help="wait for a run that holds a folder instead of refusing")
+    _add_override_arguments(sweep)
     validate = sub.add_parser("validate", help="check a recipe and print it with defaults filled in",
                               description="Check a recipe (schema, values) and print it with every default filled in.")
     validate.add_argument("recipe", help="path of a YAML recipe")
@@ -137,6 +153,21 @@ def _generate(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from pipeline.common.logsetup import route_library_output
+    from pipeline.sweep import run_sweep
+
+    route_library_output(args.debug)
+    result = run_sweep(args.recipe, args.grid, args.overrides, args.output_dir, progress=not args.no_progress,
+                       skip_preflight=args.skip_preflight, wait=args.wait)
+    for row in result["table"]["points"]:
+        ppl = "–" if row["perplexity"] is None else f"{row['perplexity']:.3f}"
+        print(f"{row['point']}: perplexity {ppl}  ({row['run_dir']})")
+    for path in result["written"]:
+        print(f"wrote {path}")
+    return 0
+
+
 def _print_summary(summary: dict) -> None:
     ppl = summary.get("perplexity") or {}
     print(f"run folder: {summary['run_dir']}")
@@ -188,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args.folder)
         if args.command == "benchmark":
             return _benchmark(args)
+        if args.command == "sweep":
+            return _sweep(args)
         from pipeline.overrides import load_recipe_with_overrides
 
         recipe = load_recipe_with_overrides(args.recipe, args.overrides, args.output_dir)

@@ -92,9 +92,11 @@ def known_keys(path: tuple[str, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def _override_errors(exc: ValidationError, overrides: list[str], output_dir: str | None) -> list[tuple[str, str]]:
+def _override_errors(exc: ValidationError, overrides: list[str], output_dir: str | None,
+                     labels: list[str] | None = None) -> list[tuple[str, str]]:
     """(problem, fix) for each schema error that an override caused (its key path and the error's meet)."""
-    given = [(parse_override(text)[0], f"--set {text}") for text in overrides or []]
+    labels = labels or [f"--set {text}" for text in overrides]
+    given = [(parse_override(text)[0], label) for text, label in zip(overrides, labels)]
     if output_dir is not None:
         given.append((("output_dir",), f"--output-dir {output_dir}"))
     found = []
@@ -118,17 +120,15 @@ def _override_errors(exc: ValidationError, overrides: list[str], output_dir: str
 
 
 def load_recipe_with_overrides(path: str | Path, overrides: list[str] | None = None,
-                               output_dir: str | None = None) -> Recipe:
-    """The recipe file with its command-line overrides, validated as one recipe."""
+                               output_dir: str | None = None, labels: list[str] | None = None) -> Recipe:
+    """The recipe file with its command-line overrides, validated as one recipe. ``labels`` name each override
+    in errors as the user gave it (default ``--set KEY=VALUE``; a sweep says ``--grid ...``)."""
     overrides = list(overrides or [])
-    return _validate(path, apply_overrides(read_recipe_data(path), overrides, output_dir), overrides, output_dir)
-
-
-def _validate(path, data: dict, overrides: list[str], output_dir: str | None) -> Recipe:
+    data = apply_overrides(read_recipe_data(path), overrides, output_dir)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        caused = _override_errors(exc, overrides, output_dir)
+        caused = _override_errors(exc, overrides, output_dir, labels)
         if caused:
             raise PipelineError("; ".join(p for p, _ in caused), "; ".join(dict.fromkeys(f for _, f in caused))) from None
         raise format_validation_error(Path(path), exc) from None

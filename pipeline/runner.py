@@ -27,7 +27,7 @@ from pipeline.common.logsetup import file_handler
 from pipeline.common.outputs import write_json_atomic, write_text_atomic
 from pipeline.recipe import Recipe
 from pipeline.report import render_report
-from pipeline.resume import invalidate, mark_complete, plan, remove_leftovers
+from pipeline.resume import adopt_complete, invalidate, mark_complete, plan, remove_leftovers
 from pipeline.stages.stage import Context, Models, Stage
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,10 @@ def _run_stage(stage: Stage, ctx: Context) -> float:
 
 
 def run_recipe(recipe: Recipe, progress: bool = True, force: bool = False, start_from: str | None = None,
-               skip_preflight: bool = False, wait: bool = False) -> dict:
+               skip_preflight: bool = False, wait: bool = False, share_from: list[Path] | None = None) -> dict:
     """Run the recipe's stages in its run folder, holding the folder's lock (pipeline/common/lock.py) throughout:
-    another run on the same folder refuses (or, with ``wait``, waits) until this one is done."""
+    another run on the same folder refuses (or, with ``wait``, waits) until this one is done. Stages complete
+    for the same recipe sections in a ``share_from`` folder are copied from there, not rerun."""
     run_dir = recipe.run_dir()
     started = time.time()
     root = logging.getLogger()
@@ -114,6 +115,7 @@ def run_recipe(recipe: Recipe, progress: bool = True, force: bool = False, start
     handler = None
     try:
         with RunLock(run_dir, wait=wait):
+            adopted = {} if force or start_from or not share_from else adopt_complete(run_dir, recipe, share_from)
             steps = plan(recipe, run_dir, force, start_from)
             todo = [stage for stage, run, _ in steps if run]
             ctx = Context(recipe, run_dir, Models(recipe, run_dir), progress)
@@ -128,7 +130,8 @@ def run_recipe(recipe: Recipe, progress: bool = True, force: bool = False, start
             remove_leftovers(run_dir)
             write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
             invalidate(run_dir, todo)
-            status = {stage.name: "skipped (complete)" for stage, run, _ in steps if not run}
+            status = {stage.name: f"copied from {adopted[stage.name]}" if stage.name in adopted else "skipped (complete)"
+                      for stage, run, _ in steps if not run}
             for stage in todo:
                 status[stage.name] = f"ran in {_run_stage(stage, ctx):.1f} s"
             ctx.models.release()
