@@ -15,6 +15,8 @@ log = logging.getLogger("pipeline")
 EPILOG = """examples:
   pipeline validate recipes/llama2-7b-70pct.yaml   check a recipe without loading anything heavy
   pipeline run recipes/smollm2-embedded.yaml       prune the embedded SmolLM2-135M offline and report
+  pipeline run R.yaml --set prune.sparsity=2:4 --output-dir runs/r-24   the same recipe, one value changed
+  pipeline sweep R.yaml --grid prune.method=dass,wanda --grid prune.sparsity=0.5,2:4   one run per point, one table
   pipeline benchmark runs/a runs/b --out runs/ab   tokens/s of two runs' artifacts side by side
   pipeline report runs/smollm2-embedded            regenerate report.md and plots from the run's JSON
 
@@ -24,6 +26,13 @@ sparsity.json), perplexity.json, summary.json, report.md, artifact/ (export), be
 Running the same recipe again resumes: complete stages whose recipe sections are unchanged are
 skipped (--force / --from STAGE to redo them). Every invocation logs to a file (full tracebacks
 included): RUN/pipeline.log for runs, and $PIPELINE_LOG_DIR (default ~/.cache/dass-pipeline/logs)."""
+
+
+def _add_override_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="change one recipe value (repeatable; YAML values, e.g. --set prune.sparsity=2:4 "
+                             "--set evaluation.max_windows=8); checked like the recipe file")
+    parser.add_argument("--output-dir", metavar="DIR", help="the run folder (instead of the recipe's output_dir)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,9 +52,28 @@ def _parser() -> argparse.ArgumentParser:
                      help="redo this stage and every later one: " + "; ".join(f"{s.name} ({s.about})" for s in STAGES))
     run.add_argument("--skip-preflight", action="store_true",
                      help="do not refuse the run when the RAM / disk estimate exceeds what is free")
+    run.add_argument("--wait", action="store_true",
+                     help="when another run holds the run folder, wait for it to finish instead of refusing")
+    _add_override_arguments(run)
+    sweep = sub.add_parser("sweep", help="run a recipe once per point of a grid of values, and tabulate",
+                           description="Run the recipe once per grid point (the point's values as --set overrides), "
+                                       "each point in its own resumable run folder RUN/sweep/KEY=VALUE,...; a stage "
+                                       "complete in an earlier point for the same sections (the dense baseline) is "
+                                       "copied, not rerun. Writes sweep.md, sweep.json and perplexity_vs_sparsity.png "
+                                       "in RUN/sweep.")
+    sweep.add_argument("recipe", help="path of a YAML recipe")
+    sweep.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2,...", required=True,
+                       help="values of one recipe key (repeatable: every combination runs), e.g. "
+                            "--grid prune.method=dass,wanda --grid prune.sparsity=0.5,2:4")
+    sweep.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    sweep.add_argument("--skip-preflight", action="store_true",
+                       help="do not refuse a point when the RAM / disk estimate exceeds what is free")
+    sweep.add_argument("--wait", action="store_true", help="wait for a run that holds a folder instead of refusing")
+    _add_override_arguments(sweep)
     validate = sub.add_parser("validate", help="check a recipe and print it with defaults filled in",
                               description="Check a recipe (schema, values) and print it with every default filled in.")
     validate.add_argument("recipe", help="path of a YAML recipe")
+    _add_override_arguments(validate)
     gen = sub.add_parser("generate", help="generate text from an exported artifact",
                          description="Greedy generation from an artifact folder (RUN/artifact), each engine in a child "
                                      "process so that an engine crash becomes a clear error.")
@@ -125,6 +153,21 @@ def _generate(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from pipeline.common.logsetup import route_library_output
+    from pipeline.sweep import run_sweep
+
+    route_library_output(args.debug)
+    result = run_sweep(args.recipe, args.grid, args.overrides, args.output_dir, progress=not args.no_progress,
+                       skip_preflight=args.skip_preflight, wait=args.wait)
+    for row in result["table"]["points"]:
+        ppl = "–" if row["perplexity"] is None else f"{row['perplexity']:.3f}"
+        print(f"{row['point']}: perplexity {ppl}  ({row['run_dir']})")
+    for path in result["written"]:
+        print(f"wrote {path}")
+    return 0
+
+
 def _print_summary(summary: dict) -> None:
     ppl = summary.get("perplexity") or {}
     print(f"run folder: {summary['run_dir']}")
@@ -141,31 +184,23 @@ def _print_summary(summary: dict) -> None:
 
 
 def _setup_logging(debug: bool):
-    """Terminal: INFO lines (DEBUG with --debug). Log file: everything, tracebacks included."""
+    """Terminal: our INFO lines (everything with --debug). Log file: everything, tracebacks and third-party
+    warnings included (pipeline/common/logsetup.py)."""
     import os
     import time
     from pathlib import Path
 
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = logging.getLogger()
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    terminal = logging.StreamHandler(sys.stderr)
-    terminal.setLevel(logging.DEBUG if debug else logging.INFO)
-    terminal.setFormatter(fmt)
-    terminal.addFilter(lambda record: debug or not record.exc_info)  # tracebacks go to the file only
-    root.addHandler(terminal)
+    from pipeline.common.logsetup import configure_terminal, file_handler
+
+    configure_terminal(debug)
     folder = Path(os.environ.get("PIPELINE_LOG_DIR") or Path.home() / ".cache" / "dass-pipeline" / "logs")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+        handler = file_handler(path, delay=True)
     except OSError:
         return None
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(fmt)
-    root.addHandler(handler)
-    for noisy in ("urllib3", "filelock", "fsspec", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger().addHandler(handler)
     return path
 
 
@@ -184,19 +219,27 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args.folder)
         if args.command == "benchmark":
             return _benchmark(args)
-        from pipeline.recipe import load_recipe
+        if args.command == "sweep":
+            return _sweep(args)
+        from pipeline.overrides import load_recipe_with_overrides
 
-        recipe = load_recipe(args.recipe)
+        recipe = load_recipe_with_overrides(args.recipe, args.overrides, args.output_dir)
+        changes = [*args.overrides, *([f"output_dir={args.output_dir}"] if args.output_dir else [])]
+        if changes:
+            log.info("recipe %s with overrides: %s", args.recipe, " ".join(changes))
         if args.command == "validate":
             import yaml
 
             print(f"recipe {args.recipe} is valid")
             print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")
             return 0
+        from pipeline.common.logsetup import route_library_output
         from pipeline.runner import run_recipe
 
+        route_library_output(args.debug)
         _print_summary(run_recipe(recipe, progress=not args.no_progress, force=args.force,
-                                  start_from=args.start_from, skip_preflight=args.skip_preflight))
+                                  start_from=args.start_from, skip_preflight=args.skip_preflight,
+                                  wait=args.wait))
         return 0
     except PipelineError as exc:
         log.error("failed: %s", exc, exc_info=True)

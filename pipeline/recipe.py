@@ -166,7 +166,7 @@ class Recipe(_Section):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _format_error(path: Path, exc: ValidationError) -> PipelineError:
+def format_validation_error(path: Path, exc: ValidationError) -> PipelineError:
     """One PipelineError for every problem pydantic found; a message's own fix is kept, not doubled."""
     problems, fixes = [], []
     for err in exc.errors():
@@ -184,17 +184,23 @@ def _format_error(path: Path, exc: ValidationError) -> PipelineError:
                          "; ".join(fixes) or "edit the recipe as the message says; recipes/ has examples")
 
 
-def parse_recipe(data: dict, path: Path | str = "<recipe>") -> Recipe:
-    path = Path(path)
+def _check_mapping(data, path: Path) -> dict:
     if not isinstance(data, dict):
         raise PipelineError(f"recipe {path} is not a YAML mapping", "start from one of the files in recipes/")
+    return data
+
+
+def parse_recipe(data: dict, path: Path | str = "<recipe>") -> Recipe:
+    path = Path(path)
+    _check_mapping(data, path)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise _format_error(path, exc) from None
+        raise format_validation_error(path, exc) from None
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def read_recipe_data(path: str | Path) -> dict:
+    """The recipe file's YAML mapping, not yet validated (pipeline/overrides.py changes it first)."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"recipe {path} does not exist", "give the path of a YAML recipe, e.g. recipes/smollm2-embedded.yaml")
@@ -202,4 +208,8 @@ def load_recipe(path: str | Path) -> Recipe:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise PipelineError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}", "fix the YAML syntax") from None
-    return parse_recipe(data, path)
+    return _check_mapping(data, path)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    return parse_recipe(read_recipe_data(path), path)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,6 +102,39 @@ def recorded_resources(run_dir: Path, stages: list[Stage]) -> dict[str, dict]:
         found[stage.name] = {"seconds": data.get("seconds"), "finished": data.get("finished"),
                              **data.get("resources", {})}
     return found
+
+
+def adopt_complete(run_dir: Path, recipe, donors: list[Path]) -> dict[str, Path]:
+    """Copy, instead of rerunning, each stage that is complete in a donor run folder for this recipe's sections.
+
+    In run order: a stage is adopted when it is not complete here, a donor holds it complete with the same
+    stage hash, and every stage it reads is complete here (or was just adopted). Files are copied under a
+    temporary name and renamed, the marker last, as a stage writes them. Returns {stage: donor}. (A sweep's
+    points share the dense baseline this way: pipeline/sweep.py.)"""
+    adopted: dict[str, Path] = {}
+    complete: set[str] = set()
+    for stage in applicable(recipe):
+        if is_complete(run_dir, recipe, stage)[0]:
+            complete.add(stage.name)
+            continue
+        if not set(stage.reads) <= complete:
+            continue
+        donor = next((Path(d) for d in donors if Path(d) != Path(run_dir) and is_complete(d, recipe, stage)[0]), None)
+        if donor is None:
+            continue
+        files = json.loads(_marker(donor, stage).read_text())["files"]
+        for rel in files:
+            target = Path(run_dir) / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            shutil.copy2(Path(donor) / rel, tmp)
+            os.replace(tmp, target)
+        mark_complete(run_dir, recipe, stage, 0.0)
+        log.info("stage %s: copied from %s (same %s)", stage.name, donor, "/".join(stage.sections))
+        adopted[stage.name] = donor
+        complete.add(stage.name)
+    return adopted
 
 
 def invalidate(run_dir: Path, stages: list[Stage]) -> None:

@@ -8,6 +8,7 @@ model's config), then the checks that look at the model (it loads, it has a GLU 
 for one, N:M fits every projection, the calibration / evaluation text is usable). Each stage that
 runs reads the previous stage's output from disk where that matters for the artifact (export always
 starts from RUN/pruned), so a resumed run ends in the same bytes as an uninterrupted one.
+The run holds RUN/.lock from before it plans until it ends (pipeline/common/lock.py): one run per folder.
 Always written: RUN/summary.json (every applicable stage's part), RUN/report.md, RUN/recipe.yaml, RUN/pipeline.log.
 """
 
@@ -15,15 +16,18 @@ from __future__ import annotations
 
 import logging
 import time
+from logging.handlers import MemoryHandler
 from pathlib import Path
 
 import yaml
 
 from pipeline.common.errors import PipelineError
+from pipeline.common.lock import RunLock
+from pipeline.common.logsetup import file_handler
 from pipeline.common.outputs import write_json_atomic, write_text_atomic
 from pipeline.recipe import Recipe
 from pipeline.report import render_report
-from pipeline.resume import invalidate, mark_complete, plan, recorded_resources, remove_leftovers
+from pipeline.resume import adopt_complete, invalidate, mark_complete, plan, recorded_resources, remove_leftovers
 from pipeline.stages.stage import Context, Models, Stage
 
 log = logging.getLogger(__name__)
@@ -68,9 +72,7 @@ def collect_summary(recipe: Recipe, run_dir: Path, stages: list[Stage], status: 
 
 
 def _attach_log_file(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler = file_handler(run_dir / LOG_FILE)
     logging.getLogger().addHandler(handler)
     return handler
 
@@ -104,34 +106,52 @@ def _run_stage(stage: Stage, ctx: Context) -> float:
 
 
 def run_recipe(recipe: Recipe, progress: bool = True, force: bool = False, start_from: str | None = None,
-               skip_preflight: bool = False) -> dict:
+               skip_preflight: bool = False, wait: bool = False, share_from: list[Path] | None = None) -> dict:
+    """Run the recipe's stages in its run folder, holding the folder's lock (pipeline/common/lock.py) throughout:
+    another run on the same folder refuses (or, with ``wait``, waits) until this one is done. Stages complete
+    for the same recipe sections in a ``share_from`` folder are copied from there, not rerun."""
     run_dir = recipe.run_dir()
     started = time.time()
-    steps = plan(recipe, run_dir, force, start_from)
-    todo = [stage for stage, run, _ in steps if run]
-    ctx = Context(recipe, run_dir, Models(recipe, run_dir), progress)
-    preflight(ctx, todo, skip_preflight)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = _attach_log_file(run_dir)
+    root = logging.getLogger()
+    # what is logged before the run folder's log file may be written (lock, plan, preflight: a refused run
+    # writes nothing) is kept and copied into it once the run goes ahead
+    early = MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    early.setLevel(logging.DEBUG)
+    root.addHandler(early)
+    handler = None
     try:
-        for stage, run, why in steps:
-            log.info("stage %s: %s (%s)", stage.name, "to run" if run else "complete, skipped", why)
-        remove_leftovers(run_dir)
-        write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-        invalidate(run_dir, todo)
-        status = {stage.name: "skipped (complete)" for stage, run, _ in steps if not run}
-        for stage in todo:
-            status[stage.name] = f"ran in {_run_stage(stage, ctx):.1f} s"
-        ctx.models.release()
-        stages = [stage for stage, _, _ in steps]
-        summary = collect_summary(recipe, run_dir, stages, {s.name: status[s.name] for s in stages})
-        summary["resources"] = recorded_resources(run_dir, stages)
-        summary["seconds"] = time.time() - started
-        write_json_atomic(run_dir / "summary.json", summary)
-        write_text_atomic(run_dir / "report.md", render_report(summary))
+        with RunLock(run_dir, wait=wait):
+            adopted = {} if force or start_from or not share_from else adopt_complete(run_dir, recipe, share_from)
+            steps = plan(recipe, run_dir, force, start_from)
+            todo = [stage for stage, run, _ in steps if run]
+            ctx = Context(recipe, run_dir, Models(recipe, run_dir), progress)
+            preflight(ctx, todo, skip_preflight)
+
+            handler = _attach_log_file(run_dir)
+            early.setTarget(handler)
+            early.flush()
+            root.removeHandler(early)
+            for stage, run, why in steps:
+                log.info("stage %s: %s (%s)", stage.name, "to run" if run else "complete, skipped", why)
+            remove_leftovers(run_dir)
+            write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+            invalidate(run_dir, todo)
+            status = {stage.name: f"copied from {adopted[stage.name]}" if stage.name in adopted else "skipped (complete)"
+                      for stage, run, _ in steps if not run}
+            for stage in todo:
+                status[stage.name] = f"ran in {_run_stage(stage, ctx):.1f} s"
+            ctx.models.release()
+            stages = [stage for stage, _, _ in steps]
+            summary = collect_summary(recipe, run_dir, stages, {s.name: status[s.name] for s in stages})
+            summary["resources"] = recorded_resources(run_dir, stages)
+            summary["seconds"] = time.time() - started
+            write_json_atomic(run_dir / "summary.json", summary)
+            write_text_atomic(run_dir / "report.md", render_report(summary))
     finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+        root.removeHandler(early)
+        early.close()
+        if handler is not None:
+            root.removeHandler(handler)
+            handler.close()
     summary["run_dir"] = str(run_dir)
     return summary

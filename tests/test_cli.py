@@ -54,6 +54,10 @@ def test_run_with_export_ends_in_an_artifact_both_engines_load(workspace):
     assert manifest["recipe"]["name"] == "ok-export" and manifest["method"] == "dass"
     assert manifest["sparsity"]["overall_decoder_linears"] == pytest.approx(0.5)
     assert "## Artifact" in (out / "report.md").read_text()
+    # the export's third-party warnings are in the run's log, not on the terminal (only our lines are there)
+    assert "TracerWarning" in (out / "pipeline.log").read_text()
+    assert "Warning" not in proc.stderr
+    assert all(" INFO pipeline." in line or " INFO export." in line for line in proc.stderr.splitlines()), proc.stderr
 
 
 def test_run_with_benchmark_then_report_and_benchmark_commands(workspace, tmp_path):

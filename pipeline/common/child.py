@@ -3,18 +3,24 @@ becomes one PipelineError (naming the stage, the target and the engine's last me
 the death of the whole run.
 
 The child is ``python -m MODULE '<json payload>'``; the module calls ``child_main(function)``,
-which prints the function's result as one ``ENGINE_RESULT {json}`` line.
+which prints the function's result as one ``ENGINE_RESULT {json}`` line. The child logs everything
+(warnings included) to its stderr; the parent records that in its log files, not on the terminal
+(pipeline/common/logsetup.py), and quotes its telling line in an error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
 from typing import Callable
 
 from pipeline.common.errors import PipelineError
+from pipeline.common.logsetup import FILE_ONLY, configure_child
+
+log = logging.getLogger(__name__)
 
 RESULT_PREFIX = "ENGINE_RESULT "
 #: lines of an engine's stderr that say what went wrong (the last one is quoted in the error)
@@ -29,6 +35,8 @@ def run_child(module: str, payload: dict, what: str, stage: str, timeout: float,
     except subprocess.TimeoutExpired:
         raise PipelineError(f"{what} ran past {timeout:.0f} s in stage {stage}",
                             "raise the time budget or use a smaller model / shorter run") from None
+    if proc.stderr.strip():
+        log.info("%s (stage %s), child process output:\n%s", what, stage, proc.stderr.rstrip(), extra=FILE_ONLY)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX):])
@@ -55,5 +63,6 @@ def last_words(stderr: str) -> str:
 
 def child_main(function: Callable[[dict], dict]) -> None:
     """Entry point of a child: run ``function`` on the JSON payload in argv[1] and print its result."""
+    configure_child()
     result = function(json.loads(sys.argv[1]))
     print(RESULT_PREFIX + json.dumps(result), flush=True)

@@ -1,0 +1,104 @@
+"""`pipeline sweep RECIPE --grid prune.method=dass,wanda --grid prune.sparsity=0.5,2:4`: one run per grid point.
+
+Each point is the recipe with the point's values as overrides (pipeline/overrides.py) in its own resumable run
+folder, ``SWEEP/method=dass,sparsity=0.5`` under ``SWEEP = RUN/sweep`` (RUN: the recipe's run folder, after
+``--set`` / ``--output-dir``). Every point is validated before the first one runs. A point runs like
+``pipeline run`` on its folder: a finished point is skipped stage by stage, and a stage that is complete in an
+earlier point for the same recipe sections — the dense baseline when only ``prune.*`` varies — is copied from
+there instead of recomputed (pipeline/resume.py:adopt_complete). The sweep holds SWEEP's lock while it runs;
+when every point is done it writes the table (pipeline/sweep_table.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+from pipeline.common.errors import PipelineError
+from pipeline.common.lock import RunLock
+from pipeline.overrides import load_recipe_with_overrides, parse_override
+from pipeline.recipe import Recipe
+from pipeline.sweep_table import write_table
+
+log = logging.getLogger(__name__)
+
+SWEEP_FOLDER = "sweep"
+GRID_HELP = "write --grid section.key=V1,V2,..., e.g. --grid prune.method=dass,wanda --grid prune.sparsity=0.5,2:4"
+
+
+def parse_grid(items: list[str], overrides: list[str]) -> list[tuple[str, list[str]]]:
+    """``["prune.method=dass,wanda"]`` -> ``[("prune.method", ["dass", "wanda"])]`` (values kept as text)."""
+    if not items:
+        raise PipelineError("a sweep needs at least one --grid", GRID_HELP)
+    grid, keys = [], set()
+    set_keys = {parse_override(text)[0] for text in overrides}
+    for item in items:
+        path, _ = parse_override(item)  # the form key=value, with a clear error otherwise
+        key, values = item.partition("=")[0].strip(), [v.strip() for v in item.partition("=")[2].split(",")]
+        if not all(values):
+            raise PipelineError(f"--grid {item}: an empty value", GRID_HELP)
+        if key in keys or path in set_keys:
+            raise PipelineError(f"--grid {item}: {key} is given twice (in two --grid or in --set too)",
+                                "give each key once")
+        if len(set(values)) != len(values):
+            raise PipelineError(f"--grid {item}: a value is repeated", "list each value once")
+        keys.add(key)
+        grid.append((key, values))
+    return grid
+
+
+def point_name(point: list[tuple[str, str]], keys: list[str]) -> str:
+    """``method=dass,sparsity=0.5``: each key by its last part, or in full where two keys share it."""
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    short = {key: (part if last.count(part) == 1 else key) for key, part in zip(keys, last)}
+    return ",".join(f"{short[key]}={value.replace('/', '_')}" for key, value in point)
+
+
+def sweep_points(path: str | Path, grid: list[tuple[str, list[str]]], overrides: list[str],
+                 output_dir: str | None) -> tuple[Path, list[tuple[str, dict, Recipe]]]:
+    """The sweep folder and every point as (name, {key: value}, its recipe), all validated before anything runs."""
+    base = load_recipe_with_overrides(path, overrides, output_dir)
+    sweep_dir = base.run_dir() / SWEEP_FOLDER
+    keys = [key for key, _ in grid]
+    points = []
+    for values in itertools.product(*[values for _, values in grid]):
+        point = list(zip(keys, values))
+        name = point_name(point, keys)
+        changes = [*overrides, *(f"{k}={v}" for k, v in point)]
+        labels = [*(f"--set {o}" for o in overrides), *(f"--grid {k} value {v}" for k, v in point)]
+        recipe = load_recipe_with_overrides(path, changes, str(sweep_dir / name), labels)
+        points.append((name, dict(point), recipe))
+    return sweep_dir, points
+
+
+def run_sweep(path: str | Path, grid_items: list[str], overrides: list[str] | None = None,
+              output_dir: str | None = None, progress: bool = True, skip_preflight: bool = False,
+              wait: bool = False) -> dict:
+    from pipeline.runner import run_recipe
+
+    overrides = list(overrides or [])
+    grid = parse_grid(grid_items, overrides)
+    sweep_dir, points = sweep_points(path, grid, overrides, output_dir)
+    rows, done = [], []
+    with RunLock(sweep_dir, wait=wait):
+        for number, (name, values, recipe) in enumerate(points, 1):
+            log.info("sweep point %d of %d: %s", number, len(points), name)
+            summary = run_recipe(recipe, progress=progress, skip_preflight=skip_preflight, wait=wait, share_from=done)
+            done.append(recipe.run_dir())
+            rows.append(row(name, values, summary))
+        table = {"recipe": str(path), "overrides": overrides, "grid": {key: values for key, values in grid},
+                 "points": rows}
+        written = write_table(table, sweep_dir)
+    return {"sweep_dir": str(sweep_dir), "table": table, "written": [str(p) for p in written]}
+
+
+def row(name: str, values: dict, summary: dict) -> dict:
+    """One line of the table: the point, its perplexities and achieved sparsity, and what each stage did."""
+    ppl = summary.get("perplexity") or {}
+    achieved = summary.get("sparsity_achieved") or {}
+    return {"point": name, "values": values, "method": summary["method"], "sparsity": summary["sparsity"],
+            "scope": summary["scope"], "dataset": ppl.get("dataset"),
+            "perplexity_dense": (ppl.get("dense") or {}).get("perplexity"),
+            "perplexity": (ppl.get("pruned") or {}).get("perplexity"),
+            "sparsity_achieved": achieved.get("overall"), "stages": summary["stages"], "run_dir": summary["run_dir"]}

@@ -1,0 +1,73 @@
+"""A sweep's table (pipeline/sweep.py): SWEEP/sweep.json, SWEEP/sweep.md and SWEEP/perplexity_vs_sparsity.png.
+
+One row per grid point: its values, method, sparsity (asked for and achieved), the dense and pruned
+perplexities, and what each of its stages did (ran / skipped / copied from another point). The plot
+draws pruned perplexity against the achieved sparsity, one line per method, the dense perplexity as a
+dashed line.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from pipeline.common.outputs import write_bytes_atomic, write_json_atomic, write_text_atomic
+
+JSON_FILE, MARKDOWN_FILE, PLOT_FILE = "sweep.json", "sweep.md", "perplexity_vs_sparsity.png"
+
+
+def _number(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def render_markdown(table: dict) -> str:
+    rows = table["points"]
+    dataset = next((r["dataset"] for r in rows if r["dataset"]), None)
+    lines = [f"# Sweep of {table['recipe']}", "",
+             "grid: " + "; ".join(f"`{key}` = {', '.join(values)}" for key, values in table["grid"].items())]
+    if table["overrides"]:
+        lines.append("with: " + " ".join(f"`--set {o}`" for o in table["overrides"]))
+    lines += ["", f"perplexity on {dataset or 'the evaluation text'}; one run folder per point", "",
+              "| point | method | sparsity | achieved | dense perplexity | perplexity | stages | run folder |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        stages = "; ".join(f"{name} {status.split(' ')[0]}" for name, status in r["stages"].items())
+        lines.append(f"| {r['point']} | {r['method']} | {r['sparsity']} | {_number(r['sparsity_achieved'], 4)} | "
+                     f"{_number(r['perplexity_dense'])} | {_number(r['perplexity'])} | {stages} | {r['run_dir']} |")
+    return "\n".join(lines) + "\n\n![perplexity vs sparsity](" + PLOT_FILE + ")\n"
+
+
+def render_plot(table: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in table["points"] if r["perplexity"] is not None and r["sparsity_achieved"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in sorted({r["method"] for r in rows}):
+        points = sorted((r["sparsity_achieved"], r["perplexity"], r["sparsity"]) for r in rows if r["method"] == method)
+        line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        for x, y, spec in points:
+            ax.annotate(spec, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())
+    dense = {r["perplexity_dense"] for r in table["points"] if r["perplexity_dense"] is not None}
+    if len(dense) == 1:
+        ax.axhline(dense.pop(), linestyle="--", color="grey", label="dense")
+    ax.set_xlabel("sparsity achieved (over the pruned projections)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(f"Sweep of {Path(table['recipe']).name}")
+    if rows:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_table(table: dict, sweep_dir: Path) -> list[Path]:
+    sweep_dir = Path(sweep_dir)
+    write_json_atomic(sweep_dir / JSON_FILE, table)
+    write_text_atomic(sweep_dir / MARKDOWN_FILE, render_markdown(table))
+    write_bytes_atomic(sweep_dir / PLOT_FILE, render_plot(table))
+    return [sweep_dir / JSON_FILE, sweep_dir / MARKDOWN_FILE, sweep_dir / PLOT_FILE]
