@@ -45,6 +45,11 @@ RECIPES = {
     "quantize-before-export": ({"quantize__enabled": True}, "quantize works on the exported ONNX artifact"),
     "quantize-scheme-deepsparse-cannot-run": ({"export__enabled": True, "quantize__enabled": True,
                                                "quantize__scheme": "w4a16"}, "'w4a16' cannot run in DeepSparse"),
+    "missing-shard": ({"model__source": "NO_SHARD"}, "model-00002-of-00002.safetensors is missing"),
+    "truncated-shard": ({"model__source": "TRUNCATED"}, "model-00002-of-00002.safetensors is truncated or corrupt"),
+    "shard-shape-disagrees-with-config": ({"model__source": "WRONG_SHAPE"},
+                                          "model.layers.0.mlp.gate_proj.weight has shape [128, 64] but config.json "
+                                          "implies [96, 64]"),
     "deepsparse-uncovered-architecture": ({"model__source": "TINY_OPT", "prune__method": "wanda",
                                            "export__enabled": True}, "DeepSparse export covers"),
 }
@@ -72,6 +77,15 @@ def bad_workspace(workspace):
     folder = workspace / "pickled"
     tiny_model("llama").save_pretrained(folder, safe_serialization=False)
     tiny_tokenizer().save_pretrained(folder)
+    for name in ("no-shard", "truncated", "wrong-shape"):  # sharded checkpoints, damaged three ways
+        folder = workspace / name
+        tiny_model("llama").save_pretrained(folder, safe_serialization=True, max_shard_size="200KB")
+        tiny_tokenizer().save_pretrained(folder)
+    (workspace / "no-shard" / "model-00002-of-00002.safetensors").unlink()
+    shard = workspace / "truncated" / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    config = json.loads((workspace / "wrong-shape" / "config.json").read_text())
+    (workspace / "wrong-shape" / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
     return workspace
 
 
@@ -80,7 +94,8 @@ def test_bad_recipe(bad_workspace, case, tmp_path):
     root = bad_workspace
     changes, expected = RECIPES[case]
     subst = {"TINY_OPT": root / "tiny-opt", "EMPTY": root / "empty.txt", "SHORT": root / "short.txt",
-             "PICKLED": root / "pickled"}
+             "PICKLED": root / "pickled", "NO_SHARD": root / "no-shard", "TRUNCATED": root / "truncated",
+             "WRONG_SHAPE": root / "wrong-shape"}
     changes = {k: str(subst[v]) if isinstance(v, str) and v in subst else v for k, v in changes.items()}
     path = write_recipe(root, case, **changes)
     proc = run_cli("run", str(path), cwd=root, log_dir=tmp_path / "logs")

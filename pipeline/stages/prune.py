@@ -32,6 +32,12 @@ def check(ctx: Context) -> None:
     if p.method == "dass":
         require_glu(model, "DaSS")
     plan_projections(model, method, p.spec, p.scope, p.ignore)
+    folder = ctx.models.stream_folder()
+    if folder is not None:  # every shard present and whole, every tensor's shape as config.json implies
+        from pipeline.core.checkpoint import Checkpoint, skeleton, tied_names
+
+        shell = skeleton(ctx.models.config(), ctx.recipe.model.dtype)
+        Checkpoint(folder).check_against(shell, tied_names(shell))
     if method.needs_calibration:
         ctx.calibration_ids()
 
