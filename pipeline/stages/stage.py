@@ -44,6 +44,9 @@ class Stage:
     #: the model its body works on: "dense" (the recipe's source), "saved" (RUN/pruned, or the source
     #: when nothing is pruned) or None; its check runs after that model is loaded (None: before)
     model: Literal["dense", "saved"] | None = None
+    #: up-front checks that need only the source's config (config.json, no weights): run as soon as it is read,
+    #: before any model loads or calibration text is tokenized
+    check_config: Callable[["Context", Any], None] = _nothing
     #: up-front checks, before anything is written; what it returns is kept in ``ctx.prepared[name]``
     check: Callable[["Context"], Any] = _nothing
     #: its part of summary.json, from the files it wrote (None: nothing)
