@@ -40,7 +40,8 @@ from export.checks import (
     onnxruntime_graph_logits,
     sha256_file,
 )
-from export.deepsparse_graph import PATCHES, quirks_for
+from export.deepsparse_families import quirks_for
+from export.deepsparse_graph import PATCHES
 from pipeline.common.errors import PipelineError
 from pipeline.common.outputs import StagingDir, read_json, write_json_atomic
 

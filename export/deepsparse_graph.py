@@ -24,49 +24,20 @@ modules, called as they are, so pruned weights and architecture details carry ov
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from pipeline.common.errors import PipelineError
+from export.deepsparse_families import ARCHITECTURES, ArchitectureQuirks, quirks_for  # noqa: F401 (re-exported)
 from pipeline.core.models import decoder_layers
 
 PATCHES = ("positions_input", "rotary_table", "causal_mask_input", "repeat_kv_before_cache",
            "cache_concat_feeds_matmul", "logits_first")
-
-
-@dataclass(frozen=True)
-class ArchitectureQuirks:
-    """What differs between the LLaMA-like architectures this graph covers."""
-
-    embedding_scale: bool = False  # Gemma multiplies embeddings by sqrt(hidden_size)
-
-
-#: model_type -> quirks. An architecture not listed here is refused with a clear error.
-ARCHITECTURES: dict[str, ArchitectureQuirks] = {
-    "llama": ArchitectureQuirks(),
-    "mistral": ArchitectureQuirks(),
-    "qwen2": ArchitectureQuirks(),
-    "gemma": ArchitectureQuirks(embedding_scale=True),
-}
 
 FLT_MAX = torch.finfo(torch.float32).max
 
 
 def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-def quirks_for(config) -> ArchitectureQuirks:
-    model_type = getattr(config, "model_type", None)
-    if model_type not in ARCHITECTURES:
-        raise PipelineError(
-            f"the DeepSparse export covers {', '.join(sorted(ARCHITECTURES))}, not {model_type!r}",
-            "export for ONNX Runtime only (export.engines: [onnxruntime]) or add the architecture to "
-            "export/deepsparse_graph.py:ARCHITECTURES",
-        )
-    return ARCHITECTURES[model_type]
 
 
 def rotary_tables(model: nn.Module, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:

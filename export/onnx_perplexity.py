@@ -37,7 +37,8 @@ class OnnxLogits(nn.Module):
 
 
 def artifact_perplexity(folder: Path, tokens: torch.Tensor, context_length: int, max_windows: int | None = None,
-                        engine: str = "onnxruntime", progress: bool = True) -> dict:
+                        engine: str = "onnxruntime", progress: bool = True, bos_token_id: int | None = None) -> dict:
+    """``bos_token_id``: a BOS before every window (pipeline/core/evaluate.py), as for the PyTorch model."""
     model = OnnxLogits(Path(folder), engine)
     return perplexity(model, tokens, context_length, max_windows, progress=progress,
-                      desc=f"perplexity ({Path(folder).name}, {engine} graph)")
+                      desc=f"perplexity ({Path(folder).name}, {engine} graph)", bos_token_id=bos_token_id)

@@ -20,6 +20,11 @@ from pipeline.common.errors import PipelineError
 from pipeline.core.prune.sparsity import SparsitySpec
 
 DatasetName = Literal["c4", "wikitext2", "file", "embedded"]
+#: pipeline/core/window_protocol.py: auto = BOS per window for the Gemma family, one token stream otherwise
+BosPerWindow = Union[Literal["auto"], bool]
+BOS_HELP = ("each window starts with the tokenizer's BOS (true), or is cut from one token stream as Wanda / "
+            "SparseGPT do (false); auto: true for the Gemma family (gemma, gemma2, gemma3, gemma3_text), false "
+            "otherwise")
 
 
 class _Section(BaseModel):
@@ -41,6 +46,7 @@ class CalibrationSection(_Section):
     num_samples: int = Field(128, gt=0)
     seq_len: int = Field(2048, gt=1)
     seed: int = 0
+    bos_per_window: BosPerWindow = Field("auto", description=BOS_HELP)
 
 
 class PruneSection(_Section):
@@ -78,6 +84,7 @@ class EvaluationSection(_Section):
     path: Optional[str] = None
     context_length: int = Field(2048, gt=1)
     max_windows: Optional[int] = Field(None, gt=0)
+    bos_per_window: BosPerWindow = Field("auto", description=BOS_HELP)
     dense_baseline: bool = Field(True, description="also measure the unpruned model")
     device: str = Field("cpu", description="where the whole model runs for perplexity (cpu, cuda)")
 

@@ -36,20 +36,20 @@ LOG_FILE = "pipeline.log"
 
 
 def preflight(ctx: Context, todo: list[Stage], skip_resources: bool) -> None:
-    """Every check that can refuse the run, for the stages that will run; loads a model only if one of them needs it."""
+    """Every check that can refuse the run, for the stages that will run: those that need no model, then those that
+    need the source's config alone (no weights), RAM and disk, and last those that look at the loaded model."""
     for stage in todo:
         if stage.model is None:
             ctx.prepared[stage.name] = stage.check(ctx)
     if not todo:
         return
+    config = ctx.models.config()  # config.json only: the checks below need no weights
+    for stage in todo:
+        stage.check_config(ctx, config)
     if not skip_resources:
-        from pipeline.core.models import load_config
         from pipeline.resources import check_resources
 
-        m = ctx.recipe.model
-        config = load_config(m.source, m.gguf_file, m.trust_remote_code, m.revision, m.allow_pickle)
         ctx.estimates = check_resources(config, ctx.recipe, todo, ctx.run_dir)
-        ctx.models.source_config = config
     ctx.check_model = next((s.model for s in todo if s.model), None)
     for stage in todo:
         if stage.model is not None:

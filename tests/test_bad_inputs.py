@@ -52,6 +52,9 @@ RECIPES = {
                                           "implies [96, 64]"),
     "deepsparse-uncovered-architecture": ({"model__source": "TINY_OPT", "prune__method": "wanda",
                                            "export__enabled": True}, "DeepSparse export covers"),
+    "deepsparse-uncovered-family-before-weights": ({"model__source": "GEMMA3_CONFIG_ONLY", "export__enabled": True},
+                                                   "covers gemma, llama, mistral, qwen2, not 'gemma3_text' — fix: "
+                                                   "export for ONNX Runtime only (export.engines: [onnxruntime])"),
 }
 
 
@@ -86,7 +89,18 @@ def bad_workspace(workspace):
     shard.write_bytes(shard.read_bytes()[:1000])
     config = json.loads((workspace / "wrong-shape" / "config.json").read_text())
     (workspace / "wrong-shape" / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
+    gemma3_config_only(workspace / "gemma3-config-only")
     return workspace
+
+
+def gemma3_config_only(folder):
+    """A Gemma 3 (text) config.json and nothing else: no weights, no tokenizer."""
+    from transformers import Gemma3TextConfig
+
+    folder.mkdir(exist_ok=True)
+    Gemma3TextConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=16).to_json_file(folder / "config.json")
+    return folder
 
 
 @pytest.mark.parametrize("case", list(RECIPES))
@@ -95,12 +109,34 @@ def test_bad_recipe(bad_workspace, case, tmp_path):
     changes, expected = RECIPES[case]
     subst = {"TINY_OPT": root / "tiny-opt", "EMPTY": root / "empty.txt", "SHORT": root / "short.txt",
              "PICKLED": root / "pickled", "NO_SHARD": root / "no-shard", "TRUNCATED": root / "truncated",
-             "WRONG_SHAPE": root / "wrong-shape"}
+             "WRONG_SHAPE": root / "wrong-shape", "GEMMA3_CONFIG_ONLY": root / "gemma3-config-only"}
     changes = {k: str(subst[v]) if isinstance(v, str) and v in subst else v for k, v in changes.items()}
     path = write_recipe(root, case, **changes)
     proc = run_cli("run", str(path), cwd=root, log_dir=tmp_path / "logs")
     assert_one_clear_line(proc, expected, tmp_path / "logs")
     assert not (root / "runs" / case).exists(), "nothing may be written for bad input"
+
+
+def test_uncovered_family_refused_before_any_weights_load(bad_workspace, tmp_path):
+    """The DeepSparse family check reads config.json alone: the folder has no weights (nor tokenizer), and the
+    refusal is still the family's, not a load error; no model load was logged, no calibration ran."""
+    folder = bad_workspace / "gemma3-config-only"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]
+    path = write_recipe(bad_workspace, "uncovered-family", model__source=str(folder), export__enabled=True)
+    proc = run_cli("run", str(path), cwd=bad_workspace, log_dir=tmp_path / "logs")
+    line = assert_one_clear_line(proc, "the DeepSparse export covers gemma, llama, mistral, qwen2, not 'gemma3_text'",
+                                 tmp_path / "logs")
+    assert "export.engines: [onnxruntime]" in line
+    log = sorted((tmp_path / "logs").glob("pipeline-*.log"))[-1].read_text()
+    assert "loading model" not in log and "calibration:" not in log
+    assert not (bad_workspace / "runs" / "uncovered-family").exists()
+    # ONNX Runtime only: the same folder gets past the family check to the model load (logged; it then fails,
+    # there being no weights), so the absence of that line above is the family check coming first
+    path = write_recipe(bad_workspace, "uncovered-family-ort", model__source=str(folder), export__enabled=True,
+                        export__engines=["onnxruntime"])
+    proc = run_cli("run", str(path), cwd=bad_workspace, log_dir=tmp_path / "logs-ort")
+    assert proc.returncode != 0 and "DeepSparse export covers" not in proc.stderr
+    assert "loading model" in sorted((tmp_path / "logs-ort").glob("pipeline-*.log"))[-1].read_text()
 
 
 @pytest.mark.parametrize("text, expected", [

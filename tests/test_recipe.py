@@ -14,7 +14,8 @@ MINIMAL = {"name": "t", "model": {"source": "some/model"}}
 
 def test_shipped_recipes_exist_and_validate():
     names = {p.name for p in RECIPES}
-    assert {"llama2-7b-70pct.yaml", "llama2-7b-50pct.yaml", "llama2-7b-dense.yaml", "smollm2-embedded.yaml"} <= names
+    assert {"llama2-7b-70pct.yaml", "llama2-7b-50pct.yaml", "llama2-7b-dense.yaml", "smollm2-embedded.yaml",
+            "llama2-7b-table1.yaml"} <= names
     for path in RECIPES:
         load_recipe(path)
 
@@ -27,7 +28,20 @@ def test_llama2_recipes_follow_the_paper_cpu_experiment():
         assert r.prune.method == "dass" and r.prune.spec.fraction == pytest.approx(fraction)
         assert r.prune.scope == "attention+mlp" and r.prune.alpha == 0.5
         assert (r.calibration.dataset, r.calibration.num_samples, r.calibration.seq_len) == ("c4", 128, 2048)
+        assert r.evaluation.context_length == 2048 and "Table 6" in (root / f"llama2-7b-{pct}pct.yaml").read_text()
     assert load_recipe(root / "llama2-7b-dense.yaml").prune.method == "none"
+
+
+def test_llama2_table1_recipe_follows_the_paper_perplexity_protocol():
+    """DaSS paper Table 1: MLP only, C4 128 x 2048 calibration, WikiText2 at 2048, the stream protocol (LLaMA)."""
+    path = Path(__file__).parent.parent / "recipes" / "llama2-7b-table1.yaml"
+    r, text = load_recipe(path), path.read_text()
+    assert r.model.source == "meta-llama/Llama-2-7b-hf" and r.prune.scope == "mlp" and r.prune.method == "dass"
+    assert (r.calibration.dataset, r.calibration.num_samples, r.calibration.seq_len) == ("c4", 128, 2048)
+    assert (r.evaluation.dataset, r.evaluation.context_length) == ("wikitext2", 2048)
+    assert r.calibration.bos_per_window == r.evaluation.bos_per_window == "auto"  # false for model_type llama
+    assert "Table 1" in text and "5.47" in text
+    assert "--grid prune.method=dass,wanda,sparsegpt --grid prune.sparsity=0.5,4:8,2:4" in text
 
 
 def test_defaults_are_the_papers():

@@ -11,7 +11,9 @@
   evaluation from its second half, so they never overlap.
 
 Calibration windows are sampled like Wanda/SparseGPT: with a seeded RNG, a random document
-long enough for the window, then a random window inside it.
+long enough for the window, then a random window inside it. With ``bos_token_id`` (the BOS-per-window
+protocol, pipeline/core/window_protocol.py) the text is tokenized without special tokens and each
+window is that BOS + ``seq_len - 1`` sampled text tokens; without it, windows are what they always were.
 """
 
 from __future__ import annotations
@@ -112,23 +114,38 @@ def _halves(dataset: str, ids: torch.Tensor, part: Part) -> torch.Tensor:
     return ids[:half] if part == "calibration" else ids[half:]
 
 
+def _tokens(tokenizer, text: str, special: bool) -> torch.Tensor:
+    return tokenizer(text, return_tensors="pt", add_special_tokens=special).input_ids[0]
+
+
+def _with_bos(window: torch.Tensor, bos_token_id: int | None) -> torch.Tensor:
+    if bos_token_id is None:
+        return window
+    return torch.cat([torch.tensor([bos_token_id], dtype=window.dtype), window])
+
+
 def calibration_windows(tokenizer, dataset: str, num_samples: int, seq_len: int, seed: int = 0,
-                        path: str | None = None) -> torch.Tensor:
-    """``[num_samples, seq_len]`` token windows, reproducible for a given seed."""
+                        path: str | None = None, bos_token_id: int | None = None) -> torch.Tensor:
+    """``[num_samples, seq_len]`` token windows, reproducible for a given seed.
+
+    ``bos_token_id``: every window is that token + ``seq_len - 1`` text tokens (BOS per window);
+    None: ``seq_len`` tokens of the stream as the tokenizer writes it (Wanda / SparseGPT)."""
     texts = [t for t in load_texts(dataset, "calibration", path) if t.strip()]
     if not texts:
         raise PipelineError(f"the calibration text ({dataset}) is empty", "point the calibration data at a non-empty text")
+    special = bos_token_id is None  # with a BOS per window the windows carry it, not the text
+    span = seq_len - (0 if special else 1)  # text tokens per window
     rng = random.Random(seed)
     if len(texts) == 1 or dataset in ("embedded", "wikitext2"):
         joined = "\n\n".join(texts)
-        ids = _halves(dataset, tokenizer(joined, return_tensors="pt").input_ids[0], "calibration")
-        if ids.numel() <= seq_len:
+        ids = _halves(dataset, _tokens(tokenizer, joined, special), "calibration")
+        if ids.numel() <= span:
             raise PipelineError(
                 f"the calibration text ({dataset}) has {ids.numel()} tokens, not more than seq_len={seq_len}",
                 "use a longer text or a smaller calibration.seq_len",
             )
-        starts = [rng.randint(0, ids.numel() - seq_len - 1) for _ in range(num_samples)]
-        return torch.stack([ids[s : s + seq_len] for s in starts])
+        starts = [rng.randint(0, ids.numel() - span - 1) for _ in range(num_samples)]
+        return torch.stack([_with_bos(ids[s : s + span], bos_token_id) for s in starts])
     windows = []
     tries = 0
     while len(windows) < num_samples:
@@ -138,17 +155,26 @@ def calibration_windows(tokenizer, dataset: str, num_samples: int, seq_len: int,
                 f"found only {len(windows)} of {num_samples} documents longer than {seq_len} tokens in {dataset}",
                 "use a smaller calibration.seq_len or a corpus with longer documents",
             )
-        ids = tokenizer(texts[rng.randint(0, len(texts) - 1)], return_tensors="pt").input_ids[0]
-        if ids.numel() <= seq_len:
+        ids = _tokens(tokenizer, texts[rng.randint(0, len(texts) - 1)], special)
+        if ids.numel() <= span:
             continue
-        start = rng.randint(0, ids.numel() - seq_len - 1)
-        windows.append(ids[start : start + seq_len])
+        start = rng.randint(0, ids.numel() - span - 1)
+        windows.append(_with_bos(ids[start : start + span], bos_token_id))
     return torch.stack(windows)
 
 
-def evaluation_tokens(tokenizer, dataset: str, path: str | None = None) -> torch.Tensor:
-    """One long token stream for perplexity (documents joined as Wanda does)."""
+def evaluation_tokens(tokenizer, dataset: str, path: str | None = None, bos_per_window: bool = False) -> torch.Tensor:
+    """One long token stream for perplexity (documents joined as Wanda does). ``bos_per_window``: the text
+    without special tokens (pipeline/core/evaluate.py puts a BOS before each window's share of it)."""
     texts = load_texts(dataset, "evaluation", path)
     joiner = " " if dataset == "c4" else "\n\n"
-    ids = tokenizer(joiner.join(texts), return_tensors="pt").input_ids[0]
+    ids = _tokens(tokenizer, joiner.join(texts), not bos_per_window)
     return _halves(dataset, ids, "evaluation")
+
+
+def bos_id(tokenizer) -> int:
+    """The tokenizer's BOS id, refused when it has none (a BOS-per-window protocol needs one)."""
+    if getattr(tokenizer, "bos_token_id", None) is None:
+        raise PipelineError("bos_per_window is on, but the model's tokenizer has no BOS token",
+                            "set calibration.bos_per_window and evaluation.bos_per_window to false")
+    return int(tokenizer.bos_token_id)

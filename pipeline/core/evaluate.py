@@ -1,4 +1,10 @@
-"""Perplexity on non-overlapping windows of a token stream (as Wanda and SparseGPT report it)."""
+"""Perplexity on non-overlapping windows of a token stream (as Wanda and SparseGPT report it).
+
+Stream protocol (``bos_token_id`` None): window ``w`` is ``tokens[w*L:(w+1)*L]``. BOS per window
+(pipeline/core/window_protocol.py): window ``w`` is BOS + ``tokens[w*(L-1):(w+1)*(L-1)]``, so the text
+tokens still tile the stream without gaps or overlaps. Either way each window scores its ``L - 1``
+next-token predictions; the first position (a BOS, or the stream's token there) is never a target.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +17,11 @@ from tqdm.auto import tqdm
 from pipeline.common.errors import PipelineError
 
 
-@torch.no_grad()
-def perplexity(model: nn.Module, tokens: torch.Tensor, context_length: int, max_windows: int | None = None,
-               device: str = "cpu", progress: bool = True, desc: str = "perplexity") -> dict:
-    """exp(mean next-token loss) over ``len(tokens) // context_length`` windows (at most ``max_windows``)."""
-    windows = tokens.numel() // context_length
+def evaluation_windows(tokens: torch.Tensor, context_length: int, max_windows: int | None = None,
+                       bos_token_id: int | None = None) -> torch.Tensor:
+    """``[windows, context_length]``: the stream cut as the protocol says (see the module docstring)."""
+    span = context_length - (0 if bos_token_id is None else 1)
+    windows = tokens.numel() // span
     if max_windows is not None:
         windows = min(windows, max_windows)
     if windows == 0:
@@ -23,12 +29,25 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, context_length: int, max_
             f"the evaluation text has {tokens.numel()} tokens, fewer than one window of {context_length}",
             "use a longer evaluation text or a smaller evaluation.context_length",
         )
+    cut = tokens[: windows * span].reshape(windows, span)
+    if bos_token_id is None:
+        return cut
+    return torch.cat([torch.full((windows, 1), bos_token_id, dtype=cut.dtype), cut], dim=1)
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, tokens: torch.Tensor, context_length: int, max_windows: int | None = None,
+               device: str = "cpu", progress: bool = True, desc: str = "perplexity",
+               bos_token_id: int | None = None) -> dict:
+    """exp(mean next-token loss) over the windows of ``evaluation_windows`` (at most ``max_windows``)."""
+    batches = evaluation_windows(tokens, context_length, max_windows, bos_token_id)
+    windows = batches.shape[0]
     total_nll = 0.0
     home = next(model.parameters()).device
     model.to(device)
     try:
         for w in tqdm(range(windows), desc=desc, disable=not progress, leave=False):
-            ids = tokens[w * context_length : (w + 1) * context_length].unsqueeze(0).to(device)
+            ids = batches[w].unsqueeze(0).to(device)
             logits = model(input_ids=ids, use_cache=False).logits.float()
             loss = nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="mean")
             total_nll += loss.item() * (context_length - 1)
@@ -36,4 +55,4 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, context_length: int, max_
         model.to(home)
     mean = total_nll / (windows * (context_length - 1))
     return {"perplexity": math.exp(mean), "windows": windows, "context_length": context_length,
-            "tokens": windows * context_length}
+            "tokens": windows * context_length, "bos_per_window": bos_token_id is not None}

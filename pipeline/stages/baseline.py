@@ -18,7 +18,8 @@ def run(ctx: Context) -> None:
     model, _ = ctx.models.dense()
     ppl = perplexity(model, ctx.evaluation_ids(), **ctx.eval_args("perplexity (dense)"))
     log.info("dense perplexity on %s: %.3f", ctx.recipe.evaluation.dataset, ppl["perplexity"])
-    write_json_atomic(ctx.run_dir / OUTPUT, {"dataset": ctx.recipe.evaluation.dataset, "dense": ppl})
+    write_json_atomic(ctx.run_dir / OUTPUT, {"dataset": ctx.recipe.evaluation.dataset,
+                                             "bos_per_window": ppl["bos_per_window"], "dense": ppl})
 
 
 def summary(recipe, run_dir) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from pipeline.common.outputs import read_json, write_json_atomic
+from pipeline.core.window_protocol import describe
 from pipeline.resources import perplexity_ram
 from pipeline.stages.stage import Context, Stage
 
@@ -19,7 +20,8 @@ def run(ctx: Context) -> None:
     which = "dense" if ctx.recipe.prune.method == "none" else "pruned"
     ppl = perplexity(model, ctx.evaluation_ids(), **ctx.eval_args(f"perplexity ({ctx.recipe.prune.method})"))
     log.info("%s perplexity on %s: %.3f", which, ctx.recipe.evaluation.dataset, ppl["perplexity"])
-    write_json_atomic(ctx.run_dir / OUTPUT, {"dataset": ctx.recipe.evaluation.dataset, which: ppl})
+    write_json_atomic(ctx.run_dir / OUTPUT, {"dataset": ctx.recipe.evaluation.dataset,
+                                             "bos_per_window": ppl["bos_per_window"], which: ppl})
 
 
 def summary(recipe, run_dir) -> dict:
@@ -37,6 +39,7 @@ def report(summary: dict) -> list[str]:
         return []
     first = ppl.get("pruned") or ppl.get("dense")
     lines = [f"## Perplexity ({ppl['dataset']}, {first['windows']} windows of {first['context_length']} tokens)", "",
+             f"Windows: {describe(first.get('bos_per_window'), first['context_length'])}.", "",
              "| model | perplexity |", "|---|---|"]
     if "dense" in ppl:
         lines.append(f"| dense | {_ppl(ppl['dense'])} |")

@@ -14,6 +14,14 @@ log = logging.getLogger(__name__)
 SECTIONS = ("model", "calibration", "prune", "export")
 
 
+def check_config(ctx: Context, config) -> None:
+    """A DeepSparse export of a family its graph does not cover is refused from config.json, before weights load."""
+    if "deepsparse" in ctx.recipe.export.engines:
+        from export.deepsparse_families import quirks_for
+
+        quirks_for(config)
+
+
 def check(ctx: Context) -> None:
     from export.artifact import preflight_export
 
@@ -75,4 +83,4 @@ def report(summary: dict) -> list[str]:
 STAGE = Stage(name="export", about="ONNX artifact for DeepSparse and ONNX Runtime, smoke generation",
               sections=SECTIONS, outputs=("artifact", "export.json"), reads=("prune",),
               applies=lambda r: r.export.enabled, model="saved",
-              check=check, estimate=estimate, run=run, summary=summary, report=report)
+              check_config=check_config, check=check, estimate=estimate, run=run, summary=summary, report=report)

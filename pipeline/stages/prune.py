@@ -7,6 +7,7 @@ import time
 from collections import defaultdict
 
 from pipeline.common.outputs import StagingDir, read_json, write_json_atomic
+from pipeline.core.window_protocol import describe
 from pipeline.resources import BASE, Shapes, dtype_bytes, model_bytes
 from pipeline.stages.stage import Context, Stage
 
@@ -105,8 +106,10 @@ def run(ctx: Context) -> None:
             model.save_pretrained(tmp, safe_serialization=True)
         seconds = time.time() - t0
         tokenizer.save_pretrained(tmp)
+        bos = ctx.bos_per_window("calibration") if ids is not None else None
         write_json_atomic(tmp / "sparsity.json", {"summary": sparsity_summary(result.layers), "prune_seconds": seconds,
-                                                  "streamed": folder is not None, "layers": result.layers})
+                                                  "streamed": folder is not None, "calibration_bos_per_window": bos,
+                                                  "layers": result.layers})
     ctx.models.state = "saved" if folder is None else None
 
 
@@ -115,7 +118,8 @@ def summary(recipe, run_dir) -> dict:
     sparsity = read_json(run_dir / OUTPUT / "sparsity.json", "re-run the recipe with --from prune")
     calibrated = p.method not in ("magnitude", "none")
     return {"calibration": {"dataset": cal.dataset, "num_samples": cal.num_samples, "seq_len": cal.seq_len,
-                            "seed": cal.seed} if calibrated else None,
+                            "seed": cal.seed, "bos_per_window": sparsity.get("calibration_bos_per_window")}
+            if calibrated else None,
             "prune_seconds": sparsity.get("prune_seconds"), "streamed": sparsity.get("streamed", False),
             "sparsity_achieved": sparsity["summary"]}
 
@@ -124,7 +128,8 @@ def report(summary: dict) -> list[str]:
     lines = ["## Pruning", ""]
     cal = summary.get("calibration")
     if cal:
-        lines.append(f"- calibration: {cal['dataset']}, {cal['num_samples']} x {cal['seq_len']} tokens, seed {cal['seed']}")
+        lines.append(f"- calibration: {cal['dataset']}, {cal['num_samples']} x {cal['seq_len']} tokens, seed {cal['seed']}; "
+                     f"{describe(cal.get('bos_per_window'), cal['seq_len'])}")
     if summary.get("prune_seconds") is not None:
         lines.append(f"- pruning time: {summary['prune_seconds']:.1f} s")
     if summary.get("streamed"):

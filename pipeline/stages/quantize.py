@@ -34,7 +34,8 @@ def run(ctx: Context) -> None:
     ctx.models.release()
     source, target = run_dir / "artifact", run_dir / "artifact-int8"
     tokenizer = AutoTokenizer.from_pretrained(source / recipe.export.engines[0])
-    windows = calibration_windows(tokenizer, cal.dataset, q.num_samples, q.seq_len, cal.seed, cal.path).numpy()
+    windows = calibration_windows(tokenizer, cal.dataset, q.num_samples, q.seq_len, cal.seed, cal.path,
+                                  ctx.bos_token_id("calibration", tokenizer)).numpy()
     prompt = tokenizer(recipe.export.smoke_prompt, return_tensors="np").input_ids
     specs = {engine: generation_spec(engine, recipe.export.smoke_prompt, q.check_tokens,
                                      min(recipe.export.max_sequence_length, 256))
@@ -65,9 +66,10 @@ def run(ctx: Context) -> None:
         from export.onnx_perplexity import artifact_perplexity
 
         graph = "onnxruntime" if "onnxruntime" in recipe.export.engines else "deepsparse"
-        tokens = evaluation_tokens(tokenizer, ev.dataset, ev.path)
+        bos = ctx.bos_token_id("evaluation", tokenizer)
+        tokens = evaluation_tokens(tokenizer, ev.dataset, ev.path, bos_per_window=bos is not None)
         result["perplexity"] = {"dataset": ev.dataset, "graph": graph, **{
-            name: artifact_perplexity(folder, tokens, ev.context_length, ev.max_windows, graph, ctx.progress)
+            name: artifact_perplexity(folder, tokens, ev.context_length, ev.max_windows, graph, ctx.progress, bos)
             for name, folder in (("float", source), ("int8", target))}}
         log.info("perplexity of the %s graph: float %.3f, INT8 %.3f", graph,
                  result["perplexity"]["float"]["perplexity"], result["perplexity"]["int8"]["perplexity"])

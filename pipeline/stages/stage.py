@@ -44,6 +44,9 @@ class Stage:
     #: the model its body works on: "dense" (the recipe's source), "saved" (RUN/pruned, or the source
     #: when nothing is pruned) or None; its check runs after that model is loaded (None: before)
     model: Literal["dense", "saved"] | None = None
+    #: up-front checks that need only the source's config (config.json, no weights): run as soon as it is read,
+    #: before any model loads or calibration text is tokenized
+    check_config: Callable[["Context", Any], None] = _nothing
     #: up-front checks, before anything is written; what it returns is kept in ``ctx.prepared[name]``
     check: Callable[["Context"], Any] = _nothing
     #: its part of summary.json, from the files it wrote (None: nothing)
@@ -146,6 +149,20 @@ class Context:
             self.models.get(self.check_model or "saved")
         return self.models.model, self.models.tokenizer
 
+    def bos_per_window(self, part: str) -> bool:
+        """Whether ``part``'s windows (calibration / evaluation) start with a BOS: the recipe's setting, ``auto``
+        resolved by the source config's model_type (pipeline/core/window_protocol.py; config only, no weights)."""
+        from pipeline.core.window_protocol import bos_per_window
+
+        section = self.recipe.calibration if part == "calibration" else self.recipe.evaluation
+        return bos_per_window(section.bos_per_window, getattr(self.models.config(), "model_type", None))
+
+    def bos_token_id(self, part: str, tokenizer) -> int | None:
+        """The BOS id every ``part`` window starts with, or None for the stream protocol."""
+        from pipeline.core.data import bos_id
+
+        return bos_id(tokenizer) if self.bos_per_window(part) else None
+
     def calibration_ids(self):
         """The calibration windows [num_samples, seq_len] (tokenized once per run)."""
         if "calibration" not in self._cache:
@@ -154,7 +171,8 @@ class Context:
             cal = self.recipe.calibration
             _, tokenizer = self.model_for_checks()
             self._cache["calibration"] = calibration_windows(tokenizer, cal.dataset, cal.num_samples, cal.seq_len,
-                                                             cal.seed, cal.path)
+                                                             cal.seed, cal.path,
+                                                             self.bos_token_id("calibration", tokenizer))
             log.info("calibration: %d windows of %d tokens from %s", *self._cache["calibration"].shape, cal.dataset)
         return self._cache["calibration"]
 
@@ -165,17 +183,20 @@ class Context:
 
             ev = self.recipe.evaluation
             _, tokenizer = self.model_for_checks()
-            ids = evaluation_tokens(tokenizer, ev.dataset, ev.path)
-            if ids.numel() < ev.context_length:
+            bos = self.bos_token_id("evaluation", tokenizer)
+            ids = evaluation_tokens(tokenizer, ev.dataset, ev.path, bos_per_window=bos is not None)
+            if ids.numel() < ev.context_length - (bos is not None):
                 raise PipelineError(
                     f"the evaluation text ({ev.dataset}) has {ids.numel()} tokens, fewer than "
                     f"context_length={ev.context_length}",
                     "use a longer evaluation text or a smaller evaluation.context_length",
                 )
             self._cache["evaluation"] = ids
+            self._cache["evaluation_bos"] = bos
         return self._cache["evaluation"]
 
     def eval_args(self, desc: str) -> dict:
         ev = self.recipe.evaluation
+        self.evaluation_ids()
         return dict(context_length=ev.context_length, max_windows=ev.max_windows, device=ev.device,
-                    progress=self.progress, desc=desc)
+                    progress=self.progress, desc=desc, bos_token_id=self._cache["evaluation_bos"])
