@@ -117,12 +117,24 @@ class ExportSection(_Section):
     smoke_tokens: int = Field(16, gt=0)
 
 
+#: the ``benchmark.compare`` entry that means this run's own unpruned model (a folder named so: ``./dense``)
+DENSE = "dense"
+
+
 class BenchmarkSection(BenchmarkSettings):
     """Tokens/s of the artifact (benchmarks/runner.py): the benchmark settings, plus what only a recipe says."""
 
     enabled: bool = False
-    compare: list[str] = Field(default_factory=list,
-                               description="other run folders (or artifact folders) benchmarked interleaved with this one")
+    compare: list[str] = Field(default_factory=lambda: [DENSE],
+                               description=f"artifacts benchmarked interleaved with this one: '{DENSE}' (this run's "
+                                           "unpruned model, exported to RUN/artifact-dense), other run folders or "
+                                           "artifact folders; [] benchmarks this run's artifacts alone")
+
+    def compares_dense(self) -> bool:
+        return DENSE in self.compare
+
+    def compared_folders(self) -> list[str]:
+        return [entry for entry in self.compare if entry != DENSE]
 
 
 class Recipe(_Section):
