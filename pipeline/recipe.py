@@ -112,6 +112,8 @@ class ExportSection(_Section):
                                                                 min_length=1)
     max_sequence_length: int = Field(2048, gt=1, description="longest prompt + generation DeepSparse will serve")
     external_data: bool = Field(False, description="always write weights to model.onnx_data (automatic above 2 GB)")
+    share_weights: bool = Field(True, description="with both engines, one weights file for both graphs (the ONNX "
+                                                  "Runtime graph's model.onnx_data is a hard link to the DeepSparse one's)")
     smoke_test: bool = Field(True, description="after export, generate a few tokens with each engine (child processes)")
     smoke_prompt: str = "The Python language is"
     smoke_tokens: int = Field(16, gt=0)

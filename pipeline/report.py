@@ -31,9 +31,9 @@ VARIANTS = {"dense": "dense", "pruned": "pruned", "int8": "pruned INT8"}
 
 
 def _mib(summary: dict, key: str) -> str | None:
-    """An artifact's size, from its stage's summary."""
+    """An artifact's size on disk (a hard-linked weights file once), from its stage's summary."""
     entry = summary.get(key) or {}
-    size = entry.get("bytes")
+    size = entry.get("disk_bytes") or entry.get("bytes")
     return f"{size / 2**20:.1f} MiB" if size else None
 
 
@@ -57,7 +57,7 @@ def summary_block(summary: dict) -> list[str]:
     sizes = [f"{name} {_mib(summary, key)}" for key, name in (("export_dense", "dense"), ("export", "pruned"),
                                                                ("quantize", "INT8")) if _mib(summary, key)]
     if sizes:
-        lines.append("- artifact size: " + " → ".join(sizes))
+        lines.append("- artifact size on disk: " + " → ".join(sizes))
     bench = summary.get("benchmark") or {}
     rows = bench.get("by_variant") or []
     if rows:

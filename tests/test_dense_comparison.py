@@ -60,7 +60,7 @@ def test_dense_artifact_is_benchmarked_interleaved_and_summarised_then_resumes(s
     assert report.index("## Summary") < report.index("## Pruning")  # the report opens with it
     assert f"**{row['pruned']['speedup_vs_dense']:.2f}x**" in block
     assert f"{row['dense']['tokens_per_s']['median']:.2f}" in block
-    assert "| engine | mode | dense | pruned |" in block and "perplexity" in block and "artifact size: dense" in block
+    assert "| engine | mode | dense | pruned |" in block and "perplexity" in block and "artifact size on disk: dense" in block
     assert "tokens_by_artifact.png" in bench["files"]
 
     again = run_recipe(r, progress=False)

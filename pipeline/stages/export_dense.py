@@ -48,7 +48,7 @@ def run(ctx: Context) -> None:
     metadata = {"recipe": {k: v for k, v in recipe.model_dump(mode="json").items() if k in ("name", *SECTIONS)},
                 "method": "none", "requested_sparsity": None, "scope": None, "dense_of": recipe.name}
     manifest = export_artifact(model, tokenizer, ctx.run_dir / OUTPUT, tuple(ex.engines), ex.max_sequence_length,
-                               metadata=metadata, external_data=ex.external_data)
+                               metadata=metadata, external_data=ex.external_data, share=ex.share_weights)
     ctx.models.release()  # the export cast it to float32 and switched its cache on
     log.info("dense artifact: %s, %.1f MiB", ctx.run_dir / OUTPUT,
              sum(f["bytes"] for f in manifest["files"].values()) / 2**20)
@@ -60,6 +60,7 @@ def summary(recipe, run_dir: Path) -> dict:
     manifest = read_json(run_dir / OUTPUT / MANIFEST, "re-run the recipe with --from export_dense")
     return {"export_dense": {"path": str(run_dir / OUTPUT), "export_seconds": manifest["export_seconds"],
                              "bytes": sum(f["bytes"] for f in manifest["files"].values()),
+                             "disk_bytes": manifest.get("disk_bytes"),
                              "sparsity_in_onnx": manifest["sparsity"]["overall_decoder_linears"],
                              "logits_max_abs_diff": {e: i["logits_max_abs_diff_vs_pytorch"]
                                                      for e, i in manifest["engines"].items()}}}
@@ -68,7 +69,7 @@ def summary(recipe, run_dir: Path) -> dict:
 def report(summary: dict) -> list[str]:
     d = summary["export_dense"]
     diffs = ", ".join(f"{e} {v:.2e}" for e, v in d["logits_max_abs_diff"].items())
-    return ["## Dense artifact", "", f"`{d['path']}`: the unpruned model, {d['bytes'] / 2**20:.1f} MiB, exported in "
+    return ["## Dense artifact", "", f"`{d['path']}`: the unpruned model, {(d.get('disk_bytes') or d['bytes']) / 2**20:.1f} MiB on disk, exported in "
             f"{d['export_seconds']:.1f} s for the dense-vs-pruned benchmark; max abs logit difference vs PyTorch: {diffs}."]
 
 
