@@ -64,7 +64,8 @@ def summary_block(summary: dict) -> list[str]:
         roles = [r for r in VARIANTS if r in bench["variants"]]
         st = bench["settings"]
         lines += ["", f"Tokens/s on {bench['machine']} ({bench['cores']} cores), batch 1, context {st['sequence_length']}, "
-                  f"prefill {st['prefill_length']} tokens, {st['repeats']} interleaved round(s) of {st['seconds']} s; "
+                  + (f"prefill {st['prefill_length']} tokens, " if "prefill" in st["modes"] else "")
+                  + f"{st['repeats']} interleaved round(s) of {st['seconds']} s; "
                   "median (min–max), speedup over dense in the same engine from the same rounds:", "",
                   "| engine | mode | " + " | ".join(VARIANTS[r] for r in roles) + " |", "|---|---|" + "---|" * len(roles)]
         for row in rows:
