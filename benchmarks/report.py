@@ -162,21 +162,106 @@ def _equal_speed(results: dict) -> list[str]:
     return (["## Equal speed at equal sparsity"] + lines) if lines else []
 
 
-def _finish(fig, ax, ylabel: str, title: str, path: Path, made: list[str]) -> None:
-    """Label, lay out and write a plot atomically; record its file name in ``made``."""
+def _save(fig, path: Path, made: list[str]) -> None:
+    """Lay out and write a figure atomically; record its file name in ``made``."""
     import io
 
     import matplotlib.pyplot as plt
 
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
-    ax.set_title(title)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
     write_bytes_atomic(path, buffer.getvalue())
     made.append(path.name)
+
+
+def _finish(fig, ax, ylabel: str, title: str, path: Path, made: list[str]) -> None:
+    """Label a one-axes plot and write it."""
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=8)
+    _save(fig, path, made)
+
+
+def _context(results: dict) -> str:
+    """The line every plot carries: models, CPU, settings."""
+    m, st = results["machine"], results["settings"]
+    models = sorted({a.get("model") or a["name"] for a in results["artifacts"]})
+    return (f"{', '.join(models)}; {m['cpu']}, {m['cores']} cores\nbatch 1, context {st['sequence_length']}, threads "
+            f"{st['threads'] or 'all'}, {st['repeats']} interleaved round(s) x {st['seconds']} s")
+
+
+def _role_order(a: dict) -> tuple:
+    """Dense first, then the float pruned artifacts by sparsity, INT8 last."""
+    return (a["method"].endswith("+int8"), a["method"] != "none", a["sparsity"], a["key"])
+
+
+def artifact_bars(results: dict) -> dict:
+    """What tokens_by_artifact.png shows, from the summary: the artifacts of the deepest depth (dense first, INT8
+    last) and, per mode and engine, each one's tokens/s (median, min, max over the interleaved rounds) and its
+    speedup over the dense artifact in the same engine (None for dense, or with no dense)."""
+    s = results["summary"]
+    deepest = max(a["layers"] for a in results["artifacts"])
+    arts = sorted((a for a in results["artifacts"] if a["layers"] == deepest), key=_role_order)
+    labels = {a["key"]: _sparsity_label(a) for a in arts}
+    if len(set(labels.values())) < len(labels):  # compared runs of the same method and sparsity
+        labels = {a["key"]: f"{a['name']}: {labels[a['key']]}" for a in arts}
+    cells = {(c["artifact"], c["engine"], c["mode"]): c["tokens_per_s"] for c in s["cells"]}
+    speed = {(x["artifact"], x["engine"], x["mode"]): x["ratio"] for x in s["speedups"] if x["vs"] == x["engine"]}
+    modes: dict[str, dict] = {}
+    for mode in results["settings"]["modes"]:
+        for engine in ENGINE_NAMES:
+            bars = {a["key"]: {**{k: cells[(a["key"], engine, mode)][k] for k in ("median", "min", "max")},
+                               "speedup": speed.get((a["key"], engine, mode))}
+                    for a in arts if (a["key"], engine, mode) in cells}
+            if bars:
+                modes.setdefault(mode, {})[engine] = bars
+    return {"layers": deepest, "artifacts": [a["key"] for a in arts], "labels": labels,
+            "models": sorted({a.get("model") or a["name"] for a in arts}), "modes": modes}
+
+
+def tokens_by_artifact_figure(results: dict):
+    """Bars of tokens/s per engine, one per artifact (dense / pruned / INT8), whiskers the min–max of the
+    interleaved rounds, each bar labelled with its median and its speedup over dense; titled with the model,
+    the CPU and the settings. Returns the matplotlib figure (None: nothing measured)."""
+    import matplotlib.pyplot as plt
+
+    data = artifact_bars(results)
+    if not data["modes"]:
+        return None
+    m, st = results["machine"], results["settings"]
+    fig, axes = plt.subplots(1, len(data["modes"]), figsize=(5.5 * len(data["modes"]), 4.6), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    keys = data["artifacts"]
+    width = 0.8 / len(keys)
+    for ax, (mode, engines) in zip(axes[0], data["modes"].items()):
+        names = list(engines)
+        for i, key in enumerate(keys):
+            xs = [j + (i - (len(keys) - 1) / 2) * width for j, e in enumerate(names) if key in engines[e]]
+            bars = [engines[e][key] for e in names if key in engines[e]]
+            if not bars:
+                continue
+            ax.bar(xs, [b["median"] for b in bars], width, color=colors[i % len(colors)], label=data["labels"][key],
+                   yerr=[[b["median"] - b["min"] for b in bars], [b["max"] - b["median"] for b in bars]], capsize=3)
+            for x, b in zip(xs, bars):
+                text = f"{b['median']:.1f}" + (f"\n{b['speedup']:.2f}x" if b["speedup"] else "")
+                ax.annotate(text, (x, b["max"]), textcoords="offset points", xytext=(0, 2), ha="center",
+                            va="bottom", fontsize=7)
+        ax.set_xticks(range(len(names)), [ENGINE_NAMES[e] for e in names])
+        ax.set_ylabel(f"{mode} tokens/s (higher is better)")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.15)  # room for the labels
+        what = (f"1 new token, {st['sequence_length'] - 1} cached" if mode == "decode"
+                else f"{st['prefill_length']}-token prompt")
+        ax.set_title(f"{mode}: {what}", fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"Tokens/s by engine: {', '.join(data['models'])} ({_layers(data['layers'])})\n"
+                 f"{m['cpu']}, {m['cores']} cores; batch 1, threads {st['threads'] or 'all'}, "
+                 f"{st['repeats']} interleaved round(s) x {st['seconds']} s", fontsize=9)
+    fig.text(0.5, 0.005, "bar: median; whiskers: min–max over the rounds; label: median and speedup over dense "
+             "in the same engine (same rounds)", ha="center", va="bottom", fontsize=7, color="dimgray")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
 
 
 def _plots(results: dict, out: Path) -> list[str]:
@@ -187,9 +272,12 @@ def _plots(results: dict, out: Path) -> list[str]:
 
     s = results["summary"]
     made = []
+    fig = tokens_by_artifact_figure(results)
+    if fig is not None:
+        _save(fig, out / "tokens_by_artifact.png", made)
     decode = [c for c in s["cells"] if c["mode"] == "decode" and c["method"] in ("none", "dass")]
-    if decode:
-        deepest = max(c["layers"] for c in decode)
+    deepest = max((c["layers"] for c in decode), default=0)
+    if len({c["sparsity"] for c in decode if c["layers"] == deepest}) > 1:  # a line needs two x values
         fig, ax = plt.subplots(figsize=(6, 4))
         for engine in ENGINE_NAMES:
             pts = sorted((c["sparsity"], c["tokens_per_s"]) for c in decode if c["engine"] == engine and c["layers"] == deepest)
@@ -205,7 +293,7 @@ def _plots(results: dict, out: Path) -> list[str]:
                         label=f"{ENGINE_NAMES[engine]} ({results['settings']['extrapolate_to_layers']} layers, extrapolated)")
         ax.set_xlabel("sparsity of the decoder linears")
         ax.set_yscale("log")
-        _finish(fig, ax, "decode tokens/s", "Decode speed vs sparsity (DaSS)", out / "tokens_vs_sparsity.png", made)
+        _finish(fig, ax, "decode tokens/s", "Decode speed vs sparsity (DaSS)\n" + _context(results), out / "tokens_vs_sparsity.png", made)
     paper = PAPER["tokens_per_s"]
     bars: dict[str, list] = {"paper (LLaMA-2-7B, 24-core Xeon)": [paper[0.5] / paper[None], paper[0.7] / paper[None]]}
     arts = {a["key"]: a for a in results["artifacts"]}
@@ -229,7 +317,7 @@ def _plots(results: dict, out: Path) -> list[str]:
             ax.bar(xs, [v for v in values if v is not None], width, label=label)
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_xticks([j + width * (len(bars) - 1) / 2 for j in range(2)], ["50%", "70%"])
-        _finish(fig, ax, "DeepSparse decode speedup over dense", "Speedup: ours vs the paper",
+        _finish(fig, ax, "DeepSparse decode speedup over dense", "Speedup: ours vs the paper\n" + _context(results),
                 out / "speedup_vs_paper.png", made)
     return made
 

@@ -49,7 +49,8 @@ def describe_artifact(path: Path, key: str | None = None, name: str | None = Non
     if manifest.get("quantization"):  # an INT8 artifact is never the float dense reference
         method = f"{method}+int8"
     label = path.parent.name if path.name == "artifact" else path.name  # RUN/artifact -> RUN's name
-    return {"key": key or label, "name": name or label, "path": str(path), "method": method,
+    model = (manifest.get("recipe") or {}).get("model", {}).get("source") or config.get("_name_or_path") or label
+    return {"key": key or label, "name": name or label, "path": str(path), "method": method, "model": model,
             "requested_sparsity": requested, "sparsity": sparsity, "layers": config["num_hidden_layers"],
             "graphs": sorted(manifest["engines"])}
 

@@ -107,3 +107,26 @@ def _extrapolation(table: list[dict], target_layers: int) -> list[dict]:
         ort = dense.get(("onnxruntime", r["mode"]))
         r["vs_onnxruntime_dense"] = r["tokens_per_s"] / ort["tokens_per_s"] if ort and r["engine"] == "deepsparse" else None
     return rows
+
+
+def variant_rows(results: dict, variants: dict[str, str]) -> list[dict]:
+    """Per (engine, mode), the tokens/s spread of each variant (e.g. dense / pruned / int8 -> artifact key) and,
+    for the others, the speedup over the ``dense`` variant in the same engine from the same interleaved rounds
+    (ratio of medians and the range of the per-round paired ratios)."""
+    cells = _cells(results)
+    dense = variants.get("dense")
+    keys = set(variants.values())
+    rows = []
+    for engine, mode in sorted({(e, m) for (k, e, m) in cells if k in keys}):
+        row: dict = {"engine": engine, "mode": mode}
+        for variant, key in variants.items():
+            ms = cells.get((key, engine, mode))
+            if not ms:
+                continue
+            row[variant] = {"artifact": key, "tokens_per_s": spread([m["tokens_per_s"] for m in ms])}
+            ratio = paired_ratio(cells, (key, engine, mode), (dense, engine, mode)) if dense and key != dense else None
+            if ratio:
+                row[variant]["speedup_vs_dense"] = ratio["ratio"]
+                row[variant]["speedup_per_round"] = ratio["per_round"]
+        rows.append(row)
+    return rows

@@ -16,8 +16,9 @@ subfolder loads as is:
 
 Weights: the DeepSparse graph always keeps them in ``model.onnx_data`` (DeepSparse rewrites
 ``model.onnx`` in place with static shapes when it loads; our loaders hand it a scratch copy of
-that small file, see export/engines.py). The ONNX Runtime graph does so above 2 GB, or always with
-``external_data=True``.
+that small file, see export/engines.py). With both graphs (and ``share``), the ONNX Runtime graph reads
+the same file: its ``model.onnx_data`` is a hard link to the DeepSparse one (export/shared_weights.py says
+why not a reference); otherwise it keeps its own above 2 GB, or always with ``external_data=True``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from export.checks import (
 )
 from export.deepsparse_families import quirks_for
 from export.deepsparse_graph import PATCHES
+from export.shared_weights import share_weights
 from pipeline.common.errors import PipelineError
 from pipeline.common.outputs import StagingDir, read_json, write_json_atomic
 
@@ -79,6 +81,16 @@ def pad_external_data(folder: Path) -> None:
     if data.is_file():
         with open(data, "ab") as handle:
             handle.write(b"\0" * DEEPSPARSE_DATA_TAIL)
+
+
+def disk_bytes(folder: Path) -> int:
+    """Bytes the files under ``folder`` take, a file with several names (hard links) counted once."""
+    seen = {}
+    for p in Path(folder).rglob("*"):
+        if p.is_file():
+            st = p.stat()
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
 
 
 def estimated_bytes(params: int, engines: tuple[str, ...]) -> int:
@@ -122,8 +134,10 @@ def _export_onnxruntime(model, folder: Path) -> None:
 
 
 def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = ENGINES, max_positions: int = 2048,
-                    metadata: dict | None = None, external_data: bool = False, check_prompt: str = "The quick brown fox") -> dict:
-    """Export ``model`` (pruned or not) for each engine into ``target``, atomically. Returns the manifest."""
+                    metadata: dict | None = None, external_data: bool = False, check_prompt: str = "The quick brown fox",
+                    share: bool = True) -> dict:
+    """Export ``model`` (pruned or not) for each engine into ``target``, atomically. Returns the manifest.
+    ``share``: with both graphs, the ONNX Runtime one reads the DeepSparse one's weights file (export/shared_weights.py)."""
     target = Path(target)
     preflight_export(model, target, engines)
     max_positions = min(max_positions, getattr(model.config, "max_position_embeddings", max_positions))
@@ -182,6 +196,17 @@ def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = E
                                                load='deepsparse.TextGeneration(model_path="ARTIFACT/deepsparse")')
                 else:
                     engine_info[engine]["load"] = 'ORTModelForCausalLM.from_pretrained("ARTIFACT/onnxruntime")'
+            if share and len(engine_info) == 2:
+                shared = share_weights(tmp)
+                if shared and shared["hard_link"]:  # the rewritten graph must still compute the same logits
+                    logits = onnxruntime_graph_logits(tmp / "onnxruntime" / "model.onnx", model.config, prompt.numpy())
+                    diff = float(np.abs(logits - reference).max())
+                    if diff > LOGITS_ATOL:
+                        raise PipelineError(f"the onnxruntime graph reading the shared weights file differs from "
+                                            f"PyTorch by {diff:.2e} (> {LOGITS_ATOL})",
+                                            "export with export.share_weights: false and report this as a bug")
+                    engine_info["onnxruntime"].update(external_data=True, logits_max_abs_diff_vs_pytorch=diff)
+                engine_info["onnxruntime"]["shared_weights"] = shared
             files = file_table(tmp)
             first = next(iter(engine_info.values()))["sparsity_in_onnx"]
             total = sum(weights[n].numel() for n in first)
@@ -198,6 +223,7 @@ def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = E
                 "export_seconds": time.time() - started,
                 "versions": _versions(),
                 "files": files,
+                "disk_bytes": disk_bytes(tmp),
             }
             write_json_atomic(tmp / MANIFEST, manifest)
     finally:

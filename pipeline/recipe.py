@@ -119,17 +119,31 @@ class ExportSection(_Section):
                                                                 min_length=1)
     max_sequence_length: int = Field(2048, gt=1, description="longest prompt + generation DeepSparse will serve")
     external_data: bool = Field(False, description="always write weights to model.onnx_data (automatic above 2 GB)")
+    share_weights: bool = Field(True, description="with both engines, one weights file for both graphs (the ONNX "
+                                                  "Runtime graph's model.onnx_data is a hard link to the DeepSparse one's)")
     smoke_test: bool = Field(True, description="after export, generate a few tokens with each engine (child processes)")
     smoke_prompt: str = "The Python language is"
     smoke_tokens: int = Field(16, gt=0)
+
+
+#: the ``benchmark.compare`` entry that means this run's own unpruned model (a folder named so: ``./dense``)
+DENSE = "dense"
 
 
 class BenchmarkSection(BenchmarkSettings):
     """Tokens/s of the artifact (benchmarks/runner.py): the benchmark settings, plus what only a recipe says."""
 
     enabled: bool = False
-    compare: list[str] = Field(default_factory=list,
-                               description="other run folders (or artifact folders) benchmarked interleaved with this one")
+    compare: list[str] = Field(default_factory=lambda: [DENSE],
+                               description=f"artifacts benchmarked interleaved with this one: '{DENSE}' (this run's "
+                                           "unpruned model, exported to RUN/artifact-dense), other run folders or "
+                                           "artifact folders; [] benchmarks this run's artifacts alone")
+
+    def compares_dense(self) -> bool:
+        return DENSE in self.compare
+
+    def compared_folders(self) -> list[str]:
+        return [entry for entry in self.compare if entry != DENSE]
 
 
 class Recipe(_Section):

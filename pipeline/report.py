@@ -13,6 +13,7 @@ def render_report(summary: dict) -> str:
              + (f", alpha {summary['alpha']}" if summary.get("alpha") is not None else "")]
     if summary.get("seconds") is not None:
         lines.append(f"- whole run: {summary['seconds']:.1f} s")
+    lines += summary_block(summary)
     status = summary.get("stages") or {}
     for stage in STAGES:
         if stage.name in status:
@@ -24,6 +25,65 @@ def render_report(summary: dict) -> str:
         lines += [f"| {name} | {state} |" for name, state in status.items()]
     lines += _resources(summary.get("resources") or {})
     return "\n".join(lines) + "\n"
+
+
+VARIANTS = {"dense": "dense", "pruned": "pruned", "int8": "pruned INT8"}
+
+
+def _mib(summary: dict, key: str) -> str | None:
+    """An artifact's size on disk (a hard-linked weights file once), from its stage's summary."""
+    entry = summary.get(key) or {}
+    size = entry.get("disk_bytes") or entry.get("bytes")
+    return f"{size / 2**20:.1f} MiB" if size else None
+
+
+def summary_block(summary: dict) -> list[str]:
+    """The run at a glance: sparsity, perplexity dense -> pruned (-> INT8), tokens/s dense -> pruned -> INT8 per
+    engine with the speedups the benchmark stage computed, artifact sizes. Formats what the stages wrote."""
+    lines = []
+    achieved = summary.get("sparsity_achieved")
+    if achieved:
+        onnx = (summary.get("export") or {}).get("sparsity_in_onnx")
+        lines.append(f"- sparsity achieved: **{achieved['overall']:.4f}** of the pruned projections"
+                     + (f" ({onnx:.4f} of all decoder linears, read back from the ONNX file)" if onnx is not None else ""))
+    ppl = summary.get("perplexity") or {}
+    steps = [f"{name} {ppl[k]['perplexity']:.3f}" for k, name in (("dense", "dense"), ("pruned", "pruned")) if k in ppl]
+    qp = (summary.get("quantize") or {}).get("perplexity")
+    if qp:
+        steps.append(f"INT8 {qp['int8']['perplexity']:.3f} (its float graph: {qp['float']['perplexity']:.3f}; "
+                     f"{qp['graph']} graph, {qp['int8']['windows']} windows)")
+    if steps:
+        lines.append(f"- perplexity ({ppl.get('dataset') or qp['dataset']}): " + " → ".join(steps))
+    sizes = [f"{name} {_mib(summary, key)}" for key, name in (("export_dense", "dense"), ("export", "pruned"),
+                                                               ("quantize", "INT8")) if _mib(summary, key)]
+    if sizes:
+        lines.append("- artifact size on disk: " + " → ".join(sizes))
+    bench = summary.get("benchmark") or {}
+    rows = bench.get("by_variant") or []
+    if rows:
+        roles = [r for r in VARIANTS if r in bench["variants"]]
+        st = bench["settings"]
+        lines += ["", f"Tokens/s on {bench['machine']} ({bench['cores']} cores), batch 1, context {st['sequence_length']}, "
+                  + (f"prefill {st['prefill_length']} tokens, " if "prefill" in st["modes"] else "")
+                  + f"{st['repeats']} interleaved round(s) of {st['seconds']} s; "
+                  "median (min–max), speedup over dense in the same engine from the same rounds:", "",
+                  "| engine | mode | " + " | ".join(VARIANTS[r] for r in roles) + " |", "|---|---|" + "---|" * len(roles)]
+        for row in rows:
+            cells = []
+            for role in roles:
+                v = row.get(role)
+                if not v:
+                    cells.append("–")
+                    continue
+                t = v["tokens_per_s"]
+                text = f"{t['median']:.2f} ({t['min']:.2f}–{t['max']:.2f})"
+                if v.get("speedup_vs_dense"):
+                    text += f" **{v['speedup_vs_dense']:.2f}x**"
+                cells.append(text)
+            lines.append(f"| {row['engine']} | {row['mode']} | " + " | ".join(cells) + " |")
+        if bench.get("partial"):
+            lines.append(f"\nPartial benchmark: {bench['partial']}.")
+    return (["", "## Summary", ""] + lines) if lines else []
 
 
 def _gib(value) -> str:

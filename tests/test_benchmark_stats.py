@@ -157,7 +157,7 @@ def test_report_has_the_paper_table_ours_and_the_plots(tmp_path):
     results = run_benchmark(ARTIFACTS, settings(), tmp_path, progress=False, measure_fn=measure)
     made = write_report(results, tmp_path, command="python -m benchmarks.paper_table run X")
     text = (tmp_path / "report.md").read_text()
-    assert made == ["report.md", "tokens_vs_sparsity.png", "speedup_vs_paper.png"]
+    assert made == ["report.md", "tokens_by_artifact.png", "tokens_vs_sparsity.png", "speedup_vs_paper.png"]
     for name in made[1:]:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "python -m benchmarks.paper_table run X" in text
@@ -192,3 +192,47 @@ def test_bad_settings_are_clear_errors(tmp_path):
     with pytest.raises(ValidationError, match="prefill_length 64 must be below sequence_length 64"):
         settings(prefill_length=64)
     assert not (tmp_path / "results.json").exists()
+
+
+def single_run_artifacts():
+    """One run's artifacts: dense, pruned (DeepSparse and ONNX Runtime graphs) and the pruned INT8 copy."""
+    arts = [artifact("run-dense", "none", None, 2), artifact("run", "dass", 0.5, 2), artifact("run-int8", "dass+int8", 0.5, 2)]
+    for a in arts:
+        a["graphs"], a["model"] = ["deepsparse", "onnxruntime"], "tiny/model"
+        BY_PATH[a["path"]] = a
+    return arts
+
+
+def test_single_run_plot_has_a_bar_per_artifact_and_engine_with_speedups(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.container import BarContainer
+
+    from benchmarks.report import artifact_bars, tokens_by_artifact_figure
+
+    arts = single_run_artifacts()
+    measure, _ = fake_measure(noise=lambda i: 1.0 + 0.01 * (i % 3))
+    results = run_benchmark(arts, settings(engines=["deepsparse", "onnxruntime"], extrapolate_to_layers=None),
+                            tmp_path, progress=False, measure_fn=measure)
+    data = artifact_bars(results)
+    assert data["artifacts"] == ["depth2/run-dense", "depth2/run", "depth2/run-int8"]
+    assert list(data["labels"].values()) == ["dense", "dass 50%", "dass+int8 50%"]
+    fig = tokens_by_artifact_figure(results)
+    for ax, mode in zip(fig.axes, ("decode", "prefill")):
+        containers = [c for c in ax.containers if isinstance(c, BarContainer)]
+        assert [c.get_label() for c in containers] == ["dense", "dass 50%", "dass+int8 50%"]
+        for c, key in zip(containers, data["artifacts"]):
+            heights = [bar.get_height() for bar in c]  # one bar per engine, the median of the rounds
+            assert heights == [data["modes"][mode][e][key]["median"] for e in ("deepsparse", "onnxruntime")]
+        ds = data["modes"][mode]["deepsparse"]["depth2/run"]
+        assert ds["speedup"] == pytest.approx(ds["median"] / data["modes"][mode]["deepsparse"]["depth2/run-dense"]["median"])
+        assert ds["speedup"] > 1.5  # DeepSparse's synthetic gain at 50%
+        assert f"{ds['speedup']:.2f}x" in {t.get_text().split("\n")[-1] for t in ax.texts}
+    assert "tiny/model" in fig._suptitle.get_text() and results["machine"]["cpu"] in fig._suptitle.get_text()
+    made = write_report(results, tmp_path)
+    assert made[:2] == ["report.md", "tokens_by_artifact.png"] and "tokens_vs_sparsity.png" in made  # 0 and 50%
+    assert (tmp_path / "tokens_by_artifact.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    alone = run_benchmark(arts[1:2], settings(engines=["deepsparse"], modes=["decode"], extrapolate_to_layers=None),
+                          tmp_path / "alone", progress=False, measure_fn=measure)
+    assert write_report(alone, tmp_path / "alone") == ["report.md", "tokens_by_artifact.png"]  # no one-point line

@@ -129,3 +129,36 @@ def test_not_enough_disk_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(PipelineError, match="not enough disk"):
         export_artifact(pruned_tiny(), tiny_tokenizer(), target)
     assert not target.exists()
+
+
+def test_both_graphs_read_one_weights_file(tiny_artifact):
+    """The ONNX Runtime graph's data file is a hard link to the DeepSparse graph's: one copy of the weights on
+    disk, every checksum in the manifest still true, and the ONNX Runtime graph still computes PyTorch's logits."""
+    import os
+
+    model, folder, manifest = tiny_artifact
+    ds, ort = folder / "deepsparse" / "model.onnx_data", folder / "onnxruntime" / "model.onnx_data"
+    assert os.path.samefile(ds, ort)
+    shared = manifest["engines"]["onnxruntime"]["shared_weights"]
+    assert shared["hard_link"] and shared["shared_bytes"] > 0.9 * sum(p.numel() * 4 for p in model.parameters())
+    assert manifest["disk_bytes"] == sum(f["bytes"] for f in manifest["files"].values()) - ds.stat().st_size
+    open_artifact(folder, verify_checksums=True)
+    graph = onnx.load(str(folder / "onnxruntime" / "model.onnx"), load_external_data=False).graph
+    locations = {e.value for t in graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx_data"}  # inside its own folder: ONNX Runtime refuses paths that leave it
+    prompt = tiny_tokenizer()("The quick brown fox", return_tensors="pt").input_ids
+    with torch.no_grad():
+        reference = model.float()(input_ids=prompt, use_cache=False).logits.numpy()
+    logits = onnxruntime_graph_logits(folder / "onnxruntime" / "model.onnx", model.config, prompt.numpy())
+    assert np.abs(logits - reference).max() < 1e-3
+
+
+def test_share_weights_off_keeps_two_files(tmp_path):
+    import os
+
+    folder = tmp_path / "artifact"
+    manifest = export_artifact(pruned_tiny(), tiny_tokenizer(), folder, max_positions=64, external_data=True,
+                               share=False)
+    assert not os.path.samefile(folder / "deepsparse" / "model.onnx_data", folder / "onnxruntime" / "model.onnx_data")
+    assert "shared_weights" not in manifest["engines"]["onnxruntime"]
+    assert manifest["disk_bytes"] == sum(f["bytes"] for f in manifest["files"].values())

@@ -7,7 +7,7 @@ runner, resuming, the resource preflight, ``--from``, summary.json and report.md
 
 from __future__ import annotations
 
-from pipeline.stages import baseline, benchmark, evaluate, export, prune, quantize
+from pipeline.stages import baseline, benchmark, evaluate, export, export_dense, prune, quantize
 from pipeline.stages.stage import Stage
 
 STAGES: tuple[Stage, ...] = (
@@ -15,6 +15,7 @@ STAGES: tuple[Stage, ...] = (
     prune.STAGE,
     evaluate.STAGE,
     export.STAGE,
+    export_dense.STAGE,
     quantize.STAGE,
     benchmark.STAGE,
 )

@@ -1,4 +1,5 @@
-"""benchmark: tokens/s of this run's artifact(s), interleaved with the compared runs' (benchmarks/runner.py);
+"""benchmark: tokens/s of this run's artifacts (dense, pruned, INT8), interleaved with each other and with the
+compared runs' (benchmarks/runner.py);
 RUN/benchmark/ (results.json, report.md, plots) and RUN/benchmark.json."""
 
 from __future__ import annotations
@@ -17,36 +18,55 @@ def check(ctx: Context) -> list[dict]:
 
     recipe = ctx.recipe
     check_machine(recipe.benchmark.settings())
-    others = [find_artifact(entry, "benchmark.compare:") for entry in recipe.benchmark.compare]
-    names = [a["key"] for a in others] + [recipe.name] + ([f"{recipe.name}-int8"] if recipe.quantize.enabled else [])
+    others = [find_artifact(entry, "benchmark.compare:") for entry in recipe.benchmark.compared_folders()]
+    names = [a["key"] for a in others] + list(variants(recipe).values())
     if len(set(names)) != len(names):
         raise PipelineError(f"benchmark.compare: two benchmarked artifacts would share a name in {names}",
                             "compare runs whose folder names differ from each other and from this recipe's name")
     return others
 
 
+def variants(recipe) -> dict[str, str]:
+    """This run's artifacts by role (dense / pruned / int8) -> the name each is benchmarked under."""
+    from pipeline.stages.export_dense import applies as exports_dense
+
+    name = recipe.name
+    found = {"dense": f"{name}-dense"} if exports_dense(recipe) else {}
+    found["dense" if recipe.prune.method == "none" else "pruned"] = name
+    if recipe.quantize.enabled:
+        found["int8"] = f"{name}-int8"
+    return found
+
+
+FOLDERS = {"dense": "artifact-dense", "pruned": "artifact", "int8": "artifact-int8"}
+
+
 def run(ctx: Context) -> None:
-    """Benchmark this run's artifact interleaved with ``others``; RUN/benchmark/{results.json, report.md, *.png}."""
+    """Benchmark this run's artifacts (the dense one first) interleaved with the compared ones;
+    RUN/benchmark/{results.json, report.md, *.png} and RUN/benchmark.json."""
     from benchmarks.report import write_report
     from benchmarks.runner import describe_artifact, run_benchmark
+    from benchmarks.stats import variant_rows
 
     recipe, run_dir = ctx.recipe, ctx.run_dir
     ctx.models.release()  # the engines run in child processes; free the parent's copy for them
-    mine = [describe_artifact(run_dir / "artifact", key=recipe.name, name=recipe.name)]
-    if recipe.quantize.enabled:
-        name = f"{recipe.name}-int8"
-        mine.append(describe_artifact(run_dir / "artifact-int8", key=name, name=name))
+    roles = variants(recipe)
+    folder = {**FOLDERS, "dense": "artifact" if recipe.prune.method == "none" else FOLDERS["dense"]}
+    mine = [describe_artifact(run_dir / folder[role], key=key, name=key) for role, key in roles.items()]
     out = run_dir / "benchmark"
     results = run_benchmark([*ctx.prepared["benchmark"], *mine], recipe.benchmark.settings(), out, progress=ctx.progress,
                             command=f"pipeline run {recipe.name} (benchmark stage)")
     files = write_report(results, out)
-    keys = {a["key"] for a in mine}
+    keys = {roles[r] for r in roles if r != "dense" or recipe.prune.method == "none"}
     cells = [c for c in results["summary"]["cells"] if c["artifact"] in keys]
     write_json_atomic(run_dir / "benchmark.json", {
         "path": str(out), "files": files, "partial": results["partial"], "failures": len(results["failures"]),
+        "machine": results["machine"]["cpu"], "cores": results["machine"]["cores"],
+        "settings": results["settings"],
         "tokens_per_s": {f"{c['engine']} {c['mode']}" + (" int8" if c["artifact"] != recipe.name else ""):
                          c["tokens_per_s"]["median"] for c in cells},
-        "speedups": [x for x in results["summary"]["speedups"] if x["artifact"] in keys]})
+        "speedups": [x for x in results["summary"]["speedups"] if x["artifact"] in keys],
+        "variants": roles, "by_variant": variant_rows(results, roles)})
 
 
 def summary(recipe, run_dir: Path) -> dict:
@@ -74,6 +94,6 @@ def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
 
 STAGE = Stage(name="benchmark", about="tokens/s in each engine",
               sections=("name", "model", "calibration", "prune", "export", "quantize", "evaluation", "benchmark"),
-              outputs=("benchmark", "benchmark.json"), reads=("export", "quantize"),
+              outputs=("benchmark", "benchmark.json"), reads=("export", "export_dense", "quantize"),
               applies=lambda r: r.benchmark.enabled, check=check, estimate=estimate, run=run, summary=summary,
               report=report)

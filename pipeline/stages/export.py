@@ -48,10 +48,11 @@ def run(ctx: Context) -> None:
                 "recipe_hash": recipe.content_hash(), "method": recipe.prune.method,
                 "requested_sparsity": str(recipe.prune.sparsity), "scope": recipe.prune.scope}
     manifest = export_artifact(model, tokenizer, run_dir / "artifact", tuple(ex.engines), ex.max_sequence_length,
-                               metadata=metadata, external_data=ex.external_data)
+                               metadata=metadata, external_data=ex.external_data, share=ex.share_weights)
     ctx.models.release()  # the export cast it to float32 and switched its cache on
     result = {"path": str(run_dir / "artifact"), "export_seconds": manifest["export_seconds"],
-              "bytes": sum(f["bytes"] for f in manifest["files"].values()),
+              "bytes": sum(f["bytes"] for f in manifest["files"].values()), "disk_bytes": manifest["disk_bytes"],
+              "shared_weights": (manifest["engines"].get("onnxruntime") or {}).get("shared_weights"),
               "sparsity_in_onnx": manifest["sparsity"]["overall_decoder_linears"],
               "logits_max_abs_diff": {e: i["logits_max_abs_diff_vs_pytorch"] for e, i in manifest["engines"].items()}}
     if ex.smoke_test:
@@ -70,7 +71,11 @@ def summary(recipe, run_dir: Path) -> dict:
 
 def report(summary: dict) -> list[str]:
     ex = summary["export"]
-    lines = ["## Artifact", "", f"`{ex['path']}`: {ex['bytes'] / 2**20:.1f} MiB, exported in {ex['export_seconds']:.1f} s; "
+    shared = ex.get("shared_weights") or {}
+    size = (f"{ex['disk_bytes'] / 2**20:.1f} MiB on disk (the two graphs share one weights file: "
+            f"{shared['shared_bytes'] / 2**20:.1f} MiB, hard-linked; {ex['bytes'] / 2**20:.1f} MiB counted per name)"
+            if shared.get("hard_link") else f"{ex['bytes'] / 2**20:.1f} MiB")
+    lines = ["## Artifact", "", f"`{ex['path']}`: {size}, exported in {ex['export_seconds']:.1f} s; "
              f"sparsity of the decoder linears read back from the ONNX file: {ex['sparsity_in_onnx']:.4f}.", "",
              "| engine | max abs logit difference vs PyTorch | smoke-test generation |", "|---|---|---|"]
     for engine, diff in ex["logits_max_abs_diff"].items():

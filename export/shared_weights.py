@@ -1,0 +1,102 @@
+"""One weights file for both graphs of an artifact.
+
+The DeepSparse and ONNX Runtime graphs come out of the same model, so their weight tensors hold the same
+bytes, mostly under different initializer names (the exporter names and transposes them per graph). This
+finds each tensor by the sha256 of its bytes and points every initializer of the ONNX Runtime graph whose bytes are in
+``deepsparse/model.onnx_data`` at that tensor's offset there, and makes ``onnxruntime/model.onnx_data`` a
+hard link to that file: one copy of the weights on disk.
+
+Why a hard link and not a reference: ONNX Runtime (1.26) refuses external data outside the model's own
+folder, whether the location says ``../deepsparse/model.onnx_data`` or is a symbolic link resolving there
+("External data path for model escapes model directory"); and each engine's folder must load on its own.
+A hard link is a second name of the same file, so both folders load as they are. What it cannot do:
+survive a copy that does not keep hard links (``cp -r``, zip; ``tar`` and ``rsync -H`` keep them) — the
+copy is then two identical files, still correct. The DeepSparse file's zero tail (export/artifact.py,
+DEEPSPARSE_DATA_TAIL) is addressed by nobody and harmless to ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+DATA = "model.onnx_data"
+
+
+def _external(tensor) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def _offsets(folder: Path) -> dict[str, tuple[int, int]]:
+    """sha256 of each external tensor of ``folder/model.onnx`` -> (offset, length) in its data file."""
+    import onnx
+
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    found = {}
+    with open(folder / DATA, "rb") as data:
+        for tensor in graph.initializer:
+            ext = _external(tensor)
+            if ext.get("location") == DATA:
+                offset, length = int(ext.get("offset", 0)), int(ext["length"])
+                data.seek(offset)
+                found.setdefault(hashlib.sha256(data.read(length)).hexdigest(), (offset, length))
+    return found
+
+
+def share_weights(artifact: Path) -> dict | None:
+    """Point the ONNX Runtime graph of ``artifact`` (a folder being written) at the DeepSparse graph's weights
+    file; returns what was shared, or None when the artifact lacks one of the two graphs. A tensor is found by
+    the sha256 of its bytes (any copy of equal bytes serves); an inline one not found stays inline, an external
+    one not found leaves the graph as it was (its bytes would be lost with its own data file)."""
+    import onnx
+    from onnx import numpy_helper
+
+    artifact = Path(artifact)
+    ds, ort = artifact / "deepsparse", artifact / "onnxruntime"
+    if not (ds / DATA).is_file() or not (ort / "model.onnx").is_file():
+        return None
+    where = _offsets(ds)
+    model = onnx.load(str(ort / "model.onnx"), load_external_data=False)  # weights stay on disk
+    plan, kept = [], 0
+    with open(ort / DATA, "rb") if (ort / DATA).is_file() else open(os.devnull, "rb") as data:
+        for tensor in model.graph.initializer:
+            ext = _external(tensor)
+            if ext:
+                data.seek(int(ext.get("offset", 0)))
+                raw = data.read(int(ext["length"]))
+            else:
+                raw = tensor.raw_data or numpy_helper.to_array(tensor).tobytes()
+            spot = where.get(hashlib.sha256(raw).hexdigest())
+            if spot is None or spot[1] != len(raw):
+                if ext:  # its bytes live only in the file the hard link replaces: share nothing
+                    log.info("onnxruntime graph keeps its own weights: %s is not in the DeepSparse graph's data",
+                             tensor.name)
+                    return {"shared_bytes": 0, "hard_link": False,
+                            "why_not": f"{tensor.name} is not in deepsparse/{DATA}"}
+                kept += len(raw)
+            else:
+                plan.append((tensor, spot))
+    moved = 0
+    for tensor, (offset, length) in plan:
+        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            tensor.ClearField(field)
+        del tensor.external_data[:]
+        for key, value in (("location", DATA), ("offset", str(offset)), ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        moved += length
+    if not moved:
+        return {"shared_bytes": 0, "inline_bytes": kept, "hard_link": False, "why_not": "no tensor in common"}
+    before = (ort / DATA).stat().st_size if (ort / DATA).is_file() else 0
+    tmp = ort / "model.onnx.sharing"
+    onnx.save(model, str(tmp))
+    (ort / DATA).unlink(missing_ok=True)
+    os.link(ds / DATA, ort / DATA)
+    os.replace(tmp, ort / "model.onnx")
+    log.info("onnxruntime graph: %.1f MiB of weights now read from the DeepSparse graph's %s (hard link)",
+             moved / 2**20, DATA)
+    return {"shared_bytes": moved, "inline_bytes": kept, "hard_link": True, "replaced_data_bytes": before}

@@ -1,0 +1,78 @@
+"""export_dense: the unpruned source model as an artifact in RUN/artifact-dense/ (export/artifact.py, the same
+export and checks as the export stage's), so that the benchmark stage measures dense and pruned interleaved.
+
+It runs when the benchmark compares against ``dense`` (``benchmark.compare``, the default) and something is
+pruned. Its output depends on the model and export settings only: changing the pruning reruns the export
+stage, not this one, and a sweep copies it from an earlier point instead of exporting it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.common.outputs import read_json
+from pipeline.resources import Shapes
+from pipeline.stages.stage import Context, Stage
+
+log = logging.getLogger(__name__)
+OUTPUT = "artifact-dense"
+SECTIONS = ("model", "export")
+
+
+def applies(recipe) -> bool:
+    return (recipe.export.enabled and recipe.benchmark.enabled and recipe.benchmark.compares_dense()
+            and recipe.prune.method != "none")
+
+
+def check(ctx: Context) -> None:
+    from export.artifact import preflight_export
+
+    model, _ = ctx.model_for_checks()  # the pruned model has the dense one's architecture and size
+    preflight_export(model, ctx.run_dir / OUTPUT, tuple(ctx.recipe.export.engines))
+
+
+def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
+    from pipeline.stages.export import estimate as export_estimate
+
+    return export_estimate(shapes, recipe)
+
+
+def run(ctx: Context) -> None:
+    """Export the recipe's source model, unpruned, with the export section's settings."""
+    from export.artifact import export_artifact
+
+    recipe, ex = ctx.recipe, ctx.recipe.export
+    ctx.models.release()
+    model, tokenizer = ctx.models.dense()
+    metadata = {"recipe": {k: v for k, v in recipe.model_dump(mode="json").items() if k in ("name", *SECTIONS)},
+                "method": "none", "requested_sparsity": None, "scope": None, "dense_of": recipe.name}
+    manifest = export_artifact(model, tokenizer, ctx.run_dir / OUTPUT, tuple(ex.engines), ex.max_sequence_length,
+                               metadata=metadata, external_data=ex.external_data, share=ex.share_weights)
+    ctx.models.release()  # the export cast it to float32 and switched its cache on
+    log.info("dense artifact: %s, %.1f MiB", ctx.run_dir / OUTPUT,
+             sum(f["bytes"] for f in manifest["files"].values()) / 2**20)
+
+
+def summary(recipe, run_dir: Path) -> dict:
+    from export.artifact import MANIFEST
+
+    manifest = read_json(run_dir / OUTPUT / MANIFEST, "re-run the recipe with --from export_dense")
+    return {"export_dense": {"path": str(run_dir / OUTPUT), "export_seconds": manifest["export_seconds"],
+                             "bytes": sum(f["bytes"] for f in manifest["files"].values()),
+                             "disk_bytes": manifest.get("disk_bytes"),
+                             "sparsity_in_onnx": manifest["sparsity"]["overall_decoder_linears"],
+                             "logits_max_abs_diff": {e: i["logits_max_abs_diff_vs_pytorch"]
+                                                     for e, i in manifest["engines"].items()}}}
+
+
+def report(summary: dict) -> list[str]:
+    d = summary["export_dense"]
+    diffs = ", ".join(f"{e} {v:.2e}" for e, v in d["logits_max_abs_diff"].items())
+    return ["## Dense artifact", "", f"`{d['path']}`: the unpruned model, {(d.get('disk_bytes') or d['bytes']) / 2**20:.1f} MiB on disk, exported in "
+            f"{d['export_seconds']:.1f} s for the dense-vs-pruned benchmark; max abs logit difference vs PyTorch: {diffs}."]
+
+
+STAGE = Stage(name="export_dense", about="ONNX artifact of the unpruned model, for the dense-vs-pruned benchmark",
+              sections=SECTIONS, outputs=(OUTPUT,), reads=(), applies=applies, model="dense",
+              check=check, estimate=estimate, run=run, summary=summary, report=report)
