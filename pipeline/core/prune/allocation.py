@@ -19,7 +19,9 @@ sparsity read back from the weights is below the target by less than one weight 
   OWL's own code shifts without clipping).
 - ``sensitivity``: E_l(s), the estimated output error of pruning fraction s of layer l: the OBS-diagonal
   (Wanda squared) saliency ``W_ij^2 * ||x_j||^2`` summed over the fraction s of each projection's lowest
-  saliencies. The per-layer ratios minimise ``sum_l E_l(s_l)`` over the band at the fixed overall
+  saliencies, divided by the squared norm of the residual stream entering the layer (median over tokens):
+  later layers read the stream through a norm, so an error counts relative to the stream it is added to
+  (without it, the growth of activations with depth makes late layers look the most sensitive). The per-layer ratios minimise ``sum_l E_l(s_l)`` over the band at the fixed overall
   sparsity: each E_l is increasing and (nearly) convex in s, so taking band steps in order of their
   marginal error per pruned weight (water-filling) reaches the minimum on the step grid; the last step
   taken is taken in part, so the mean is exact.

@@ -5,7 +5,8 @@ layer's statistic is needed before layer 0 is pruned; the pruning pass cannot ga
 As in OWL's own code, the statistics come from the *dense* model: the calibration windows run through
 the dense layers one after the other (each layer's dense outputs feed the next), and per layer the
 hooks of the pruning loop (sequential.InputStats, squared input norms once per distinct input) give
-``||x_j||^2`` of every pruned projection. Cost: one more forward of every layer over the calibration
+``||x_j||^2`` of every pruned projection, and the residual stream entering the layer gives the scale
+its errors are measured against (:func:`residual_energy`). Cost: one more forward of every layer over the calibration
 windows (the pruning pass of a scoring method does two). The statistics do not depend on the target
 sparsity or the method, so one pass serves every target (benchmarks/ppl_table.py reuses it).
 """
@@ -38,8 +39,17 @@ class AllocationSettings:
 class LayerStatistics:
     sizes: list[int]  # weights in each layer's pruned projections
     outlier_ratios: list[float]  # OWL's D per layer, at owl_m
-    error_curves: torch.Tensor  # [layers, len(allocation.ERROR_GRID)]: estimated error vs fraction pruned
+    error_curves: torch.Tensor  # [layers, len(allocation.ERROR_GRID)]: estimated error vs fraction pruned, relative
+    #                             to the layer's residual_energy
     owl_m: float
+
+
+def residual_energy(hidden: torch.Tensor) -> float:
+    """The median over tokens of ``||h_t||^2``, the squared norm of the residual stream entering a layer.
+
+    Every later layer reads the residual stream through a norm, so an error added to it counts relative to
+    its size; the median, because a few tokens carry massive activations in LLaMA-like models."""
+    return hidden.to(torch.float64).pow(2).sum(dim=-1).median().item()
 
 
 @torch.no_grad()
@@ -57,6 +67,7 @@ def measure_layers(model: nn.Module, calibration_ids: torch.Tensor, plan: list[l
             sizes.append(0), ratios.append(0.0), curves.append(pruning_error_curve([]))
             continue
         store_dtype = next(layer.parameters()).dtype
+        residual = residual_energy(inputs.hidden)
         layer.to(device=compute, dtype=torch.float32)
         groups = input_groups(layer, chosen, inputs.hidden[0:1].to(compute, torch.float32), kwargs)
         hooks = InputStats(layer, groups, "input_norms")
@@ -70,7 +81,7 @@ def measure_layers(model: nn.Module, calibration_ids: torch.Tensor, plan: list[l
         metrics = [wanda_score(layer.get_submodule(p.path).weight.data, stats[p.role]).cpu() for p in chosen]
         sizes.append(sum(m.numel() for m in metrics))
         ratios.append(outlier_ratio(torch.cat([m.flatten() for m in metrics]), owl_m))
-        curves.append(pruning_error_curve([m.to(torch.float64).pow(2) for m in metrics]))
+        curves.append(pruning_error_curve([m.to(torch.float64).pow(2) for m in metrics]) / residual)
         layer.to(device="cpu", dtype=store_dtype)
     return LayerStatistics(sizes=sizes, outlier_ratios=ratios, error_curves=torch.stack(curves), owl_m=owl_m)
 
