@@ -51,6 +51,8 @@ def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
         work = layer + max(2 * max(shapes.hidden, shapes.intermediate) ** 2 * 8, layer + 2 * shapes.hidden ** 2 * 8)
     else:
         work = layer * 3
+    if recipe.prune.allocation != "uniform":  # statistics pass: the layer, its metrics, one projection's sort in float64
+        work = max(work, layer * 2 + 3 * 8 * shapes.hidden * shapes.intermediate)
     return model + buffer + work + BASE, int(model * 1.05)
 
 

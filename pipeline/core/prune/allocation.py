@@ -29,7 +29,7 @@ sparsity read back from the weights is below the target by less than one weight 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -47,10 +47,11 @@ def outlier_ratio(metric: torch.Tensor, m: float) -> float:
     return (values > m * values.mean()).to(torch.float64).mean().item()
 
 
-def pruning_error_curve(saliencies: Sequence[torch.Tensor], grid: torch.Tensor = ERROR_GRID) -> torch.Tensor:
+def pruning_error_curve(saliencies: Iterable[torch.Tensor], grid: torch.Tensor = ERROR_GRID) -> torch.Tensor:
     """Estimated error of pruning each fraction of ``grid`` from every tensor of ``saliencies``.
 
-    For each tensor, the sum of its ``floor(fraction * numel)`` smallest entries; summed over the tensors.
+    For each tensor, the sum of its ``floor(fraction * numel)`` smallest entries; summed over the tensors
+    (an iterator of tensors is consumed one at a time, so only one is sorted at once).
     """
     error = torch.zeros_like(grid)
     for saliency in saliencies:
