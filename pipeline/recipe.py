@@ -63,6 +63,12 @@ class PruneSection(_Section):
     block_size: int = Field(128, gt=0, description="SparseGPT: input columns reconstructed together")
     dampening_frac: float = Field(0.01, gt=0, description="SparseGPT: damping added to diag(X^T X), as a fraction "
                                                           "of its mean")
+    allocation: Literal["uniform", "owl", "sensitivity"] = Field(
+        "uniform", description="per-layer sparsity: uniform (the paper), owl (outlier-weighed) or sensitivity "
+                               "(estimated pruning error); the overall sparsity stays the requested one")
+    owl_lambda: float = Field(0.08, ge=0, description="OWL: layer sparsities lie in sparsity +- owl_lambda")
+    owl_m: float = Field(5.0, gt=0, description="OWL: an outlier is a Wanda metric above owl_m x the layer's mean")
+    sensitivity_band: float = Field(0.08, ge=0, description="sensitivity: layer sparsities lie in sparsity +- this")
 
     @field_validator("sparsity")
     @classmethod
@@ -72,6 +78,22 @@ class PruneSection(_Section):
         except PipelineError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+    @model_validator(mode="after")
+    def _allocation_fits(self):
+        if self.allocation == "uniform":
+            return self
+        spec = SparsitySpec.parse(self.sparsity)
+        if spec.is_nm:
+            raise ValueError(f"allocation '{self.allocation}' needs an unstructured sparsity, not the N:M pattern "
+                             f"{spec} — fix: use allocation: uniform with N:M, or a fraction such as 0.7")
+        key = "owl_lambda" if self.allocation == "owl" else "sensitivity_band"
+        band = getattr(self, key)
+        if not 0 < spec.fraction - band or not spec.fraction + band < 1:
+            raise ValueError(f"{key} {band} puts layer sparsities in [{spec.fraction - band:g}, "
+                             f"{spec.fraction + band:g}], outside (0, 1) — fix: choose {key} below "
+                             f"{min(spec.fraction, 1 - spec.fraction):g} for sparsity {spec}")
+        return self
 
     @property
     def spec(self) -> SparsitySpec:

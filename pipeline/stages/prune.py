@@ -12,6 +12,7 @@ from pipeline.resources import BASE, Shapes, dtype_bytes, model_bytes
 from pipeline.stages.stage import Context, Stage
 
 OUTPUT = "pruned"
+PLOT = "sparsity_by_layer.png"  # in OUTPUT, with a per-layer allocation
 ROLE_ORDER = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -39,13 +40,13 @@ def check(ctx: Context) -> None:
 
         shell = skeleton(ctx.models.config(), ctx.recipe.model.dtype)
         Checkpoint(folder).check_against(shell, tied_names(shell))
-    if method.needs_calibration:
+    if method.needs_calibration or p.allocation != "uniform":
         ctx.calibration_ids()
 
 
 def streams(recipe) -> bool:
-    """Whether the prune stage will stream layers (a safetensors source; GGUF loads whole)."""
-    return recipe.prune.streaming and not recipe.model.gguf_file
+    """Whether the prune stage will stream layers (a safetensors source, uniform allocation; GGUF loads whole)."""
+    return recipe.prune.streaming and not recipe.model.gguf_file and recipe.prune.allocation == "uniform"
 
 
 def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
@@ -64,6 +65,8 @@ def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
         work = layer + max(2 * max(shapes.hidden, shapes.intermediate) ** 2 * 8, layer + 2 * shapes.hidden ** 2 * 8)
     else:
         work = layer * 3
+    if recipe.prune.allocation != "uniform":  # statistics pass: the layer, its metrics, one projection's sort in float64
+        work = max(work, layer * 2 + 3 * 8 * shapes.hidden * shapes.intermediate)
     return held + buffer + work + BASE, int(model * 1.05)
 
 
@@ -83,13 +86,32 @@ def sparsity_summary(layers: dict[str, dict]) -> dict:
     }
 
 
+def layer_achieved(layers: dict[str, dict], count: int) -> list[float | None]:
+    """The sparsity read back from the pruned weights of each decoder layer (None: nothing pruned there)."""
+    zeros, total = [0.0] * count, [0] * count
+    for name, info in layers.items():
+        index = int(name.split(".")[1])
+        size = info["shape"][0] * info["shape"][1]
+        zeros[index] += round(info["sparsity"] * size)
+        total[index] += size
+    return [z / t if t else None for z, t in zip(zeros, total)]
+
+
+def allocation_settings(p):
+    from pipeline.core.prune.layer_allocation import AllocationSettings
+
+    return AllocationSettings(scheme=p.allocation, owl_lambda=p.owl_lambda, owl_m=p.owl_m,
+                              sensitivity_band=p.sensitivity_band)
+
+
 def run(ctx: Context) -> None:
     p = ctx.recipe.prune
     method = method_of(ctx.recipe)
     ids = ctx.calibration_ids() if method.needs_calibration else None
     options = dict(scope=p.scope, ignore=p.ignore, device=p.device, sequential=p.sequential, progress=ctx.progress)
-    folder = ctx.models.stream_folder()
+    folder = ctx.models.stream_folder()  # None with a per-layer allocation: its statistics pass needs the model
     t0 = time.time()
+    allocation = None
     with StagingDir(ctx.run_dir / OUTPUT) as tmp:
         if folder is not None:  # one decoder layer in memory at a time, written out as its own shard
             from pipeline.core.prune.streaming import prune_streaming
@@ -99,29 +121,53 @@ def run(ctx: Context) -> None:
             result = prune_streaming(folder, ctx.models.config(), ctx.recipe.model.dtype, tmp, method, p.spec, ids,
                                      **options)
         else:
-            from pipeline.core.prune.sequential import prune_model
+            from pipeline.core.prune.sequential import plan_projections, prune_model
 
             model, tokenizer = ctx.models.dense()
-            result = prune_model(model, method, p.spec, ids, **options)
+            layer_specs = None
+            if p.allocation != "uniform":  # uniform: the paper's procedure, untouched
+                from pipeline.core.prune.layer_allocation import layer_sparsities, measure_layers
+                from pipeline.core.prune.sparsity import SparsitySpec
+
+                settings = allocation_settings(p)
+                stats = measure_layers(model, ctx.calibration_ids(),
+                                       plan_projections(model, method, p.spec, p.scope, p.ignore), p.owl_m,
+                                       device=p.device, progress=ctx.progress)
+                ratios = layer_sparsities(stats, settings, p.spec.fraction)
+                layer_specs = [SparsitySpec(fraction=r) for r in ratios]
+            result = prune_model(model, method, p.spec, ids, layer_sparsity=layer_specs, **options)
+            if layer_specs is not None:
+                from pipeline.core.prune.layer_allocation import layer_records
+
+                allocation = {**vars(settings), "target": p.spec.fraction,
+                              "layers": layer_records(stats, settings, ratios,
+                                                      layer_achieved(result.layers, len(ratios)))}
             model.save_pretrained(tmp, safe_serialization=True)
         seconds = time.time() - t0
         tokenizer.save_pretrained(tmp)
-        bos = ctx.bos_per_window("calibration") if ids is not None else None
-        write_json_atomic(tmp / "sparsity.json", {"summary": sparsity_summary(result.layers), "prune_seconds": seconds,
-                                                  "streamed": folder is not None, "calibration_bos_per_window": bos,
-                                                  "layers": result.layers})
+        bos = ctx.bos_per_window("calibration") if ids is not None or allocation is not None else None
+        content = {"summary": sparsity_summary(result.layers), "prune_seconds": seconds, "streamed": folder is not None,
+                   "calibration_bos_per_window": bos, "layers": result.layers}
+        if allocation is not None:
+            from pipeline.common.outputs import write_bytes_atomic
+            from pipeline.sparsity_plot import sparsity_by_layer_png
+
+            content["allocation"] = allocation
+            write_bytes_atomic(tmp / PLOT, sparsity_by_layer_png(allocation["layers"], p.spec.fraction, p.allocation))
+        write_json_atomic(tmp / "sparsity.json", content)
     ctx.models.state = "saved" if folder is None else None
 
 
 def summary(recipe, run_dir) -> dict:
     p, cal = recipe.prune, recipe.calibration
     sparsity = read_json(run_dir / OUTPUT / "sparsity.json", "re-run the recipe with --from prune")
-    calibrated = p.method not in ("magnitude", "none")
+    calibrated = p.method not in ("magnitude", "none") or (p.method != "none" and p.allocation != "uniform")
     return {"calibration": {"dataset": cal.dataset, "num_samples": cal.num_samples, "seq_len": cal.seq_len,
                             "seed": cal.seed, "bos_per_window": sparsity.get("calibration_bos_per_window")}
             if calibrated else None,
             "prune_seconds": sparsity.get("prune_seconds"), "streamed": sparsity.get("streamed", False),
-            "sparsity_achieved": sparsity["summary"]}
+            "sparsity_achieved": sparsity["summary"],
+            **({"allocation": sparsity["allocation"]} if "allocation" in sparsity else {})}
 
 
 def report(summary: dict) -> list[str]:
@@ -139,7 +185,21 @@ def report(summary: dict) -> list[str]:
               f"of {achieved['pruned_parameters']:,} weights.", "", "| projection | mean sparsity |", "|---|---|"]
     roles = sorted(achieved["by_role"], key=lambda r: ROLE_ORDER.index(r) if r in ROLE_ORDER else 99)
     lines += [f"| {r} | {achieved['by_role'][r]:.4f} |" for r in roles]
-    return lines + ["", "Per-layer figures: `pruned/sparsity.json`."]
+    return lines + _allocation_report(summary.get("allocation")) + ["", "Per-layer figures: `pruned/sparsity.json`."]
+
+
+def _allocation_report(allocation: dict | None) -> list[str]:
+    if not allocation:
+        return []
+    used = [r for r in allocation["layers"] if r["weights"]]
+    low, high = min(used, key=lambda r: r["sparsity"]), max(used, key=lambda r: r["sparsity"])
+    params = (f"lambda {allocation['owl_lambda']:g}, M {allocation['owl_m']:g}" if allocation["scheme"] == "owl"
+              else f"band {allocation['sensitivity_band']:g}")
+    lines = ["", f"Per-layer allocation **{allocation['scheme']}** ({params}) around {allocation['target']:g}: from "
+             f"{low['sparsity']:.4f} (layer {low['layer']}) to {high['sparsity']:.4f} (layer {high['layer']}); "
+             "size-weighted mean = the requested sparsity.", "",
+             f"![sparsity by layer]({OUTPUT}/{PLOT})", "", "| layer | sparsity asked | read back |", "|---|---|---|"]
+    return lines + [f"| {r['layer']} | {r['sparsity']:.4f} | {r['achieved']:.4f} |" for r in used]
 
 
 STAGE = Stage(name="prune", about="calibration and layer-wise pruning",

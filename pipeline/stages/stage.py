@@ -101,8 +101,8 @@ class Models:
 
     def stream_folder(self):
         """The local safetensors folder the prune stage streams layers from, or None (it loads the model whole)."""
-        if not self.recipe.prune.streaming:
-            return None
+        if not self.recipe.prune.streaming or self.recipe.prune.allocation != "uniform":
+            return None  # a per-layer allocation's statistics pass runs on the whole model
         if "stream_folder" not in self._cached:
             from pipeline.core.checkpoint import safetensors_folder
 

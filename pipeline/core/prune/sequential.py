@@ -216,6 +216,7 @@ def prune_model(
     keep_masks: bool = False,
     progress: bool = True,
     store: LayerStore | None = None,
+    layer_sparsity: list[SparsitySpec] | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place, layer by layer. Returns per-projection sparsity (and masks if asked).
 
@@ -223,6 +224,7 @@ def prune_model(
     *dense* outputs of the layers before it (for comparison only; the paper is sequential).
     ``store``: the layers are not in memory (their parameters are on the meta device); each is loaded
     just before it is pruned and stored just after, so one layer is held at a time.
+    ``layer_sparsity``: one spec per decoder layer in place of ``sparsity`` (layer_allocation.py).
     """
     if not isinstance(method, (ScoringMethod, ReconstructingMethod)):
         raise TypeError(f"{type(method).__name__} is neither a ScoringMethod nor a ReconstructingMethod")
@@ -242,6 +244,7 @@ def prune_model(
     for index, layer in bar:
         if store is not None:
             store.load(index)
+        spec = layer_sparsity[index] if layer_sparsity is not None else sparsity
         store_dtype = next(layer.parameters()).dtype
         layer.to(device=compute, dtype=torch.float32)
 
@@ -268,9 +271,9 @@ def prune_model(
                 stats = forward_all(update=not sequential, groups=groups)  # one-shot: dense outputs feed the next
             for proj in plan[index]:
                 linear = layer.get_submodule(proj.path)
-                mask = select_mask(method.score(proj.role, linear.weight.data, stats), sparsity, method.axis(proj.role))
+                mask = select_mask(method.score(proj.role, linear.weight.data, stats), spec, method.axis(proj.role))
                 linear.weight.data.mul_(mask)
-                _record(result, f"layers.{index}.{proj.path}", proj.role, linear.weight, mask, sparsity,
+                _record(result, f"layers.{index}.{proj.path}", proj.role, linear.weight, mask, spec,
                         method.axis(proj.role), keep_masks)
         else:
             rewritten: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -282,7 +285,7 @@ def prune_model(
                 del gram
                 for proj in group:
                     weight = layer.get_submodule(proj.path).weight.data.clone()
-                    mask = method.prune(proj.role, weight, prepared, sparsity, f"layers.{index}.{proj.path}")
+                    mask = method.prune(proj.role, weight, prepared, spec, f"layers.{index}.{proj.path}")
                     rewritten[proj.path] = (weight, mask)
                 del prepared
             if not sequential:
@@ -291,7 +294,7 @@ def prune_model(
                 weight, mask = rewritten.pop(proj.path)
                 linear = layer.get_submodule(proj.path)
                 linear.weight.data.copy_(weight)
-                _record(result, f"layers.{index}.{proj.path}", proj.role, linear.weight, mask, sparsity,
+                _record(result, f"layers.{index}.{proj.path}", proj.role, linear.weight, mask, spec,
                         method.axis(proj.role), keep_masks)
                 del weight
 
