@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.common.outputs import write_bytes_atomic, write_text_atomic
+from pipeline.common.outputs import figure_png, write_bytes_atomic, write_text_atomic
 
 PAPER = {"machine": "24-core Intel Xeon Platinum 8160, LLaMA-2-7B, DeepSparse",
          "tokens_per_s": {None: 3.05, 0.5: 5.64, 0.7: 8.27}}
@@ -164,15 +164,7 @@ def _equal_speed(results: dict) -> list[str]:
 
 def _save(fig, path: Path, made: list[str]) -> None:
     """Lay out and write a figure atomically; record its file name in ``made``."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
+    write_bytes_atomic(path, figure_png(fig))
     made.append(path.name)
 
 

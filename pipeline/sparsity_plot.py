@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+from pipeline.common.outputs import figure_png
 
 
 def sparsity_by_layer_png(layers: list[dict], target: float, scheme: str) -> bytes:
@@ -22,8 +22,4 @@ def sparsity_by_layer_png(layers: list[dict], target: float, scheme: str) -> byt
     ax.set_ylabel("sparsity")
     ax.set_title(f"Per-layer sparsity ({scheme}, overall {target:g})")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)

@@ -8,10 +8,9 @@ dashed line.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-from pipeline.common.outputs import write_bytes_atomic, write_json_atomic, write_text_atomic
+from pipeline.common.outputs import figure_png, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 JSON_FILE, MARKDOWN_FILE, PLOT_FILE = "sweep.json", "sweep.md", "perplexity_vs_sparsity.png"
 
@@ -58,11 +57,7 @@ def render_plot(table: dict) -> bytes:
     ax.set_title(f"Sweep of {Path(table['recipe']).name}")
     if rows:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def write_table(table: dict, sweep_dir: Path) -> list[Path]:

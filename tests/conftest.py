@@ -151,3 +151,23 @@ def write_recipe(root: Path, name: str, **changes) -> Path:
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def tiny_recipe_file(tmp_path: Path, name: str, prune: dict) -> Path:
+    """A recipe file for a tiny LLaMA saved in ``tmp_path`` (calibration and evaluation on TEXT), output in RUN."""
+    import yaml
+
+    save_checkpoint(tmp_path / "tiny", tiny_model("llama"))
+    (tmp_path / "text.txt").write_text(TEXT)
+    text = str(tmp_path / "text.txt")
+    data = {
+        "name": name,
+        "output_dir": str(tmp_path / "run"),
+        "model": {"source": str(tmp_path / "tiny"), "dtype": "float32"},
+        "calibration": {"dataset": "file", "path": text, "num_samples": 4, "seq_len": 32},
+        "prune": prune,
+        "evaluation": {"dataset": "file", "path": text, "context_length": 64, "max_windows": 2},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from conftest import TEXT, run_cli, save_checkpoint, tiny_model, write_recipe
+from conftest import run_cli, tiny_recipe_file, write_recipe
 from pipeline.common.errors import PipelineError
 from pipeline.overrides import apply_overrides, load_recipe_with_overrides, parse_value
 from pipeline.recipe import load_recipe
@@ -28,19 +28,7 @@ def test_overrides_set_nested_keys_and_create_missing_sections():
 
 @pytest.fixture
 def recipe_file(tmp_path):
-    save_checkpoint(tmp_path / "tiny", tiny_model("llama"))
-    (tmp_path / "text.txt").write_text(TEXT)
-    data = {
-        "name": "over",
-        "output_dir": str(tmp_path / "run"),
-        "model": {"source": str(tmp_path / "tiny"), "dtype": "float32"},
-        "calibration": {"dataset": "file", "path": str(tmp_path / "text.txt"), "num_samples": 4, "seq_len": 32},
-        "prune": {"method": "wanda", "sparsity": 0.5, "scope": "attention+mlp"},
-        "evaluation": {"dataset": "file", "path": str(tmp_path / "text.txt"), "context_length": 64, "max_windows": 2},
-    }
-    path = tmp_path / "over.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return tiny_recipe_file(tmp_path, "over", {"method": "wanda", "sparsity": 0.5, "scope": "attention+mlp"})
 
 
 def ran(summary):

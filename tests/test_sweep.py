@@ -5,26 +5,14 @@ import json
 import pytest
 import yaml
 
-from conftest import TEXT, run_cli, save_checkpoint, tiny_model, write_recipe
+from conftest import run_cli, tiny_recipe_file, write_recipe
 from pipeline.common.errors import PipelineError
 from pipeline.sweep import parse_grid, point_name, run_sweep
 
 
 @pytest.fixture
 def recipe_file(tmp_path):
-    save_checkpoint(tmp_path / "tiny", tiny_model("llama"))
-    (tmp_path / "text.txt").write_text(TEXT)
-    data = {
-        "name": "swept",
-        "output_dir": str(tmp_path / "run"),
-        "model": {"source": str(tmp_path / "tiny"), "dtype": "float32"},
-        "calibration": {"dataset": "file", "path": str(tmp_path / "text.txt"), "num_samples": 4, "seq_len": 32},
-        "prune": {"method": "dass", "sparsity": 0.5, "scope": "mlp"},
-        "evaluation": {"dataset": "file", "path": str(tmp_path / "text.txt"), "context_length": 64, "max_windows": 2},
-    }
-    path = tmp_path / "swept.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return tiny_recipe_file(tmp_path, "swept", {"method": "dass", "sparsity": 0.5, "scope": "mlp"})
 
 
 def statuses(result):

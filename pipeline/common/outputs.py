@@ -99,3 +99,16 @@ def fsync_tree(folder: Path) -> None:
             finally:
                 os.close(fd)
         _fsync_dir(Path(root))
+
+
+def figure_png(fig) -> bytes:
+    """A matplotlib figure, laid out, as PNG bytes (for ``write_bytes_atomic``); the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
