@@ -80,7 +80,11 @@ def test_run_with_benchmark_then_report_and_benchmark_commands(workspace, tmp_pa
         assert m["tokens_per_s"] > 0 and m["iterations"] >= 3
     assert "## Throughput" in (out / "report.md").read_text()
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["benchmark"]["tokens_per_s"]) == {f"{e} {m}" for e, m in cells}
+    mine = {(c["engine"], c["mode"]) for c in results["summary"]["cells"] if c["artifact"] == "ok-bench"}
+    assert set(summary["benchmark"]["tokens_per_s"]) == {f"{e} {m}" for e, m in mine}
+    # PyTorch measures once per depth (a dense peer): the run's dense artifact, benchmarked beside the pruned one
+    assert {c["engine"] for c in results["summary"]["cells"] if c["artifact"] == "ok-bench-dense"} == {
+        "deepsparse", "onnxruntime", "pytorch"}
 
     (bench / "report.md").unlink()
     (out / "report.md").unlink()

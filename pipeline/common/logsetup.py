@@ -71,7 +71,7 @@ def configure_terminal(debug: bool, stream=None) -> logging.Handler:
 
 def route_library_output(debug: bool) -> None:
     """transformers and optimum log through our handlers, not their own stderr handler; without ``debug``
-    transformers' GGUF-dequantization progress bar is hidden. Imports transformers (and with it torch):
+    transformers' progress bars (loading checkpoint shards, GGUF dequantization) are hidden. Imports transformers (and with it torch):
     call it only for commands that load models."""
     try:
         from transformers.utils import logging as transformers_logging
@@ -81,6 +81,7 @@ def route_library_output(debug: bool) -> None:
         transformers_logging.disable_default_handler()
         transformers_logging.enable_propagation()
         if not debug:
+            transformers_logging.disable_progress_bar()  # "Loading checkpoint shards" of a sharded folder
             _hide_gguf_progress_bar()
     try:
         from optimum.utils import logging as optimum_logging
