@@ -41,8 +41,8 @@ def preflight(ctx: Context, todo: list[Stage], skip_resources: bool) -> None:
     for stage in todo:
         if stage.model is None:
             ctx.prepared[stage.name] = stage.check(ctx)
-    if not todo:
-        return
+    if not todo or (skip_resources and not any(stage.reads_config for stage in todo)):
+        return  # nothing below would look at the source: a run of model-free stages needs none
     config = ctx.models.config()  # config.json only: the checks below need no weights
     for stage in todo:
         stage.check_config(ctx, config)

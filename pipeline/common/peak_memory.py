@@ -4,7 +4,8 @@ This process: the kernel's high-water mark (``VmHWM`` in /proc/self/status), res
 by writing 5 to /proc/self/clear_refs (Linux), so each stage gets its own peak, not the run's. Child
 processes (engines run in children): their summed RSS sampled every ``interval`` seconds, as is the
 process tree's total (this process + children at the same instant). Where the reset is not possible
-(no /proc), this process's peak is the sampled one and ``exact`` is False.
+(no /proc, or a kernel or sandbox that accepts the write and keeps the old mark, which the check after the
+write detects), this process's peak is the sampled one and ``exact`` is False.
 """
 
 from __future__ import annotations
@@ -19,22 +20,32 @@ STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _high_water_mark() -> int | None:
+#: after a reset the high-water mark is the resident size of that moment; more than this above it: no reset
+RESET_SLACK = 32 * 2**20
+
+
+def _status(field: str) -> int | None:
     try:
         for line in STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
 
 
+def _high_water_mark() -> int | None:
+    return _status("VmHWM")
+
+
 def _reset_high_water_mark() -> bool:
+    """Reset the kernel's mark and check it took: some kernels and sandboxes accept the write and ignore it."""
     try:
         CLEAR_REFS.write_text("5")
     except OSError:
         return False
-    return True
+    mark, resident = _high_water_mark(), _status("VmRSS")
+    return mark is not None and resident is not None and mark <= resident + RESET_SLACK
 
 
 class PeakMemory:
@@ -66,7 +77,7 @@ class PeakMemory:
             self._sample()
 
     def __enter__(self) -> "PeakMemory":
-        self.exact = _reset_high_water_mark() and _high_water_mark() is not None
+        self.exact = _reset_high_water_mark()
         self._sample()
         self._thread = threading.Thread(target=self._loop, name="peak-memory", daemon=True)
         self._thread.start()

@@ -54,6 +54,11 @@ class Stage:
     #: its section of report.md, from summary.json (empty: none)
     report: Callable[[dict], list[str]] = lambda summary: []
 
+    @property
+    def reads_config(self) -> bool:
+        """Whether its up-front checks look at the source (its config, or the model itself)."""
+        return self.model is not None or self.check_config is not _nothing
+
 
 class Models:
     """The one model in memory: the recipe's source (dense) or the run's pruned/ folder, loaded on demand."""
