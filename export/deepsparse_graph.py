@@ -24,6 +24,10 @@ modules, called as they are, so pruned weights and architecture details carry ov
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from functools import partial
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -69,6 +73,41 @@ def _legacy_past(past_key_values) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [tuple(pair) for pair in past_key_values]
 
 
+@contextmanager
+def _traced_as(layer: nn.Module, step) -> Iterator[None]:
+    """Run ``step`` as ``layer``'s forward for one call, so the tracer names its nodes after the layer's scope
+    (``/model/layers.i/...``, as in Optimum's standard graph); export/depth.py finds each layer's nodes by it."""
+    layer.forward = partial(step, layer)
+    try:
+        yield
+    finally:
+        del layer.forward  # the class's forward again
+
+
+def _layer_step(layer, hidden, past_key, past_value, cos, sin, additive):
+    """One decoder layer of the DeepSparse graph: (hidden out, key cache, value cache)."""
+    attn = layer.self_attn
+    residual = hidden
+    x = layer.input_layernorm(hidden)
+    batch, q_len, _ = x.shape
+    head_dim = attn.head_dim
+    query = attn.q_proj(x).view(batch, q_len, -1, head_dim).transpose(1, 2)
+    key = attn.k_proj(x).view(batch, q_len, -1, head_dim).transpose(1, 2)
+    value = attn.v_proj(x).view(batch, q_len, -1, head_dim).transpose(1, 2)
+    query = query * cos + _rotate_half(query) * sin
+    key = key * cos + _rotate_half(key) * sin
+    # repeat_kv_before_cache, cache_concat_feeds_matmul
+    groups = query.shape[1] // key.shape[1]
+    key = torch.cat([past_key, _repeat_heads(key, groups)], dim=2)
+    value = torch.cat([past_value, _repeat_heads(value, groups)], dim=2)
+    scores = torch.matmul(query, key.transpose(2, 3)) * attn.scaling + additive
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(probs, value).transpose(1, 2).reshape(batch, q_len, -1)
+    hidden = residual + attn.o_proj(out)
+    hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return hidden, key, value
+
+
 class DeepSparseForward:
     """Callable with DeepSparse's input names, bound to a LLaMA-family ``*ForCausalLM``."""
 
@@ -95,25 +134,8 @@ class DeepSparseForward:
         past = _legacy_past(past_key_values)
         presents = []
         for layer, (past_key, past_value) in zip(self.layers, past):
-            attn = layer.self_attn
-            residual = hidden
-            x = layer.input_layernorm(hidden)
-            batch, q_len, _ = x.shape
-            head_dim = attn.head_dim
-            query = attn.q_proj(x).view(batch, q_len, -1, head_dim).transpose(1, 2)
-            key = attn.k_proj(x).view(batch, q_len, -1, head_dim).transpose(1, 2)
-            value = attn.v_proj(x).view(batch, q_len, -1, head_dim).transpose(1, 2)
-            query = query * cos + _rotate_half(query) * sin
-            key = key * cos + _rotate_half(key) * sin
-            # repeat_kv_before_cache, cache_concat_feeds_matmul
-            groups = query.shape[1] // key.shape[1]
-            key = torch.cat([past_key, _repeat_heads(key, groups)], dim=2)
-            value = torch.cat([past_value, _repeat_heads(value, groups)], dim=2)
+            with _traced_as(layer, _layer_step):  # the layer's nodes carry its scope (/model/layers.i/...)
+                hidden, key, value = layer(hidden, past_key, past_value, cos, sin, additive)
             presents.append((key, value))
-            scores = torch.matmul(query, key.transpose(2, 3)) * attn.scaling + additive
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-            out = torch.matmul(probs, value).transpose(1, 2).reshape(batch, q_len, -1)
-            hidden = residual + attn.o_proj(out)
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         logits = model.lm_head(model.model.norm(hidden))
         return {"logits": logits, "past_key_values": tuple(presents)}  # logits_first

@@ -143,6 +143,9 @@ class ExportSection(_Section):
     external_data: bool = Field(False, description="always write weights to model.onnx_data (automatic above 2 GB)")
     share_weights: bool = Field(True, description="with both engines, one weights file for both graphs (the ONNX "
                                                   "Runtime graph's model.onnx_data is a hard link to the DeepSparse one's)")
+    bounded_memory: bool = Field(True, description="export a safetensors checkpoint in memory independent of depth: "
+                                                   "trace 2 layers, copy the layer graph, write the weights tensor by "
+                                                   "tensor (export/bounded.py); false traces the whole model")
     smoke_test: bool = Field(True, description="after export, generate a few tokens with each engine (child processes)")
     smoke_prompt: str = "The Python language is"
     smoke_tokens: int = Field(16, gt=0)

@@ -26,10 +26,9 @@ def applies(recipe) -> bool:
 
 
 def check(ctx: Context) -> None:
-    from export.artifact import preflight_export
+    from pipeline.stages.export import check_export
 
-    model, _ = ctx.model_for_checks()  # the pruned model has the dense one's architecture and size
-    preflight_export(model, ctx.run_dir / OUTPUT, tuple(ctx.recipe.export.engines))
+    check_export(ctx, "dense", ctx.run_dir / OUTPUT)
 
 
 def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
@@ -40,35 +39,33 @@ def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
 
 def run(ctx: Context) -> None:
     """Export the recipe's source model, unpruned, with the export section's settings."""
-    from export.artifact import export_artifact
+    from pipeline.stages.export import export_model
 
-    recipe, ex = ctx.recipe, ctx.recipe.export
-    ctx.models.release()
-    model, tokenizer = ctx.models.dense()
+    recipe = ctx.recipe
     metadata = {"recipe": {k: v for k, v in recipe.model_dump(mode="json").items() if k in ("name", *SECTIONS)},
                 "method": "none", "requested_sparsity": None, "scope": None, "dense_of": recipe.name}
-    manifest = export_artifact(model, tokenizer, ctx.run_dir / OUTPUT, tuple(ex.engines), ex.max_sequence_length,
-                               metadata=metadata, external_data=ex.external_data, share=ex.share_weights)
-    ctx.models.release()  # the export cast it to float32 and switched its cache on
+    manifest = export_model(ctx, "dense", ctx.run_dir / OUTPUT, metadata)
     log.info("dense artifact: %s, %.1f MiB", ctx.run_dir / OUTPUT,
              sum(f["bytes"] for f in manifest["files"].values()) / 2**20)
 
 
 def summary(recipe, run_dir: Path) -> dict:
     from export.artifact import MANIFEST
+    from pipeline.stages.export import logits_checks
 
     manifest = read_json(run_dir / OUTPUT / MANIFEST, "re-run the recipe with --from export_dense")
     return {"export_dense": {"path": str(run_dir / OUTPUT), "export_seconds": manifest["export_seconds"],
                              "bytes": sum(f["bytes"] for f in manifest["files"].values()),
                              "disk_bytes": manifest.get("disk_bytes"),
                              "sparsity_in_onnx": manifest["sparsity"]["overall_decoder_linears"],
-                             "logits_max_abs_diff": {e: i["logits_max_abs_diff_vs_pytorch"]
-                                                     for e, i in manifest["engines"].items()}}}
+                             "logits_max_abs_diff": logits_checks(manifest)}}
 
 
 def report(summary: dict) -> list[str]:
     d = summary["export_dense"]
-    diffs = ", ".join(f"{e} {v:.2e}" for e, v in d["logits_max_abs_diff"].items())
+    from pipeline.stages.export import diff_text
+
+    diffs = ", ".join(f"{e} {diff_text(v)}" for e, v in d["logits_max_abs_diff"].items())
     return ["## Dense artifact", "", f"`{d['path']}`: the unpruned model, {(d.get('disk_bytes') or d['bytes']) / 2**20:.1f} MiB on disk, exported in "
             f"{d['export_seconds']:.1f} s for the dense-vs-pruned benchmark; max abs logit difference vs PyTorch: {diffs}."]
 

@@ -115,6 +115,18 @@ class Models:
             self._cached["stream_folder"] = safetensors_folder(m.source, m.gguf_file, m.revision)
         return self._cached["stream_folder"]
 
+    def safetensors_of(self, which: str):
+        """The local safetensors folder holding the dense (source) or saved model, or None (a GGUF source, a hub
+        model that is not cached): what a bounded-memory export reads tensor by tensor."""
+        if which == "saved" and self.recipe.prune.method != "none":
+            return self.run_dir / "pruned"
+        if "source_folder" not in self._cached:
+            from pipeline.core.checkpoint import safetensors_folder
+
+            m = self.recipe.model
+            self._cached["source_folder"] = safetensors_folder(m.source, m.gguf_file, m.revision)
+        return self._cached["source_folder"]
+
     def skeleton(self):
         """(source model with its parameters on the meta device, tokenizer): what checks need, without weights."""
         if "skeleton" not in self._cached:
