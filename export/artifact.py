@@ -108,14 +108,15 @@ def check_disk(target: Path, needed: int) -> None:
         )
 
 
-def preflight_export(model, target: Path, engines: tuple[str, ...]) -> None:
-    """Everything an export can be refused for, checked before anything is written."""
+def preflight_export(model, target: Path, engines: tuple[str, ...], disk: int | None = None) -> None:
+    """Everything an export can be refused for, checked before anything is written (``disk``: bytes it will write,
+    when not a whole export's)."""
     unknown = set(engines) - set(ENGINES)
     if unknown or not engines:
         raise PipelineError(f"unknown export engine(s) {sorted(unknown) or engines}", f"choose from {', '.join(ENGINES)}")
     if "deepsparse" in engines:
         quirks_for(model.config)  # an architecture the patches do not cover
-    check_disk(Path(target), estimated_bytes(sum(p.numel() for p in model.parameters()), engines))
+    check_disk(Path(target), disk or estimated_bytes(sum(p.numel() for p in model.parameters()), engines))
 
 
 def _export_deepsparse(model, folder: Path, max_positions: int) -> None:

@@ -216,19 +216,31 @@ def write_deep_graph(template_dir: Path, target_dir: Path, depth: int, params: d
 
 def read_back_sparsity(folder: Path, written: dict, linears: list[str], source: Source) -> dict[str, float]:
     """Fraction of zeros of each decoder linear as stored in ``folder/model.onnx_data``, read back one at a time
-    (memory-mapped) and compared byte for byte with the checkpoint's tensor."""
-    data = np.memmap(folder / DATA, dtype=np.uint8, mode="r")
+    (plain reads, not a memory map: mapped pages would count as this process's resident memory) and compared
+    with the checkpoint's tensor."""
     result = {}
-    for name in linears:
-        key = next((k for k in ((f"{name}.weight", "transposed"), (f"{name}.weight", "as_is")) if k in written), None)
-        if key is None:
-            raise PipelineError(f"weight {name} was not written to {folder / DATA}", "this is a bug; please report it")
-        offset, length = written[key]
-        stored = np.frombuffer(data[offset:offset + length], dtype=np.float32)
-        if _digest(stored) != _digest(source.get(*key).reshape(-1)):
-            raise PipelineError(f"{name} in {folder / DATA} differs from the checkpoint", "re-run the export stage")
-        result[name] = float((stored == 0).mean())
+    with open(folder / DATA, "rb") as data:
+        for name in linears:
+            key = next((k for k in ((f"{name}.weight", "transposed"), (f"{name}.weight", "as_is")) if k in written),
+                       None)
+            if key is None:
+                raise PipelineError(f"weight {name} was not written to {folder / DATA}", "this is a bug; please report it")
+            offset, length = written[key]
+            data.seek(offset)
+            stored = np.fromfile(data, dtype=np.float32, count=length // 4)
+            if not np.array_equal(stored, source.get(*key).reshape(-1)):
+                raise PipelineError(f"{name} in {folder / DATA} differs from the checkpoint", "re-run the export stage")
+            result[name] = float((stored == 0).mean())
     return result
+
+
+def disk_needed(params: int, template_params: int, engines: tuple[str, ...], share: bool) -> int:
+    """Disk a bounded export writes: the float32 weights once (both graphs reading one file) or once per graph,
+    plus the template's own export while it exists."""
+    from export.artifact import estimated_bytes
+
+    copies = 1 if share and len(engines) == 2 else len(engines)
+    return int(params * 4 * copies * 1.02) + estimated_bytes(template_params, engines)
 
 
 def fits_whole(params: int) -> bool:
@@ -245,8 +257,8 @@ def export_checkpoint_artifact(folder: Path, tokenizer, target: Path, engines: t
     from tqdm import tqdm
     from transformers import AutoConfig
 
-    from export.artifact import (DEEPSPARSE_DATA_TAIL, MANIFEST, _versions, check_disk, disk_bytes, estimated_bytes,
-                                 export_artifact, pad_external_data)
+    from export.artifact import (DEEPSPARSE_DATA_TAIL, MANIFEST, _versions, check_disk, disk_bytes, export_artifact,
+                                 pad_external_data)
     from export.checks import file_table
     from pipeline.core.checkpoint import Checkpoint, skeleton, tied_names
     from pipeline.core.models import decoder_layers
@@ -258,7 +270,8 @@ def export_checkpoint_artifact(folder: Path, tokenizer, target: Path, engines: t
     shell = skeleton(config, "float32")
     checkpoint.check_against(shell, tied_names(shell))
     total = sum(p.numel() for p in shell.parameters())
-    check_disk(target, estimated_bytes(total, engines))
+    layer_params = sum(p.numel() for p in decoder_layers(shell)[0].parameters())
+    check_disk(target, disk_needed(total, total - (depth - TEMPLATE_LAYERS) * layer_params, engines, share))
     layer_prefix = f"{next(n for n, m in shell.named_modules() if m is decoder_layers(shell))}."
     linears = [name for name, module in shell.named_modules()
                if name.startswith(layer_prefix) and module.__class__.__name__ == "Linear"]

@@ -35,9 +35,14 @@ def bounded_folder(ctx: Context, which: str) -> Path | None:
 def check_export(ctx: Context, which: str, target: Path) -> None:
     from export.artifact import preflight_export
 
-    # a bounded export needs shapes and the tokenizer, not weights: checked on the skeleton
-    model, _ = ctx.models.skeleton() if bounded_folder(ctx, which) else ctx.model_for_checks()
-    preflight_export(model, target, tuple(ctx.recipe.export.engines))
+    from pipeline.resources import Shapes
+
+    if bounded_folder(ctx, which):  # it needs shapes and the tokenizer, not weights: checked on the skeleton
+        model, _ = ctx.models.skeleton()
+        disk = estimate(Shapes.from_config(model.config), ctx.recipe)[1]
+    else:
+        (model, _), disk = ctx.model_for_checks(), None
+    preflight_export(model, target, tuple(ctx.recipe.export.engines), disk)
 
 
 def check(ctx: Context) -> None:
@@ -47,14 +52,16 @@ def check(ctx: Context) -> None:
 def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
     """Whole: the model in float32 twice (traced, serialized). Bounded: a 2-layer template likewise, unless the
     whole model fits three times in the memory available, when its logits are checked at full depth too."""
-    from export.artifact import estimated_bytes  # the export's own disk check uses the same figure
-    from export.bounded import TEMPLATE_LAYERS, fits_whole
+    from export.artifact import estimated_bytes  # the export's own disk check uses the same figures
+    from export.bounded import TEMPLATE_LAYERS, disk_needed, fits_whole
 
-    disk = estimated_bytes(shapes.params, tuple(recipe.export.engines))
-    if recipe.export.bounded_memory and shapes.layers > TEMPLATE_LAYERS and not fits_whole(shapes.params):
+    ex, engines = recipe.export, tuple(recipe.export.engines)
+    if ex.bounded_memory and shapes.layers > TEMPLATE_LAYERS:
         template = shapes.params - (shapes.layers - TEMPLATE_LAYERS) * shapes.layer_params
-        return 2 * template * 4 + BASE, disk
-    return 2 * shapes.params * 4 + BASE, disk
+        disk = disk_needed(shapes.params, template, engines, ex.share_weights)
+        ram = 2 * (shapes.params if fits_whole(shapes.params) else template) * 4 + BASE
+        return ram, disk
+    return 2 * shapes.params * 4 + BASE, estimated_bytes(shapes.params, engines)
 
 
 def export_model(ctx: Context, which: str, target: Path, metadata: dict) -> dict:
