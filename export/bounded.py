@@ -178,7 +178,7 @@ def write_deep_graph(template_dir: Path, target_dir: Path, depth: int, params: d
 
     ``shared``: {(parameter, form): (offset, length)} already in ``shared_file`` (the DeepSparse graph's
     data file); the graph points there, what the file lacks is appended to it, and ``target_dir``'s data file
-    becomes a hard link to it. Returns {(parameter, form): (offset, length)} of what the graph reads.
+    becomes a hard link to it. Returns {(parameter, form): (offset, length)} of the parameters the graph reads.
     """
     import onnx
 
@@ -187,7 +187,8 @@ def write_deep_graph(template_dir: Path, target_dir: Path, depth: int, params: d
     template = onnx.load(str(template_dir / "model.onnx"), load_external_data=False)
     deep, copies = deepen(template, depth)
     constants = {init.name: init for init in template.graph.initializer if init.name not in params}
-    where: dict[tuple[str, bool], tuple[int, int]] = dict(shared or {})
+    where: dict[tuple[str, str], tuple[int, int]] = dict(shared or {})
+    used: dict[tuple[str, str], tuple[int, int]] = {}
     weights = WeightsFile(shared_file if shared is not None else target_dir / DATA, append=shared is not None)
     try:
         for init in deep.graph.initializer:
@@ -197,6 +198,7 @@ def write_deep_graph(template_dir: Path, target_dir: Path, depth: int, params: d
                 key = (_layer_name(name, layer) if layer is not None else name, form)
                 if key not in where:
                     where[key] = weights.add(source.get(*key))
+                used[key] = where[key]
                 point_at(init, DATA, *where[key])
             else:
                 point_at(init, DATA, *weights.add(_template_value(constants[original], template_dir)))
@@ -211,7 +213,7 @@ def write_deep_graph(template_dir: Path, target_dir: Path, depth: int, params: d
     if shared is not None:
         os.link(shared_file, target_dir / DATA)
     onnx.save_model(deep, str(target_dir / "model.onnx"))
-    return where
+    return used
 
 
 def read_back_sparsity(folder: Path, written: dict, linears: list[str], source: Source) -> dict[str, float]:
@@ -308,7 +310,10 @@ def export_checkpoint_artifact(folder: Path, tokenizer, target: Path, engines: t
                     if name not in ("model.onnx", DATA):
                         os.replace(tmp / "template" / engine / name, out / name)
                 config.save_pretrained(out)
-                sparsity = read_back_sparsity(out, written, linears, source)
+                if reuse is not None and all(reuse.get(k) == spot for k, spot in written.items()):
+                    sparsity = engine_info["deepsparse"]["sparsity_in_onnx"]  # the same bytes, read back already
+                else:
+                    sparsity = read_back_sparsity(out, written, linears, source)
                 info = dict(template_manifest["engines"][engine])
                 info.update(export_seconds=time.time() - t0, external_data=True, sparsity_in_onnx=sparsity,
                             template_logits_max_abs_diff_vs_pytorch=info.pop("logits_max_abs_diff_vs_pytorch"),

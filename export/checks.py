@@ -112,7 +112,16 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
 
 
 def file_table(folder: Path) -> dict[str, dict]:
-    """{relative path: {bytes, sha256}} of every file under ``folder``: a manifest's ``files``."""
+    """{relative path: {bytes, sha256}} of every file under ``folder``: a manifest's ``files``. A file with two
+    names (the hard-linked weights file of an artifact's two graphs) is read once."""
     folder = Path(folder)
-    return {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    digests: dict[tuple[int, int], str] = {}
+    table = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            key = (st.st_dev, st.st_ino)
+            if key not in digests:
+                digests[key] = sha256_file(p)
+            table[p.relative_to(folder).as_posix()] = {"bytes": st.st_size, "sha256": digests[key]}
+    return table
