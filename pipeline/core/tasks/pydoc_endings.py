@@ -36,13 +36,17 @@ def _sentences(text: str) -> list[list[str]]:
     return kept
 
 
-def items(text: str | None = None) -> list[dict]:
-    """Every item: {"context", "endings", "label"}, in the text's order."""
-    if text is None:
-        from pipeline.core.data import embedded_text
+def held_out_text() -> str:
+    """The part of the embedded text the items come from: after ``START`` of its characters."""
+    from pipeline.core.data import embedded_text
 
-        text = embedded_text()
-    sentences = _sentences(text[int(len(text) * START):])
+    text = embedded_text()
+    return text[int(len(text) * START):]
+
+
+def items() -> list[dict]:
+    """Every item: {"context", "endings", "label"}, in the text's order."""
+    sentences = _sentences(held_out_text())
     endings = [" ".join(words[-ENDING_WORDS:]) for words in sentences]
     rng = random.Random(SEED)
     out = []
