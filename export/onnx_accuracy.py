@@ -26,7 +26,7 @@ class OnnxLM(TemplateLM):
     """``lm_eval`` model over ``FOLDER/ENGINE/model.onnx`` (an artifact folder; ``engine`` picks its graph)."""
 
     def __init__(self, folder: Path | str, engine: str = "onnxruntime", max_length: int | None = None,
-                 add_bos_token: bool | None = None):
+                 add_bos_token: bool | None = None, progress: bool = False):
         super().__init__()
         from transformers import AutoTokenizer
 
@@ -35,6 +35,7 @@ class OnnxLM(TemplateLM):
         self.tokenizer = AutoTokenizer.from_pretrained(folder / engine)
         self.max_length = max_length or model_max_length(self.graph.config)
         self.add_bos_token = add_bos_token
+        self.progress = progress
 
     @property
     def eot_token_id(self) -> int:
@@ -64,8 +65,11 @@ class OnnxLM(TemplateLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = True, **kwargs) -> list[tuple[float, bool]]:
         """Per request: the sum of log P(continuation token | everything before it) and whether every continuation
         token is the graph's greedy choice. One graph call per request (batch 1, as the graph was exported)."""
+        from tqdm.auto import tqdm
+
         out = []
-        for _, context, continuation in requests:
+        for _, context, continuation in tqdm(requests, desc="accuracy (artifact, ONNX Runtime)", leave=False,
+                                             disable=not self.progress):
             ids = (context + continuation)[-(self.max_length + 1):][:-1]
             logits = self.graph(torch.tensor([ids], dtype=torch.long)).logits[0, -len(continuation):]
             logprobs = torch.log_softmax(logits.float(), dim=-1)

@@ -18,6 +18,7 @@ missing dataset fails at once instead of after network timeouts.
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import os
 from contextlib import contextmanager
@@ -63,10 +64,43 @@ def task_data(offline: bool, data_dir: str | None):
                 os.environ[key] = value
 
 
+def route_lm_eval_logging() -> None:
+    """lm-eval's records go through our handlers (log files; the terminal shows our own lines only), not through
+    the stderr handler lm-eval would add to its logger on first use."""
+    import lm_eval.utils
+
+    lm_eval.utils._LOGGING_CONFIGURED = True  # its setup_logging then sets a level only, and adds no handler
+    logger = logging.getLogger("lm_eval")
+    logger.propagate = True
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+
+
+@contextmanager
+def lm_eval_bars(progress: bool):
+    """lm-eval's own progress bars (building contexts, tokenizing) hidden; its bar over the model's requests
+    (HFLM's "Running loglikelihood requests", the long part) shown when ``progress``."""
+    import lm_eval.api.model
+    import lm_eval.api.task
+    import lm_eval.models.huggingface as hf
+
+    modules = (lm_eval.api.model, lm_eval.api.task, hf)
+    saved = [m.tqdm for m in modules]
+    for module, bar in zip(modules, saved):
+        if module is not hf or not progress:
+            module.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        for module, bar in zip(modules, saved):
+            module.tqdm = bar
+
+
 def _manager(include_path: list[str], defaults: bool):
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(verbosity="WARNING", include_path=[str(TASKS_DIR), *include_path], include_defaults=defaults)
+    route_lm_eval_logging()
+    return TaskManager(verbosity="INFO", include_path=[str(TASKS_DIR), *include_path], include_defaults=defaults)
 
 
 def task_manager(tasks: list[str], include_path: list[str] = ()):
@@ -143,15 +177,16 @@ def max_length(config) -> int:
 
 
 def evaluate(lm, manager, tasks: list[str], num_fewshot: int, limit, offline: bool, data_dir: str | None,
-             seed: int = 1234) -> dict:
+             seed: int = 1234, progress: bool = False) -> dict:
     """lm-eval's simple_evaluate of ``lm`` on ``tasks``; per task: acc, acc_norm (where the task has it), their
     standard errors and the number of items scored, as lm-eval reports them."""
     from lm_eval import simple_evaluate
 
-    with task_data(offline, data_dir):
+    route_lm_eval_logging()
+    with task_data(offline, data_dir), lm_eval_bars(progress):
         out = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                               log_samples=False, bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed,
-                              torch_random_seed=seed, fewshot_random_seed=seed, verbosity="WARNING")
+                              torch_random_seed=seed, fewshot_random_seed=seed, verbosity="INFO")
     return scores(out)
 
 

@@ -28,7 +28,7 @@ def measure(ctx: Context, lm, label: str) -> dict:
     acc = ctx.recipe.accuracy
     t0 = time.time()
     tasks = evaluate(lm, ctx.accuracy_tasks(), acc.tasks, acc.num_fewshot, acc.limit, acc.offline, acc.data_dir,
-                     acc.seed)
+                     acc.seed, progress=ctx.progress)
     for name, entry in tasks.items():
         log.info("accuracy of the %s model on %s (%s items): acc %s, acc_norm %s", label, name, entry["items"],
                  _fmt(entry, "acc"), _fmt(entry, "acc_norm"))

@@ -19,7 +19,7 @@ def run(ctx: Context) -> None:
 
     ctx.models.release()  # the ONNX Runtime session holds its own copy of the weights
     folder = ctx.run_dir / "artifact"
-    result = measure(ctx, OnnxLM(folder, GRAPH), "artifact")
+    result = measure(ctx, OnnxLM(folder, GRAPH, progress=ctx.progress), "artifact")
     write(ctx, OUTPUT, "artifact", {"path": str(folder), "graph": GRAPH, **result})
 
 
