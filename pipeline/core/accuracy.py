@@ -18,7 +18,6 @@ missing dataset fails at once instead of after network timeouts.
 from __future__ import annotations
 
 import difflib
-import functools
 import logging
 import os
 from contextlib import contextmanager
@@ -76,6 +75,11 @@ def route_lm_eval_logging() -> None:
         logger.removeHandler(handler)
 
 
+def _hidden(bar):
+    """``bar`` with ``disable=True`` whatever the caller passes (lm-eval passes its own ``disable=``)."""
+    return lambda *args, **kwargs: bar(*args, **{**kwargs, "disable": True})
+
+
 @contextmanager
 def lm_eval_bars(progress: bool):
     """lm-eval's own progress bars (building contexts, tokenizing) hidden; its bar over the model's requests
@@ -88,7 +92,7 @@ def lm_eval_bars(progress: bool):
     saved = [m.tqdm for m in modules]
     for module, bar in zip(modules, saved):
         if module is not hf or not progress:
-            module.tqdm = functools.partial(bar, disable=True)
+            module.tqdm = _hidden(bar)
     try:
         yield
     finally:
