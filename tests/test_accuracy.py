@@ -226,3 +226,39 @@ def test_the_embedded_task_is_built_from_held_out_prose():
     assert all(d["context"] + " " + d["endings"][d["label"]] in held_out for d in items)
     labels = [d["label"] for d in items]
     assert min(labels.count(k) for k in range(4)) > len(items) / 8  # the right answer is not always in one place
+
+
+def hub_dataset_cache(root, repo: str, rows: list[dict]):
+    """A datasets cache folder holding ``repo`` as a machine that downloaded it would (what accuracy.data_dir points at):
+    the builder's Arrow file under ``namespace___name/default/0.0.0/HASH``, named after the dataset."""
+    import shutil
+
+    import datasets
+
+    (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    builder = datasets.load_dataset_builder("json", data_files={"test": str(root / "rows.jsonl")},
+                                            cache_dir=str(root / "build"))
+    builder.download_and_prepare()
+    built = next((root / "build" / "json").glob("default-*/0.0.0/*/"))
+    namespace, name = repo.split("/")
+    target = root / "cache" / f"{namespace}___{name}" / "default" / "0.0.0" / built.name
+    shutil.copytree(built, target)
+    (target / "json-test.arrow").rename(target / f"{name}-test.arrow")
+    return root / "cache"
+
+
+def test_task_data_comes_from_the_data_dir_offline(tmp_path, dense):
+    """A hub dataset copied into a cache folder: found there with the hub unreachable, and only there."""
+    cache = hub_dataset_cache(tmp_path, "someorg/tiny_choices",
+                              [{"context": f"abc{i}", "choices": ["d", "ef"], "label": i % 2} for i in range(6)])
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "hub.yaml").write_text(
+        "task: hub_choices\ndataset_path: someorg/tiny_choices\noutput_type: multiple_choice\ntest_split: test\n"
+        "doc_to_text: '{{context}}'\ndoc_to_target: label\ndoc_to_choice: choices\n")
+    manager = task_manager(["hub_choices"], [str(tmp_path / "tasks")])
+    assert check_task_data(manager, ["hub_choices"], offline=True, data_dir=str(cache)) == {"hub_choices": 6}
+    model, tokenizer = dense
+    result = evaluate(torch_lm(model, tokenizer, 2, 256), manager, ["hub_choices"], 0, None, True, str(cache))
+    assert result["hub_choices"]["items"] == 6
+    with pytest.raises(PipelineError, match="hub_choices: its data is not available offline"):
+        check_task_data(manager, ["hub_choices"], offline=True, data_dir=str(tmp_path / "empty-cache"))
