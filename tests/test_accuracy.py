@@ -191,6 +191,8 @@ def test_a_run_measures_dense_pruned_and_artifact_on_the_same_items(tmp_path, de
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Task accuracy (lm-evaluation-harness 0.4.13, 0-shot)" in report
     assert "| known_answers | 24 | acc | " in report and "magnitude 0.5" in report and "ONNX Runtime graph" in report
+    assert (f"- task accuracy (acc on known_answers, 0-shot): dense {acc:.4f} → pruned "
+            f"{got['pruned']['tasks']['known_answers']['acc']:.4f} → artifact ") in report
 
     data["accuracy"]["limit"] = 8
     again = run_recipe(parse_recipe(data), progress=False)
