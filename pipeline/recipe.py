@@ -111,6 +111,48 @@ class EvaluationSection(_Section):
     device: str = Field("cpu", description="where the whole model runs for perplexity (cpu, cuda)")
 
 
+#: the paper's zero-shot tasks (its Tables 2-3), by their lm-evaluation-harness names
+PAPER_TASKS = ("hellaswag", "winogrande", "arc_easy", "arc_challenge", "piqa")
+
+
+class AccuracySection(_Section):
+    """Zero-shot accuracy through lm-evaluation-harness (pipeline/core/accuracy.py): the unpruned model, the pruned
+    model and the exported ONNX Runtime graph, each on the same task items."""
+
+    enabled: bool = Field(False, description="measure task accuracy (needs each task's data: see data_dir, offline)")
+    tasks: list[str] = Field(default_factory=lambda: list(PAPER_TASKS), min_length=1,
+                             description="lm-eval task names; default the paper's five")
+    num_fewshot: int = Field(0, ge=0, description="examples in each prompt (0: zero-shot, as the paper)")
+    limit: Optional[Union[int, float]] = Field(
+        None, gt=0, description="items per task: a count, or a fraction below 1 of each task's items; null: all")
+    batch_size: int = Field(8, gt=0, description="requests scored together (PyTorch)")
+    include_path: list[str] = Field(default_factory=list,
+                                    description="folders of your own lm-eval task YAML files (lm-eval's --include_path)")
+    data_dir: Optional[str] = Field(None, description="a Hugging Face datasets cache folder holding the tasks' data "
+                                                      "(default: the HF_DATASETS_CACHE / ~/.cache/huggingface/datasets)")
+    offline: bool = Field(True, description="read task data from the cache only, never from the hub "
+                                            "(HF_DATASETS_OFFLINE); false: datasets may download what is missing")
+    dense: bool = Field(True, description="also the unpruned model")
+    artifact: bool = Field(True, description="also the exported ONNX Runtime graph (with export and the "
+                                             "onnxruntime engine)")
+    seed: int = Field(1234, description="lm-eval's random seed (few-shot sampling)")
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct(cls, value):
+        doubled = sorted({t for t in value if value.count(t) > 1})
+        if doubled:
+            raise ValueError(f"tasks {doubled} listed twice — fix: list each task once")
+        return value
+
+    @field_validator("limit")
+    @classmethod
+    def _fraction_or_count(cls, value):
+        if isinstance(value, float) and value >= 1 and not value.is_integer():
+            raise ValueError(f"limit {value} is neither a count nor a fraction below 1 — fix: e.g. 100 or 0.1")
+        return int(value) if isinstance(value, float) and value >= 1 else value
+
+
 class QuantizeSection(_Section):
     """INT8 quantization of the exported artifact (export/quantize.py): RUN/artifact-int8 beside RUN/artifact."""
 
@@ -179,6 +221,7 @@ class Recipe(_Section):
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
     prune: PruneSection = Field(default_factory=PruneSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    accuracy: AccuracySection = Field(default_factory=AccuracySection)
     quantize: QuantizeSection = Field(default_factory=QuantizeSection)
     export: ExportSection = Field(default_factory=ExportSection)
     benchmark: BenchmarkSection = Field(default_factory=BenchmarkSection)

@@ -54,6 +54,19 @@ def summary_block(summary: dict) -> list[str]:
                      f"{qp['graph']} graph, {qp['int8']['windows']} windows)")
     if steps:
         lines.append(f"- perplexity ({ppl.get('dataset') or qp['dataset']}): " + " → ".join(steps))
+    acc = summary.get("accuracy") or {}
+    measured = [(key, name) for key, name in (("dense", "dense"), ("pruned", "pruned"), ("artifact", "artifact"))
+                if key in acc]
+    if measured:
+        tasks = acc["settings"]["tasks"]
+        means = []
+        for key, name in measured:
+            values = [acc[key]["tasks"][t]["acc"] for t in tasks if "acc" in acc[key]["tasks"].get(t, {})]
+            if len(values) == len(tasks):
+                means.append(f"{name} {sum(values) / len(values):.4f}")
+        what = f"acc on {tasks[0]}" if len(tasks) == 1 else f"mean acc of {len(tasks)} tasks"
+        if means:
+            lines.append(f"- task accuracy ({what}, {acc['settings']['num_fewshot']}-shot): " + " → ".join(means))
     sizes = [f"{name} {_mib(summary, key)}" for key, name in (("export_dense", "dense"), ("export", "pruned"),
                                                                ("quantize", "INT8")) if _mib(summary, key)]
     if sizes:

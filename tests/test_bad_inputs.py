@@ -59,6 +59,13 @@ RECIPES = {
     "deepsparse-uncovered-family-before-weights": ({"model__source": "GEMMA3_CONFIG_ONLY", "export__enabled": True},
                                                    "covers gemma, llama, mistral, qwen2, not 'gemma3_text' — fix: "
                                                    "export for ONNX Runtime only (export.engines: [onnxruntime])"),
+    "accuracy-unknown-task": ({"accuracy__enabled": True, "accuracy__tasks": ["hellaswagg"]},
+                              "unknown lm-eval task hellaswagg (hellaswagg: did you mean hellaswag"),
+    "accuracy-task-data-not-offline": ({"accuracy__enabled": True, "accuracy__tasks": ["absent_data"],
+                                        "accuracy__include_path": ["TASKS"]},
+                                       "accuracy task absent_data: its data is not available offline"),
+    "accuracy-limit-neither-count-nor-fraction": ({"accuracy__enabled": True, "accuracy__limit": 2.5},
+                                                  "limit 2.5 is neither a count nor a fraction below 1"),
 }
 
 
@@ -94,6 +101,10 @@ def bad_workspace(workspace):
     config = json.loads((workspace / "wrong-shape" / "config.json").read_text())
     (workspace / "wrong-shape" / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
     gemma3_config_only(workspace / "gemma3-config-only")
+    (workspace / "tasks").mkdir(exist_ok=True)  # an lm-eval task whose dataset is in no cache
+    (workspace / "tasks" / "absent.yaml").write_text(
+        "task: absent_data\ndataset_path: nobody-here/no-such-dataset\noutput_type: multiple_choice\n"
+        "test_split: test\ndoc_to_text: '{{q}}'\ndoc_to_target: 0\ndoc_to_choice: ['a', 'b']\n")
     return workspace
 
 
@@ -113,8 +124,10 @@ def test_bad_recipe(bad_workspace, case, tmp_path):
     changes, expected = RECIPES[case]
     subst = {"TINY_OPT": root / "tiny-opt", "EMPTY": root / "empty.txt", "SHORT": root / "short.txt",
              "PICKLED": root / "pickled", "NO_SHARD": root / "no-shard", "TRUNCATED": root / "truncated",
-             "WRONG_SHAPE": root / "wrong-shape", "GEMMA3_CONFIG_ONLY": root / "gemma3-config-only"}
-    changes = {k: str(subst[v]) if isinstance(v, str) and v in subst else v for k, v in changes.items()}
+             "WRONG_SHAPE": root / "wrong-shape", "GEMMA3_CONFIG_ONLY": root / "gemma3-config-only",
+             "TASKS": root / "tasks"}
+    changes = {k: str(subst[v]) if isinstance(v, str) and v in subst else
+               [str(subst.get(x, x)) for x in v] if isinstance(v, list) else v for k, v in changes.items()}
     path = write_recipe(root, case, **changes)
     proc = run_cli("run", str(path), cwd=root, log_dir=tmp_path / "logs")
     assert_one_clear_line(proc, expected, tmp_path / "logs")

@@ -17,6 +17,7 @@ def test_embedded_recipe_prunes_and_perplexity_rises_plausibly(tmp_path):
     base["calibration"].update(num_samples=8, seq_len=128)
     base["evaluation"].update(context_length=256, max_windows=12)
     base["quantize"].update(check_tokens=8)
+    base["accuracy"].update(limit=24)
     summary = run_recipe(parse_recipe(base), progress=False)
 
     dense = summary["perplexity"]["dense"]["perplexity"]
@@ -47,6 +48,11 @@ def test_embedded_recipe_prunes_and_perplexity_rises_plausibly(tmp_path):
     assert qp["float"]["perplexity"] == pytest.approx(pruned, rel=1e-3), "the float graph's perplexity is PyTorch's"
     # without smoothing INT8 cost +17% here (25.98 vs 22.13 at 12 x 256); with it about +7%
     assert qp["float"]["perplexity"] * 0.98 < qp["int8"]["perplexity"] < qp["float"]["perplexity"] * 1.12
+    acc = {key: summary["accuracy"][key]["tasks"]["pydoc_endings"] for key in ("dense", "pruned", "artifact")}
+    assert all(entry["items"] == 24 for entry in acc.values())
+    assert acc["dense"]["acc"] > 0.5, acc  # 4 choices: chance is 0.25; the model reads English
+    for metric in ("acc", "acc_norm"):  # the shipped graph answers as the pruned PyTorch model does, item for item
+        assert abs(acc["artifact"][metric] - acc["pruned"][metric]) <= 1 / 24, acc
     bench = summary["benchmark"]  # the embedded recipe runs every stage, the benchmark included
     assert bench["partial"] is None and bench["failures"] == 0
     assert {"deepsparse decode", "onnxruntime decode", "deepsparse decode int8"} <= set(bench["tokens_per_s"])

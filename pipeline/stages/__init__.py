@@ -7,14 +7,18 @@ runner, resuming, the resource preflight, ``--from``, summary.json and report.md
 
 from __future__ import annotations
 
-from pipeline.stages import baseline, benchmark, evaluate, export, export_dense, prune, quantize
+from pipeline.stages import (accuracy, accuracy_artifact, accuracy_dense, baseline, benchmark, evaluate, export,
+                             export_dense, prune, quantize)
 from pipeline.stages.stage import Stage
 
 STAGES: tuple[Stage, ...] = (
     baseline.STAGE,
+    accuracy_dense.STAGE,
     prune.STAGE,
     evaluate.STAGE,
+    accuracy.STAGE,
     export.STAGE,
+    accuracy_artifact.STAGE,
     export_dense.STAGE,
     quantize.STAGE,
     benchmark.STAGE,

@@ -212,6 +212,19 @@ class Context:
             self._cache["evaluation_bos"] = bos
         return self._cache["evaluation"]
 
+    def accuracy_tasks(self):
+        """lm-eval's TaskManager for ``accuracy.tasks``, every name and every task's data checked (once per run):
+        an unknown name or data missing offline is a PipelineError here, before any model loads."""
+        if "accuracy" not in self._cache:
+            from pipeline.core.accuracy import check_task_data, task_manager
+
+            acc = self.recipe.accuracy
+            manager = task_manager(acc.tasks, acc.include_path)
+            items = check_task_data(manager, acc.tasks, acc.offline, acc.data_dir)
+            log.info("accuracy tasks ready: %s", ", ".join(f"{t} ({n} items)" for t, n in items.items()))
+            self._cache["accuracy"] = manager
+        return self._cache["accuracy"]
+
     def eval_args(self, desc: str) -> dict:
         ev = self.recipe.evaluation
         self.evaluation_ids()
