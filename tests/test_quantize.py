@@ -235,3 +235,23 @@ def test_integer_matmul_form_computes_the_dequantized_product_and_keeps_zeros(tm
     want = ((x_q - x_zero) @ q.astype(np.float64)) * rescale
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got, x @ w, atol=0.05 * np.abs(x @ w).max())  # and close to the float product
+
+
+def test_scheme_with_down_proj_quantizes_all_seven_linears(tiny_artifact, tmp_path):
+    from export.checks import deepsparse_graph_logits
+
+    model, folder, _ = tiny_artifact
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, 96, (1, 16))
+    manifest = quantize_artifact(folder, tmp_path / "all", "w8a8-static-all", rng.integers(2, 96, (8, 32)), ids,
+                                 smoothing_strength=0.5)
+    for engine, info in manifest["engines"].items():
+        assert info["quantized_matmuls"] == 14 and info["pruned_zeros_kept"], engine
+        assert info["smoothing"]["up"] == 2  # down_proj's input smoothed through up_proj's columns
+        ops = [n.op_type for n in onnx.load(str(tmp_path / "all" / engine / "model.onnx"),
+                                             load_external_data=False).graph.node]
+        assert ops.count("MatMulInteger") == 14 and ops.count("MatMul") == info["float_matmuls"]  # attention, LM head
+        assert info["top1_agreement_vs_float"] >= 0.9
+    float_logits = deepsparse_graph_logits(folder / "deepsparse" / "model.onnx", model.config, ids)
+    int8_logits = deepsparse_graph_logits(tmp_path / "all" / "deepsparse" / "model.onnx", model.config, ids)
+    assert np.abs(int8_logits - float_logits).max() < 0.2 * np.abs(float_logits).max()
