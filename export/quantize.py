@@ -116,6 +116,11 @@ def integer_matmuls(model, linears: list[str], ranges: dict[str, tuple[float, fl
             nodes.append(node)
             continue
         x, w_name = node.input
+        if w_name not in inits or x in inits or len(inits[w_name].dims) != 2:
+            raise PipelineError(f"MatMul {node.name!r} ({x} x {w_name}) is not activation x weight [in, out]: DeepSparse's "
+                                "INT8 form (MatMulInteger with a constant int8 weight) cannot be written for it",
+                                "leave it float (it is not a decoder linear) or export the model with weights as the "
+                                "second MatMul input")
         if x not in quantized:
             scale, point = activation_params(*ranges[x])
             base = f"{x}.uint8"

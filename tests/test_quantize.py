@@ -255,3 +255,17 @@ def test_scheme_with_down_proj_quantizes_all_seven_linears(tiny_artifact, tmp_pa
     float_logits = deepsparse_graph_logits(folder / "deepsparse" / "model.onnx", model.config, ids)
     int8_logits = deepsparse_graph_logits(tmp_path / "all" / "deepsparse" / "model.onnx", model.config, ids)
     assert np.abs(int8_logits - float_logits).max() < 0.2 * np.abs(float_logits).max()
+
+
+def test_a_matmul_without_a_constant_weight_is_refused_by_name():
+    from onnx import TensorProto, helper
+
+    from export.quantize import integer_matmuls
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["w", "x"], ["y"], "weight_first")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 4])],
+                              [numpy_helper.from_array(np.ones((8, 8), np.float32), "w")])
+    model = helper.make_model(graph)
+    with pytest.raises(PipelineError, match="MatMul 'weight_first' .* cannot be written"):
+        integer_matmuls(model, ["weight_first"], {"w": (0.0, 1.0)}, per_channel=True)
