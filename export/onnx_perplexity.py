@@ -1,7 +1,7 @@
 """Perplexity of an artifact's graph, computed in ONNX Runtime, with the same windows and loss as
 pipeline/core/evaluate.py (it is reused: the session is wrapped as a module that returns logits).
 
-This is how the INT8 artifact's perplexity is measured: the QDQ graph itself, not a PyTorch imitation.
+This is how the INT8 artifact's perplexity is measured: the INT8 graph itself, not a PyTorch imitation.
 """
 
 from __future__ import annotations

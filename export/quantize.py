@@ -1,16 +1,25 @@
-"""INT8 quantization of an exported artifact: static QDQ quantization of the decoder linears with
-onnxruntime's quantization tool, calibrated on real text, for both graphs of the artifact.
+"""INT8 quantization of an exported artifact in the form DeepSparse runs as INT8, calibrated on real
+text, for both graphs of the artifact.
 
     RUN/artifact/  --quantize_artifact-->  RUN/artifact-int8/   (same layout, same manifest keys, same loaders)
 
-The scheme (export/schemes.py) is what DeepSparse executes: weights int8, symmetric, per tensor, so a
-pruned zero stays exactly 0 (checked for every weight); activations uint8, asymmetric, calibrated
-with min/max; QuantizeLinear/DequantizeLinear around the MatMuls of q/k/v/o/gate/up. down_proj
-(whose input has the outliers, see ``linear_matmuls``), the attention score MatMuls (two
-activations), the LM head and everything else stay float32. Before calibration, SmoothQuant
-smoothing (export/smooth.py, ``smoothing_strength``) moves the outlier channels of the norm outputs
-into the q/k/v and gate/up weights (the float function is unchanged). DeepSparse 1.8.0
-compiles this graph with its internal KV cache (tests/test_quantize.py runs it).
+Each quantized decoder linear becomes ``QuantizeLinear(x) -> MatMulInteger(x_q, W_q) -> Cast -> Mul``
+(``integer_matmuls``), the form SparseML's exporter writes for DeepSparse: W_q is an int8 constant
+(symmetric, per output channel, so a pruned zero stays exactly 0 — checked for every weight), x_q is
+uint8 (asymmetric, per tensor, range calibrated with min/max), and the int32 result is rescaled by
+x_scale * w_scale per output channel. DeepSparse compiles these MatMuls as INT8 kernels with a
+constant weight (``gemm`` dense, ``ks_gevm`` sparse in ``deepsparse.debug_analysis``). The QDQ form
+that onnxruntime's quantization tool writes (``DequantizeLinear(int8 W)`` feeding a float MatMul) is
+NOT one: DeepSparse dequantizes the whole weight on every call and multiplies in float32, slower
+than the float graph (benchmarks/results/int8_profile/). ONNX Runtime runs the same form.
+
+The scheme (export/schemes.py) says which linears: q/k/v/o/gate/up (``w8a8-static``; down_proj —
+whose input has the outliers, see ``linear_matmuls`` — stays float32) or all seven
+(``w8a8-static-all``). The attention score MatMuls (two activations), the LM head and everything else
+stay float32. Before quantizing, SmoothQuant smoothing (export/smooth.py, ``smoothing_strength``)
+moves the outlier channels of the norm outputs (and of down_proj's input, when it is quantized) into
+the weights that read them (the float function is unchanged). DeepSparse 1.8.0 compiles this graph
+with its internal KV cache (tests/test_quantize.py runs it).
 """
 
 from __future__ import annotations
@@ -30,22 +39,6 @@ from pipeline.common.errors import PipelineError
 from pipeline.common.outputs import StagingDir, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-
-def _quantization_tool():
-    """onnxruntime.quantization, importable next to onnx 1.14.
-
-    onnxruntime's tool names the 4-bit tensor types of onnx >= 1.16 in its lookup tables; DeepSparse
-    1.8 pins onnx < 1.15. The two enum values are added if missing (we never create 4-bit tensors).
-    """
-    import onnx
-
-    for name, value in (("UINT4", 21), ("INT4", 22)):
-        if not hasattr(onnx.TensorProto, name):
-            setattr(onnx.TensorProto, name, value)
-    import onnxruntime.quantization as tool
-
-    return tool
 
 
 def linear_matmuls(graph, vocab_size: int, intermediate_size: int | None = None) -> tuple[list[str], list[str]]:
@@ -80,65 +73,135 @@ def _feeds(engine: str, graph: Path, config, windows: np.ndarray) -> list[dict]:
     return [onnxruntime_graph_feed(names, config, windows[i:i + 1]) for i in range(len(windows))]
 
 
+def activation_params(low: float, high: float) -> tuple[np.float32, np.uint8]:
+    """uint8 asymmetric (scale, zero point) of a calibrated range; the range always holds 0 (exactly representable)."""
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    scale = (high - low) / 255.0 or 1.0
+    return np.float32(scale), np.uint8(np.clip(np.round(-low / scale), 0, 255))
+
+
+def weight_params(w: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """int8 symmetric weights of ``w`` [in, out] and their scales ([out] per channel, else one).
+
+    Zero maps to 0 (no zero point), so a pruned weight stays exactly 0; all-zero columns get scale 1.
+    """
+    peak = np.abs(w).max(0) if per_channel else np.abs(w).max(keepdims=True)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
+
+
+def integer_matmuls(model, linears: list[str], ranges: dict[str, tuple[float, float]], per_channel: bool) -> int:
+    """Rewrite each MatMul of ``linears`` (x [.., in] times a weight initializer [in, out]) in place into
+
+        QuantizeLinear(x) -> MatMulInteger(x_q uint8, W_q int8) -> Cast(float) -> Mul(x_scale * w_scale)
+
+    the form SparseML's exporter writes for DeepSparse (its MatMul-to-MatMulInteger transforms): the
+    weight is an int8 constant that DeepSparse's INT8 kernels read (dense or sparse), the int32
+    accumulator is rescaled once per output channel. One QuantizeLinear per activation (q/k/v share
+    one). ``ranges`` is the calibrated (min, max) of each activation. Returns the weight bytes saved.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for x in node.input:
+            readers[x] = readers.get(x, 0) + 1
+    wanted, nodes, quantized, dropped, saved = set(linears), [], {}, set(), 0
+    zero = numpy_helper.from_array(np.array(0, np.int8), "int8_matmul.weight_zero_point")
+    new_inits = [zero]
+    for node in graph.node:
+        if node.name not in wanted:
+            nodes.append(node)
+            continue
+        x, w_name = node.input
+        if w_name not in inits or x in inits or len(inits[w_name].dims) != 2:
+            raise PipelineError(f"MatMul {node.name!r} ({x} x {w_name}) is not activation x weight [in, out]: DeepSparse's "
+                                "INT8 form (MatMulInteger with a constant int8 weight) cannot be written for it",
+                                "leave it float (it is not a decoder linear) or export the model with weights as the "
+                                "second MatMul input")
+        if x not in quantized:
+            scale, point = activation_params(*ranges[x])
+            base = f"{x}.uint8"
+            new_inits += [numpy_helper.from_array(np.array(scale), f"{base}.scale"),
+                          numpy_helper.from_array(np.array(point), f"{base}.zero_point")]
+            nodes.append(helper.make_node("QuantizeLinear", [x, f"{base}.scale", f"{base}.zero_point"], [base],
+                                          f"{base}.quantize"))
+            quantized[x] = (base, scale)
+        x_q, x_scale = quantized[x]
+        w = numpy_helper.to_array(inits[w_name])
+        q, w_scale = weight_params(w, per_channel)
+        name = node.name
+        new_inits += [numpy_helper.from_array(q, f"{w_name}.int8"),
+                      numpy_helper.from_array((x_scale * w_scale).astype(np.float32), f"{name}.rescale")]
+        nodes += [helper.make_node("MatMulInteger", [x_q, f"{w_name}.int8", f"{x_q}.zero_point", zero.name],
+                                   [f"{name}.int32"], f"{name}.integer"),
+                  helper.make_node("Cast", [f"{name}.int32"], [f"{name}.float"], f"{name}.cast", to=TensorProto.FLOAT),
+                  helper.make_node("Mul", [f"{name}.float", f"{name}.rescale"], [node.output[0]], f"{name}.rescale_mul")]
+        if readers[w_name] == 1:
+            dropped.add(w_name)
+            saved += w.nbytes - q.nbytes
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [i for i in graph.initializer if i.name not in dropped]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    return saved
+
+
 def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme, config,
                    smoothing_strength: float | None = None) -> dict:
-    """Quantize ``source`` (model.onnx + model.onnx_data) into ``target`` folder; returns what was done."""
+    """Quantize ``source`` (model.onnx + model.onnx_data) into ``target`` folder; returns what was done.
+
+    Activation ranges are calibrated once on the float graph (min/max over ``feeds``, ONNX Runtime);
+    SmoothQuant divides a smoothed activation's channel j by s_j, so its range after smoothing is
+    read from the same per-channel statistics.
+    """
     import onnx
 
-    tool = _quantization_tool()
-    graph = onnx.load(str(source), load_external_data=False).graph
-    linears, others = linear_matmuls(graph, config.vocab_size, getattr(config, "intermediate_size", None))
+    from export.smooth import channel_ranges, smooth, smoothing_groups
+
+    model = onnx.load(str(source))
+    linears, others = linear_matmuls(model.graph, config.vocab_size,
+                                     None if scheme.down_proj else getattr(config, "intermediate_size", None))
     if not linears:
         raise PipelineError(f"{source} has no MatMul with a weight matrix to quantize", "re-run the export stage")
     done = {"quantized_matmuls": len(linears), "float_matmuls": len(others)}
-
-    class Reader(tool.CalibrationDataReader):
-        def __init__(self):
-            self.items = iter(feeds)
-
-        def get_next(self):
-            return next(self.items, None)
-
+    nodes = {n.name: n for n in model.graph.node}
+    activations = sorted({nodes[name].input[0] for name in linears})
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as scratch:
-        if smoothing_strength:
-            from export.smooth import activation_maxima, smooth, smoothing_groups
-
-            model = onnx.load(str(source))
-            groups = smoothing_groups(model.graph, set(linears))
-            maxima = activation_maxima(model, [g.activation for g in groups], feeds, Path(scratch))
-            done["smoothing"] = smooth(model, groups, maxima, smoothing_strength)
-            source = Path(scratch) / "smoothed" / "model.onnx"
-            source.parent.mkdir()
-            save_graph(model, source)
-            del model
-        out = Path(scratch) / "model.onnx"
-        tool.quantize_static(str(source), str(out), Reader(), quant_format=tool.QuantFormat.QDQ,
-                             op_types_to_quantize=["MatMul"], nodes_to_exclude=others,
-                             per_channel=scheme.per_channel, activation_type=tool.QuantType.QUInt8,
-                             weight_type=tool.QuantType.QInt8, calibrate_method=tool.CalibrationMethod.MinMax,
-                             use_external_data_format=True,
-                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
-        save_graph(onnx.load(str(out)), target / "model.onnx")
+        stats = channel_ranges(model, activations, feeds, Path(scratch))
+    if smoothing_strength:
+        groups = smoothing_groups(model.graph, set(linears))
+        maxima = {g.activation: np.maximum(-stats[g.activation][0], stats[g.activation][1]) for g in groups}
+        done["smoothing"] = smooth(model, groups, maxima, smoothing_strength)
+        for g in groups:  # X is now X / s, channel by channel
+            stats[g.activation] = (stats[g.activation][0] / g.scale, stats[g.activation][1] / g.scale)
+    ranges = {x: (float(low.min()), float(high.max())) for x, (low, high) in stats.items()}
+    done["float_weight_bytes_saved"] = integer_matmuls(model, linears, ranges, scheme.per_channel)
+    save_graph(model, target / "model.onnx")
     return done
 
 
 def int8_weights(float_graph: Path, int8_graph: Path) -> dict[str, dict]:
-    """Per quantized weight: the fraction of int8 zeros, and whether every float zero is still 0."""
+    """Per quantized weight (by the float weight's name): its fraction of int8 zeros, and whether every
+    float zero is still 0. The int8 weights are the constant inputs of the graph's MatMulInteger nodes."""
     import onnx
     from onnx import numpy_helper
 
     floats = {i.name: i for i in onnx.load(str(float_graph)).graph.initializer}
+    model = onnx.load(str(int8_graph))
+    weights = {n.input[1] for n in model.graph.node if n.op_type == "MatMulInteger"}
     result = {}
-    for init in onnx.load(str(int8_graph)).graph.initializer:
-        if not init.name.endswith("_quantized") or init.name[: -len("_quantized")] not in floats:
+    for init in model.graph.initializer:
+        if init.name not in weights:
             continue
-        q = numpy_helper.to_array(init)
-        if q.ndim != 2:
-            continue
-        w = numpy_helper.to_array(floats[init.name[: -len("_quantized")]])
-        result[init.name[: -len("_quantized")]] = {
-            "shape": list(q.shape), "float_zeros": float((w == 0).mean()), "int8_zeros": float((q == 0).mean()),
-            "pruned_zeros_kept": bool((q[w == 0] == 0).all())}
+        original = init.name[: -len(".int8")]
+        q, w = numpy_helper.to_array(init), numpy_helper.to_array(floats[original])
+        result[original] = {
+            "shape": list(q.shape), "dtype": str(q.dtype), "float_zeros": float((w == 0).mean()),
+            "int8_zeros": float((q == 0).mean()), "pruned_zeros_kept": bool((q[w == 0] == 0).all())}
     return result
 
 

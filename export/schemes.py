@@ -16,12 +16,19 @@ class Scheme:
     activations: str
     per_channel: bool
     about: str
+    down_proj: bool = False  # down_proj INT8 too (its input, act(gate) * up, carries the largest outliers)
 
 
 SCHEMES = {
-    "w8a8-static": Scheme("int8 symmetric per tensor", "uint8 asymmetric, static (min/max calibration)", False,
-                          "q/k/v/o/gate/up INT8 (QDQ) after SmoothQuant smoothing of their inputs; down_proj, "
-                          "attention scores, LM head, norms float32"),
+    "w8a8-static": Scheme("int8 symmetric per output channel", "uint8 asymmetric per tensor, static (min/max "
+                          "calibration)", True,
+                          "q/k/v/o/gate/up as QuantizeLinear -> MatMulInteger -> Cast -> Mul (DeepSparse's INT8 "
+                          "form) after SmoothQuant smoothing of their inputs; down_proj, attention scores, LM head, "
+                          "norms float32"),
+    "w8a8-static-all": Scheme("int8 symmetric per output channel", "uint8 asymmetric per tensor, static (min/max "
+                              "calibration)", True,
+                              "as w8a8-static, and down_proj INT8 too (its input smoothed through up_proj's "
+                              "columns): every decoder linear INT8", down_proj=True),
 }
 #: schemes users ask for that the DeepSparse path does not run, and what to do instead
 NOT_RUNNABLE = {

@@ -36,6 +36,7 @@ class SmoothGroup:
     producer: str = ""             # the node that reads ``divisor`` (the norm's Mul, or up_proj's MatMul)
     shared: bool = False           # ``divisor`` is read elsewhere too: smooth() gives the producer its own copy
     port: int = 0                  # which input of ``producer`` leads to ``divisor``
+    scale: np.ndarray | None = None  # s, set by smooth(): the activation is now X / s (per channel)
 
 
 def _producers_and_consumers(graph):
@@ -104,8 +105,8 @@ def smoothing_groups(graph, matmuls: set[str]) -> list[SmoothGroup]:
     return groups
 
 
-def activation_maxima(model, names: list[str], feeds: list[dict], scratch: Path) -> dict[str, np.ndarray]:
-    """Per-channel max |X| of the tensors ``names`` over ``feeds``, read by ONNX Runtime from ``model``."""
+def channel_ranges(model, names: list[str], feeds: list[dict], scratch: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel (min, max) of the tensors ``names`` over ``feeds``, read by ONNX Runtime from ``model``."""
     import onnx
 
     from export.checks import ort_session, save_graph
@@ -116,15 +117,24 @@ def activation_maxima(model, names: list[str], feeds: list[dict], scratch: Path)
     for name in names:
         if name not in known:
             augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    path = Path(tempfile.mkdtemp(prefix="smooth-", dir=scratch)) / "model.onnx"
+    path = Path(tempfile.mkdtemp(prefix="ranges-", dir=scratch)) / "model.onnx"
     save_graph(augmented, path)
+    del augmented
     session = ort_session(path)
-    maxima: dict[str, np.ndarray] = {}
+    ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for feed in feeds:
         for name, value in zip(names, session.run(names, feed)):
-            m = np.abs(value.reshape(-1, value.shape[-1])).max(0)
-            maxima[name] = np.maximum(maxima[name], m) if name in maxima else m
-    return maxima
+            flat = value.reshape(-1, value.shape[-1])
+            low, high = flat.min(0), flat.max(0)
+            if name in ranges:
+                low, high = np.minimum(ranges[name][0], low), np.maximum(ranges[name][1], high)
+            ranges[name] = (low, high)
+    return ranges
+
+
+def activation_maxima(model, names: list[str], feeds: list[dict], scratch: Path) -> dict[str, np.ndarray]:
+    """Per-channel max |X| of the tensors ``names`` over ``feeds``, read by ONNX Runtime from ``model``."""
+    return {name: np.maximum(-low, high) for name, (low, high) in channel_ranges(model, names, feeds, scratch).items()}
 
 
 def smooth(model, groups: list[SmoothGroup], maxima: dict[str, np.ndarray], strength: float) -> dict:
@@ -147,6 +157,7 @@ def smooth(model, groups: list[SmoothGroup], maxima: dict[str, np.ndarray], stre
         s = np.where((x_max > 0) & (w_max > 0),
                      np.power(np.maximum(x_max, 1e-5), strength) / np.power(np.maximum(w_max, 1e-5), 1 - strength), 1.0)
         s = np.clip(s, 1e-5, 1e5)
+        g.scale = s
         for w in g.weights:
             put(w, get(w) * s[:, None])
         divided = get(g.divisor) / (s if g.kind == "norm" else s[None, :])

@@ -157,7 +157,7 @@ class QuantizeSection(_Section):
     """INT8 quantization of the exported artifact (export/quantize.py): RUN/artifact-int8 beside RUN/artifact."""
 
     enabled: bool = False
-    scheme: str = Field("w8a8-static", description="w8a8-static: int8 weights (symmetric), uint8 activations (static)")
+    scheme: str = Field("w8a8-static", description="w8a8-static: int8 weights (symmetric, per channel), uint8 activations (static) in q/k/v/o/gate/up; w8a8-static-all: down_proj too")
     num_samples: int = Field(16, gt=0, description="calibration windows for the activation ranges (calibration text)")
     seq_len: int = Field(128, gt=1)
     smoothing_strength: Optional[float] = Field(

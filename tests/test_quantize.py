@@ -40,7 +40,9 @@ def test_layout_manifest_and_every_pruned_zero_kept(int8_artifact):
         for q in int8:  # independently of the manifest: int8 zeros cover the pruned positions (2:4 -> half)
             assert (q == 0).mean() >= 0.5
             assert any(w.shape == q.shape and ((w == 0) <= (q == 0)).all() for w in pruned)
-        assert {n.op_type for n in graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+        ops = [n.op_type for n in graph.node]
+        assert ops.count("MatMulInteger") == 12 and "DequantizeLinear" not in ops  # DeepSparse's INT8 form
+        assert ops.count("QuantizeLinear") == 6  # one per activation and layer: q/k/v, o, gate/up
     from export.artifact import DEEPSPARSE_DATA_TAIL
 
     tail = (target / "deepsparse" / "model.onnx_data").read_bytes()[-DEEPSPARSE_DATA_TAIL:]
@@ -192,3 +194,78 @@ def test_onnx_perplexity_equals_pytorch_for_the_float_graph_and_int8_stays_close
         assert got["windows"] == 3 and got["perplexity"] == pytest.approx(want, rel=1e-4)
         int8 = artifact_perplexity(target, tokens, 32, engine=engine, progress=False)["perplexity"]
         assert int8 == pytest.approx(want, rel=0.05)
+
+
+def test_integer_matmul_form_computes_the_dequantized_product_and_keeps_zeros(tmp_path):
+    """One MatMul rewritten into DeepSparse's INT8 form: ONNX Runtime's result equals the arithmetic of
+    the int8 weights and uint8 activations, the weight is an int8 constant with every zero kept, each
+    output channel rounds within half its own step, and an all-zero column stays zero."""
+    from onnx import TensorProto, helper
+
+    from export.checks import ort_session, save_graph
+    from export.quantize import activation_params, integer_matmuls
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 8)).astype(np.float32) * np.linspace(0.01, 2.0, 8, dtype=np.float32)
+    w[rng.random(w.shape) < 0.6] = 0  # pruned
+    w[:, 5] = 0  # a whole output channel pruned
+    x = rng.standard_normal((1, 5, 16)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], "proj")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None, 8])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    ranges = {"x": (float(x.min()), float(x.max()))}
+    assert integer_matmuls(model, ["proj"], ranges, per_channel=True) == w.nbytes - w.size  # float weight dropped
+    assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "MatMulInteger", "Cast", "Mul"]
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert "w" not in inits
+    q = inits["w.int8"]
+    assert q.dtype == np.int8 and q.shape == w.shape and (q[w == 0] == 0).all()
+    step = np.abs(w).max(0) / 127
+    rescale = inits["proj.rescale"]
+    x_scale, x_zero = activation_params(*ranges["x"])
+    assert rescale.shape == (8,)
+    dequantized = q * (rescale / x_scale)
+    assert (np.abs(dequantized - w) <= step / 2 + 1e-7).all() and (dequantized[:, 5] == 0).all()
+    onnx.checker.check_model(model)
+    save_graph(model, path := tmp_path / "model.onnx")
+    got = ort_session(path).run(["y"], {"x": x})[0]
+    x_q = np.clip(np.round(x / x_scale) + x_zero, 0, 255)
+    want = ((x_q - x_zero) @ q.astype(np.float64)) * rescale
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, x @ w, atol=0.05 * np.abs(x @ w).max())  # and close to the float product
+
+
+def test_scheme_with_down_proj_quantizes_all_seven_linears(tiny_artifact, tmp_path):
+    from export.checks import deepsparse_graph_logits
+
+    model, folder, _ = tiny_artifact
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, 96, (1, 16))
+    manifest = quantize_artifact(folder, tmp_path / "all", "w8a8-static-all", rng.integers(2, 96, (8, 32)), ids,
+                                 smoothing_strength=0.5)
+    for engine, info in manifest["engines"].items():
+        assert info["quantized_matmuls"] == 14 and info["pruned_zeros_kept"], engine
+        assert info["smoothing"]["up"] == 2  # down_proj's input smoothed through up_proj's columns
+        ops = [n.op_type for n in onnx.load(str(tmp_path / "all" / engine / "model.onnx"),
+                                             load_external_data=False).graph.node]
+        assert ops.count("MatMulInteger") == 14 and ops.count("MatMul") == info["float_matmuls"]  # attention, LM head
+        assert info["top1_agreement_vs_float"] >= 0.9
+    float_logits = deepsparse_graph_logits(folder / "deepsparse" / "model.onnx", model.config, ids)
+    int8_logits = deepsparse_graph_logits(tmp_path / "all" / "deepsparse" / "model.onnx", model.config, ids)
+    assert np.abs(int8_logits - float_logits).max() < 0.2 * np.abs(float_logits).max()
+
+
+def test_a_matmul_without_a_constant_weight_is_refused_by_name():
+    from onnx import TensorProto, helper
+
+    from export.quantize import integer_matmuls
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["w", "x"], ["y"], "weight_first")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 4])],
+                              [numpy_helper.from_array(np.ones((8, 8), np.float32), "w")])
+    model = helper.make_model(graph)
+    with pytest.raises(PipelineError, match="MatMul 'weight_first' .* cannot be written"):
+        integer_matmuls(model, ["weight_first"], {"w": (0.0, 1.0)}, per_channel=True)

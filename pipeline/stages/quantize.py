@@ -91,8 +91,9 @@ def report(summary: dict) -> list[str]:
     quant = summary["quantize"]
     lines = [f"## INT8 artifact ({quant['scheme']})", "",
              f"`{quant['path']}`: {quant['bytes'] / 2**20:.1f} MiB, quantized in {quant['quantize_seconds']:.1f} s. "
-             "Decoder linears INT8 (weights symmetric per tensor, activations static); every pruned zero "
-             "is still exactly 0.", "",
+             "Decoder linears INT8 as QuantizeLinear -> MatMulInteger -> Cast -> Mul, the form DeepSparse runs "
+             "as INT8 kernels (weights int8 symmetric per output channel, activations uint8 static per tensor); "
+             "every pruned zero is still exactly 0.", "",
              "| engine | quantized MatMuls | INT8 zeros | top-1 on the check prompt vs float | max abs logit diff "
              "| greedy tokens equal to float |", "|---|---|---|---|---|---|"]
     for engine, info in quant["engines"].items():
