@@ -38,14 +38,16 @@ def binding():
     return llama_cpp
 
 
-def open_gguf(path: Path, context: int, threads: int | None, logits_all: bool = False):
-    """A llama.cpp context on ``path``: ``context`` positions, one batch as large, ``threads`` (None: all cores)."""
+def open_gguf(path: Path, context: int, threads: int | None, logits_all: bool = False, f32_cache: bool = False):
+    """A llama.cpp context on ``path``: ``context`` positions, one batch as large, ``threads`` (None: all cores).
+    The KV cache is llama.cpp's default (float16, what its users run) unless ``f32_cache``."""
     llama_cpp = binding()
     if not Path(path).is_file():
         raise PipelineError(f"no GGUF file at {path}", "write it first (pipeline gguf, or the benchmark stage)")
     threads = threads or os.cpu_count()
     return llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context, n_threads=threads,
-                           n_threads_batch=threads, logits_all=logits_all, verbose=False, seed=0)
+                           n_threads_batch=threads, logits_all=logits_all, verbose=False, seed=0,
+                           **({"type_k": 0, "type_v": 0} if f32_cache else {}))  # 0: GGML_TYPE_F32
 
 
 def system_info() -> str:
