@@ -13,7 +13,7 @@ from pipeline.common.outputs import figure_png, write_bytes_atomic, write_text_a
 
 PAPER = {"machine": "24-core Intel Xeon Platinum 8160, LLaMA-2-7B, DeepSparse",
          "tokens_per_s": {None: 3.05, 0.5: 5.64, 0.7: 8.27}}
-ENGINE_NAMES = {"deepsparse": "DeepSparse", "onnxruntime": "ONNX Runtime", "pytorch": "PyTorch"}
+ENGINE_NAMES = {"deepsparse": "DeepSparse", "onnxruntime": "ONNX Runtime", "pytorch": "PyTorch", "llamacpp": "llama.cpp"}
 
 
 def _layers(n: int) -> str:
@@ -33,6 +33,8 @@ def _ratio(entry: dict | None) -> str:
 
 
 def _sparsity_label(a: dict) -> str:
+    if "gguf_type" in a:
+        return f"dense, GGUF {a['gguf_type']}"
     if a["method"] in ("none", "none+int8"):
         return a["method"].replace("none", "dense")
     req = a["requested_sparsity"]
@@ -114,6 +116,28 @@ def _cells_table(results: dict, mode: str) -> list[str]:
         ort = speed.get((c["artifact"], c["engine"], mode, "onnxruntime")) if c["engine"] == "deepsparse" else None
         lines.append(f"| {c['artifact']} | {c['layers']} | {_sparsity_label(a)} | {c['sparsity']:.3f} | "
                      f"{ENGINE_NAMES[c['engine']]} | {_tps(c['tokens_per_s'])} | {_ratio(same)} | {_ratio(ort)} |")
+    return lines
+
+
+def _llamacpp_table(results: dict) -> list[str]:
+    """Each ONNX artifact against the dense model's GGUFs in llama.cpp: tokens/s ratio (same rounds), and the
+    GGUF's perplexity where it was measured (the artifacts' own perplexities are in the run's report.md)."""
+    rows = results["summary"].get("vs_llamacpp") or []
+    if not rows:
+        return []
+    arts = {a["key"]: a for a in results["artifacts"]}
+    cells = {(c["artifact"], c["engine"], c["mode"]): c for c in results["summary"]["cells"]}
+    lines = ["## Against llama.cpp (the dense model as GGUF)", "",
+             "Above 1x: the artifact in that engine is faster than the GGUF in llama.cpp (ratio of medians, same "
+             "interleaved rounds).", "",
+             "| mode | artifact | method | engine | tokens/s | GGUF | llama.cpp tokens/s | GGUF perplexity | ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mine, peer = cells[(r["artifact"], r["engine"], r["mode"])], cells[(r["gguf"], "llamacpp", r["mode"])]
+        ppl = (arts[r["gguf"]].get("perplexity") or {}).get("perplexity")
+        lines.append(f"| {r['mode']} | {r['artifact']} | {_sparsity_label(arts[r['artifact']])} | "
+                     f"{ENGINE_NAMES[r['engine']]} | {_tps(mine['tokens_per_s'])} | {r['gguf_type']} | "
+                     f"{_tps(peer['tokens_per_s'])} | {f'{ppl:.3f}' if ppl else '–'} | {_ratio(r)} |")
     return lines
 
 
@@ -328,11 +352,13 @@ def render(results: dict, command: str | None = None) -> str:
               f"{st['repeats']} interleaved rounds, each measurement in its own process",
               "- decode = one new token with the KV cache holding `sequence length - 1` tokens; "
               "prefill = the prompt into an empty cache; batch 1, float32"]
+    if m.get("llamacpp"):
+        lines.append(f"- llama.cpp reports: `{m['llamacpp'].get('system_info')}`")
     if results.get("partial"):
         lines += ["", f"**Partial results: {results['partial']}.** Figures below use what was measured."]
     for f in results.get("failures", []):
         lines += [f"- failed: {f['engine']} {f['mode']} on {f['artifact']} (round {f['round']}): {f['error']}"]
-    for block in (_paper_table(results), _fit_table(results), _equal_speed(results),
+    for block in (_paper_table(results), _fit_table(results), _equal_speed(results), _llamacpp_table(results),
                   _cells_table(results, "decode"), _cells_table(results, "prefill")):
         if block:
             lines += [""] + block

@@ -4,7 +4,8 @@ results survive a crash or a time budget and are labelled as partial).
 
 Which engine measures which artifact: DeepSparse every artifact with a DeepSparse graph, ONNX
 Runtime every artifact with its graph (it has no sparse kernels: sparse and dense run alike there),
-PyTorch once per depth (a dense peer; see benchmarks/engines/pytorch_runner.py).
+PyTorch once per depth (a dense peer; see benchmarks/engines/pytorch_runner.py), llama.cpp every GGUF
+folder (the dense model as GGUF; benchmarks/llamacpp.py).
 Rounds loop mode -> engine -> artifact innermost, so a dense and a sparse measurement of the same
 engine follow each other and machine noise hits both alike.
 """
@@ -56,10 +57,14 @@ def describe_artifact(path: Path, key: str | None = None, name: str | None = Non
 
 
 def find_artifact(entry: str | Path, what: str = "artifact") -> dict:
-    """An artifact folder, or a run folder holding one in artifact/, described; a clear error otherwise."""
+    """An artifact folder, a run folder holding one in artifact/, or a GGUF folder, described; a clear error
+    otherwise."""
+    from benchmarks.llamacpp import describe_gguf, is_gguf_folder
     from export.artifact import MANIFEST
 
     path = Path(entry)
+    if is_gguf_folder(path):  # the dense model as GGUF, for the llamacpp engine (benchmarks/llamacpp.py)
+        return describe_gguf(path)
     folder = path / "artifact" if (path / "artifact" / MANIFEST).is_file() else path
     if not (folder / MANIFEST).is_file():
         raise PipelineError(f"{what} {entry} holds no artifact (no {MANIFEST} in it or in its artifact/ folder)",
@@ -93,7 +98,7 @@ def plan(artifacts: list[dict], settings: BenchmarkSettings) -> list[tuple[str, 
             graph = ENGINES[engine].graph
             if graph is None:  # PyTorch: one per depth, the dense artifact where there is one
                 chosen: dict[int, dict] = {}
-                for a in artifacts:
+                for a in (a for a in artifacts if "llamacpp" not in a["graphs"]):  # a GGUF is no ONNX artifact
                     if a["layers"] not in chosen or (a["method"] == "none" and chosen[a["layers"]]["method"] != "none"):
                         chosen[a["layers"]] = a
                 keys = [a["key"] for a in artifacts if chosen.get(a["layers"]) is a]

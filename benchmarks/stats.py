@@ -6,7 +6,8 @@
   overhead); ``extrapolate`` reads it at another depth.
 - ``summarize``: every cell (artifact x engine x mode), speedups over the dense artifact of the same
   depth in the same engine (ratio of medians, and the range of the per-round paired ratios, since
-  rounds interleave dense and sparse), DeepSparse-sparse over ONNX-Runtime-dense, and the extrapolation.
+  rounds interleave dense and sparse), DeepSparse-sparse over ONNX-Runtime-dense, the extrapolation, and
+  each ONNX artifact's tokens/s over the dense model's GGUF in llama.cpp (``vs_llamacpp``).
 """
 
 from __future__ import annotations
@@ -70,10 +71,30 @@ def summarize(results: dict, target_layers: int | None = None) -> dict:
                 ratio = paired_ratio(cells, (key, engine, mode), (ref, peer, mode))
                 if ratio:
                     speedups.append({"artifact": key, "dense": ref, "engine": engine, "mode": mode, "vs": peer, **ratio})
-    summary = {"cells": table, "speedups": speedups}
+    summary = {"cells": table, "speedups": speedups, "vs_llamacpp": vs_llamacpp(results, cells)}
     if target_layers:
         summary["extrapolation"] = _extrapolation(table, target_layers)
     return summary
+
+
+def vs_llamacpp(results: dict, cells: dict | None = None) -> list[dict]:
+    """Per ONNX-engine cell and GGUF of the same depth measured by llama.cpp in the same mode: the ratio of
+    tokens/s (above 1: the artifact in that engine is faster than the model in llama.cpp), paired by round."""
+    cells = cells if cells is not None else _cells(results)
+    artifacts = {a["key"]: a for a in results["artifacts"]}
+    ggufs = [a for a in results["artifacts"] if "gguf_type" in a]
+    rows = []
+    for (key, engine, mode) in sorted(cells):
+        if engine in ("llamacpp", "pytorch") or "gguf_type" in artifacts[key]:
+            continue
+        for g in ggufs:
+            if g["layers"] != artifacts[key]["layers"]:
+                continue
+            ratio = paired_ratio(cells, (key, engine, mode), (g["key"], "llamacpp", mode))
+            if ratio:
+                rows.append({"artifact": key, "engine": engine, "mode": mode, "gguf": g["key"],
+                             "gguf_type": g["gguf_type"], **ratio})
+    return rows
 
 
 def paired_ratio(cells: dict, mine: tuple, base: tuple) -> dict | None:

@@ -90,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("benchmark", help="benchmark artifacts side by side (tokens/s)",
                            description="Benchmark artifact folders interleaved (each measurement in its own process); "
                                        "writes results.json, report.md and plots to --out.")
-    bench.add_argument("artifacts", nargs="+", help="artifact folders (RUN/artifact) or run folders")
+    bench.add_argument("artifacts", nargs="+", help="artifact folders (RUN/artifact), run folders, or GGUF folders "
+                                                    "(RUN/gguf/TYPE, the llamacpp engine's; a recipe with llamacpp in "
+                                                    "benchmark.engines writes them)")
     bench.add_argument("--out", required=True, help="folder for results.json, report.md and the plots")
     add_settings_arguments(bench)
     return parser

@@ -206,6 +206,11 @@ class BenchmarkSection(BenchmarkSettings):
                                            "unpruned model, exported to RUN/artifact-dense), other run folders or "
                                            "artifact folders; [] benchmarks this run's artifacts alone")
 
+    gguf_types: list[Literal["f32", "f16", "q8_0", "q4_0"]] = Field(
+        default_factory=lambda: ["q4_0", "q8_0"], min_length=1,
+        description="with llamacpp in engines: the dense model written as GGUF of each type (RUN/gguf/TYPE), "
+                    "benchmarked in llama.cpp and its perplexity measured there (when evaluation is enabled)")
+
     def compares_dense(self) -> bool:
         return DENSE in self.compare
 
@@ -241,7 +246,7 @@ class Recipe(_Section):
             if bench.sequence_length > self.export.max_sequence_length:
                 raise ValueError(f"benchmark.sequence_length {bench.sequence_length} exceeds export.max_sequence_length "
                                  f"{self.export.max_sequence_length}: lower it or export a longer graph")
-            missing = sorted({e for e in bench.engines if e != "pytorch"} - set(self.export.engines))
+            missing = sorted({e for e in bench.engines if e not in ("pytorch", "llamacpp")} - set(self.export.engines))
             if missing:
                 raise ValueError(f"benchmark.engines has {missing} but export.engines does not export a graph for it: "
                                  "add it to export.engines or drop it from benchmark.engines")

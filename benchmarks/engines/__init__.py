@@ -24,7 +24,7 @@ from pipeline.common.errors import PipelineError
 class EngineFacts:
     package: str        # what must be importable
     install: str        # how a user gets it
-    graph: str | None   # the artifact subfolder it runs (None: rebuilt from config.json)
+    graph: str | None   # the artifact (or GGUF folder) subfolder it runs (None: rebuilt from config.json)
     runner: str         # module with measure(spec) -> dict
     exploits_sparsity: bool
 
@@ -35,6 +35,10 @@ ENGINES: dict[str, EngineFacts] = {
     "onnxruntime": EngineFacts("onnxruntime", "pip install onnxruntime==1.26.0", "onnxruntime",
                                "benchmarks.engines.onnxruntime_runner", False),
     "pytorch": EngineFacts("torch", "pip install torch==2.13.0", None, "benchmarks.engines.pytorch_runner", False),
+    # the dense model as GGUF files (export/gguf_writer.py), one folder per type; the binding is an optional extra
+    "llamacpp": EngineFacts("llama_cpp", "pip install 'dass-pipeline[llamacpp]' (llama-cpp-python; pip builds "
+                            "llama.cpp from source, about 15-25 minutes on 2 cores)", "llamacpp",
+                            "benchmarks.engines.llamacpp_runner", False),
 }
 
 

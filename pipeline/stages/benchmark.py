@@ -4,12 +4,15 @@ RUN/benchmark/ (results.json, report.md, plots) and RUN/benchmark.json."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pipeline.common.errors import PipelineError
 from pipeline.common.outputs import read_json, write_json_atomic
 from pipeline.resources import BASE, Shapes
 from pipeline.stages.stage import Context, Stage
+
+log = logging.getLogger(__name__)
 
 
 def check(ctx: Context) -> list[dict]:
@@ -18,6 +21,10 @@ def check(ctx: Context) -> list[dict]:
 
     recipe = ctx.recipe
     check_machine(recipe.benchmark.settings())
+    if "llamacpp" in recipe.benchmark.engines:  # the GGUF writer refuses an architecture before any weight loads
+        from export.gguf_writer import check_gguf_config
+
+        check_gguf_config(ctx.models.config(), recipe.benchmark.gguf_types)
     others = [find_artifact(entry, "benchmark.compare:") for entry in recipe.benchmark.compared_folders()]
     names = [a["key"] for a in others] + list(variants(recipe).values())
     if len(set(names)) != len(names):
@@ -39,22 +46,52 @@ def variants(recipe) -> dict[str, str]:
 
 
 FOLDERS = {"dense": "artifact-dense", "pruned": "artifact", "int8": "artifact-int8"}
+GGUF = "gguf"  # RUN/gguf/TYPE: the dense model as GGUF for the llamacpp engine
+
+
+def write_ggufs(ctx: Context) -> list[dict]:
+    """The dense model as GGUF of each ``benchmark.gguf_types`` (RUN/gguf/TYPE), with its perplexity in llama.cpp
+    by the evaluation section's protocol when evaluation is enabled; described for the runner."""
+    from benchmarks.llamacpp import describe_gguf, gguf_perplexity, record_perplexity, write_ggufs as write
+    from pipeline.core.models import resolve_source
+
+    recipe = ctx.recipe
+    m, ev = recipe.model, recipe.evaluation
+    model, tokenizer = ctx.models.dense()
+    source_gguf = Path(resolve_source(m.source)) / m.gguf_file if m.gguf_file else None
+    folders = write(model, tokenizer, ctx.run_dir / GGUF, recipe.benchmark.gguf_types, f"{recipe.name}-dense",
+                    source=m.source, source_gguf=source_gguf)
+    if ev.enabled:
+        tokens = ctx.evaluation_ids()
+        bos = ctx.bos_token_id("evaluation", tokenizer)
+    ctx.models.release()
+    described = []
+    for folder in folders:
+        if ev.enabled:
+            ppl = gguf_perplexity(folder, tokens, ev.context_length, ev.max_windows, bos, recipe.benchmark.threads)
+            record_perplexity(folder, {"dataset": ev.dataset, **ppl})
+            log.info("llama.cpp perplexity of the dense GGUF %s on %s: %.3f", folder.name, ev.dataset,
+                     ppl["perplexity"])
+        described.append(describe_gguf(folder, key=f"{recipe.name}-dense-{folder.name}"))
+    return described
 
 
 def run(ctx: Context) -> None:
     """Benchmark this run's artifacts (the dense one first) interleaved with the compared ones;
     RUN/benchmark/{results.json, report.md, *.png} and RUN/benchmark.json."""
     from benchmarks.report import write_report
+    from benchmarks.llamacpp import describe_gguf
     from benchmarks.runner import describe_artifact, run_benchmark
     from benchmarks.stats import variant_rows
 
     recipe, run_dir = ctx.recipe, ctx.run_dir
+    ggufs = write_ggufs(ctx) if "llamacpp" in recipe.benchmark.engines else []
     ctx.models.release()  # the engines run in child processes; free the parent's copy for them
     roles = variants(recipe)
     folder = {**FOLDERS, "dense": "artifact" if recipe.prune.method == "none" else FOLDERS["dense"]}
     mine = [describe_artifact(run_dir / folder[role], key=key, name=key) for role, key in roles.items()]
     out = run_dir / "benchmark"
-    results = run_benchmark([*ctx.prepared["benchmark"], *mine], recipe.benchmark.settings(), out, progress=ctx.progress,
+    results = run_benchmark([*ctx.prepared["benchmark"], *mine, *ggufs], recipe.benchmark.settings(), out, progress=ctx.progress,
                             command=f"pipeline run {recipe.name} (benchmark stage)")
     files = write_report(results, out)
     keys = {roles[r] for r in roles if r != "dense" or recipe.prune.method == "none"}
@@ -66,7 +103,12 @@ def run(ctx: Context) -> None:
         "tokens_per_s": {f"{c['engine']} {c['mode']}" + (" int8" if c["artifact"] != recipe.name else ""):
                          c["tokens_per_s"]["median"] for c in cells},
         "speedups": [x for x in results["summary"]["speedups"] if x["artifact"] in keys],
-        "variants": roles, "by_variant": variant_rows(results, roles)})
+        "variants": roles, "by_variant": variant_rows(results, roles),
+        "llamacpp": [{"gguf_type": g["gguf_type"], "bytes": g["bytes"],
+                      "perplexity": (describe_gguf(Path(g["path"])).get("perplexity") or {}).get("perplexity"),
+                      "tokens_per_s": {c["mode"]: c["tokens_per_s"]["median"] for c in results["summary"]["cells"]
+                                       if c["artifact"] == g["key"]}} for g in ggufs],
+        "vs_llamacpp": [x for x in results["summary"]["vs_llamacpp"] if x["artifact"] in set(roles.values())]})
 
 
 def summary(recipe, run_dir: Path) -> dict:
@@ -80,6 +122,13 @@ def report(summary: dict) -> list[str]:
     lines += [f"| {k} | {v:.2f} |" for k, v in bench["tokens_per_s"].items()]
     for x in bench["speedups"]:
         lines.append(f"- {x['engine']} {x['mode']} vs {x['vs']} on `{x['dense']}` (dense): **{x['ratio']:.2f}x**")
+    for g in bench.get("llamacpp", []):
+        ppl = f"perplexity {g['perplexity']:.3f}" if g["perplexity"] else "perplexity not measured"
+        speed = ", ".join(f"{mode} {v:.2f} tokens/s" for mode, v in g["tokens_per_s"].items())
+        lines.append(f"- llama.cpp, the dense model as GGUF {g['gguf_type']} ({g['bytes'] / 1e6:.0f} MB): {speed}; {ppl}")
+    for x in bench.get("vs_llamacpp", []):
+        lines.append(f"- {x['engine']} {x['mode']} `{x['artifact']}` vs llama.cpp GGUF {x['gguf_type']}: "
+                     f"**{x['ratio']:.2f}x**")
     if bench.get("partial"):
         lines.append(f"- partial: {bench['partial']}")
     if bench.get("failures"):
@@ -94,6 +143,6 @@ def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
 
 STAGE = Stage(name="benchmark", about="tokens/s in each engine",
               sections=("name", "model", "calibration", "prune", "export", "quantize", "evaluation", "benchmark"),
-              outputs=("benchmark", "benchmark.json"), reads=("export", "export_dense", "quantize"),
+              outputs=("benchmark", "benchmark.json", GGUF), reads=("export", "export_dense", "quantize"),
               applies=lambda r: r.benchmark.enabled, check=check, estimate=estimate, run=run, summary=summary,
               report=report)
