@@ -246,3 +246,21 @@ def test_bad_artifact_for_generate(tiny_artifact, tmp_path, damage, expected):
     if damage == "graph-the-engine-rejects":
         assert f"deepsparse on {ds}" in line
     assert digest(folder) == before, "a failed load must not alter the artifact"
+
+
+def test_a_folder_without_weights_or_tokenizer_is_named(tmp_path):
+    """A config-only folder, or weights without a tokenizer, is refused by name (it used to end in an
+    AttributeError from inside transformers' tokenizer conversion)."""
+    from conftest import tiny_model
+
+    from pipeline.common.errors import PipelineError
+    from pipeline.core.models import load_model, load_tokenizer
+
+    folder = tmp_path / "model"
+    tiny_model().config.save_pretrained(folder)
+    with pytest.raises(PipelineError, match=r"has no weights .* fix: put the checkpoint's weight files"):
+        load_model(str(folder), dtype="float32")
+    tiny_model().save_pretrained(folder, safe_serialization=True)
+    for load in (lambda: load_model(str(folder), dtype="float32"), lambda: load_tokenizer(str(folder))):
+        with pytest.raises(PipelineError, match="has no tokenizer .* fix: copy the tokenizer files"):
+            load()

@@ -74,6 +74,25 @@ def check_weights_are_safe(location: str, gguf_file: str | None, allow_pickle: b
             "convert them to safetensors, or set model.allow_pickle: true if you trust where they came from")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", *PICKLE_SUFFIXES, ".bin.index.json")
+
+
+def check_local_folder(location: str, gguf_file: str | None, weights: bool) -> None:
+    """A local model folder holds a tokenizer (and, when ``weights``, weights) before transformers is asked to load
+    it: without them it fails deep inside with errors that do not name the folder."""
+    folder = Path(location).expanduser()
+    if gguf_file or not folder.is_dir():
+        return
+    names = {p.name for p in folder.iterdir() if p.is_file()}
+    if weights and not any(n.endswith(WEIGHT_SUFFIXES) for n in names):
+        raise PipelineError(f"model folder {folder} has no weights (no model.safetensors or sharded safetensors "
+                            "with their index)", "put the checkpoint's weight files beside its config.json")
+    if not names & set(TOKENIZER_FILES):
+        raise PipelineError(f"model folder {folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})",
+                            "copy the tokenizer files that came with the checkpoint into that folder")
+
+
 def _source_kwargs(source: str, gguf_file: str | None, trust_remote_code: bool, revision: str | None) -> tuple[str, dict]:
     location = resolve_source(source)
     if gguf_file and not (Path(location) / gguf_file).is_file() and Path(location).is_dir():
@@ -127,6 +146,7 @@ def load_tokenizer(source: str, gguf_file: str | None = None, trust_remote_code:
     from transformers import AutoTokenizer
 
     location, kwargs = _source_kwargs(source, gguf_file, trust_remote_code, revision)
+    check_local_folder(location, gguf_file, weights=False)
     try:
         return AutoTokenizer.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as exc:
@@ -145,6 +165,7 @@ def load_model(source: str, gguf_file: str | None = None, dtype: str = "float16"
     location, kwargs = _resolve(source, gguf_file, trust_remote_code, revision, allow_pickle)
     if config is None:
         config = _config(source, location, kwargs, allow_pickle)  # the cheapest file first: fail fast
+    check_local_folder(location, gguf_file, weights=True)
     log.info("loading model %s%s as %s", source, f" ({gguf_file})" if gguf_file else "", dtype)
     weights = {} if gguf_file or allow_pickle else {"use_safetensors": True}
     try:
