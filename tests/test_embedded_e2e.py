@@ -42,12 +42,15 @@ def test_embedded_recipe_prunes_and_perplexity_rises_plausibly(tmp_path):
         assert info["pruned_zeros_kept"] and info["quantized_matmuls"] == 30 * 6 and info["int8_zeros"] > 0.3
         assert info["greedy_vs_float"]["tokens"] == 8  # free-running: measured and reported (README)
         assert info["smoothing"]["groups"] == 60  # SmoothQuant on both norms of each of the 30 layers
-        # teacher-forced: at most of the float greedy decode's steps the INT8 graph picks the same token
-        assert info["top1_agreement_vs_float"] >= 0.75, info
+        # teacher-forced, 8 steps of the float greedy decode: the INT8 graph mostly picks the same token (MatMulInteger
+        # form: 0.625 in the DeepSparse graph, 0.875 in ONNX Runtime's here; each graph is calibrated on its own, and
+        # 8 steps are coarse: the perplexity bound below is the tighter check)
+        assert info["top1_agreement_vs_float"] >= 0.6, info
     qp = quant["perplexity"]
     assert qp["float"]["perplexity"] == pytest.approx(pruned, rel=1e-3), "the float graph's perplexity is PyTorch's"
-    # without smoothing INT8 cost +17% here (25.98 vs 22.13 at 12 x 256); with it about +7%
-    assert qp["float"]["perplexity"] * 0.98 < qp["int8"]["perplexity"] < qp["float"]["perplexity"] * 1.12
+    # QDQ form without smoothing: +17% here (25.98 vs 22.13 at 12 x 256); with it about +7%; the per-channel
+    # MatMulInteger form with smoothing: +2.6% (23.22 vs 22.62)
+    assert qp["float"]["perplexity"] * 0.98 < qp["int8"]["perplexity"] < qp["float"]["perplexity"] * 1.06
     acc = {key: summary["accuracy"][key]["tasks"]["pydoc_endings"] for key in ("dense", "pruned", "artifact")}
     assert all(entry["items"] == 24 for entry in acc.values())
     assert acc["dense"]["acc"] > 0.5, acc  # 4 choices: chance is 0.25; the model reads English
