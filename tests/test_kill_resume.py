@@ -24,6 +24,7 @@ def small_embedded_recipe(folder, name):
     data["evaluation"].update(context_length=256, max_windows=4)
     data["export"].update(max_sequence_length=128, smoke_test=False)
     data["quantize"].update(enabled=False)  # covered by test_embedded_e2e; kept out to bound the time
+    data["accuracy"].update(enabled=False)  # likewise
     data["benchmark"].update(engines=["deepsparse"], modes=["decode"], sequence_length=64, warmup_seconds=0.5,
                              seconds=1, repeats=2, compare=[])  # dense beside pruned: test_embedded_e2e
     path = folder / f"{name}.yaml"
