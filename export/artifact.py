@@ -134,6 +134,28 @@ def _export_onnxruntime(model, folder: Path) -> None:
     onnx_export_from_model(model, folder, task="text-generation-with-past", do_validation=False)
 
 
+def artifact_manifest(folder: Path, metadata: dict | None, model_type: str, engine_info: dict,
+                      sizes: dict[str, int], export_seconds: float, **extra) -> dict:
+    """An artifact's manifest.json content: identity, the decoder linears' sparsity as the first graph holds it
+    (weighted by ``sizes``, their element counts), the engines, versions, and every file's size and sha256."""
+    layers = next(iter(engine_info.values()))["sparsity_in_onnx"]
+    total = sum(sizes[n] for n in layers)
+    return {
+        "format": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(metadata or {}),
+        "model_type": model_type,
+        "sparsity": {"overall_decoder_linears": sum(layers[n] * sizes[n] for n in layers) / total if total else 0.0,
+                     "layers": layers},
+        "engines": engine_info,
+        "export_seconds": export_seconds,
+        **extra,
+        "versions": _versions(),
+        "files": file_table(folder),
+        "disk_bytes": disk_bytes(folder),
+    }
+
+
 def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = ENGINES, max_positions: int = 2048,
                     metadata: dict | None = None, external_data: bool = False, check_prompt: str = "The quick brown fox",
                     share: bool = True) -> dict:
@@ -208,24 +230,8 @@ def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = E
                                             "export with export.share_weights: false and report this as a bug")
                     engine_info["onnxruntime"].update(external_data=True, logits_max_abs_diff_vs_pytorch=diff)
                 engine_info["onnxruntime"]["shared_weights"] = shared
-            files = file_table(tmp)
-            first = next(iter(engine_info.values()))["sparsity_in_onnx"]
-            total = sum(weights[n].numel() for n in first)
-            manifest = {
-                "format": 1,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                **(metadata or {}),
-                "model_type": model.config.model_type,
-                "sparsity": {
-                    "overall_decoder_linears": sum(first[n] * weights[n].numel() for n in first) / total if total else 0.0,
-                    "layers": first,
-                },
-                "engines": engine_info,
-                "export_seconds": time.time() - started,
-                "versions": _versions(),
-                "files": files,
-                "disk_bytes": disk_bytes(tmp),
-            }
+            manifest = artifact_manifest(tmp, metadata, model.config.model_type, engine_info,
+                                         {n: w.numel() for n, w in weights.items()}, time.time() - started)
             write_json_atomic(tmp / MANIFEST, manifest)
     finally:
         if previous is None:

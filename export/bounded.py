@@ -14,8 +14,8 @@ model (a 7B model: about 51 GiB). Here the model is never whole in memory:
    transposed), which the distinct random weights make unambiguous; any other initializer (rotary rows,
    shape constants) is the template's own bytes. With both graphs the ONNX Runtime graph points at the
    DeepSparse graph's file (a hard link, as export/shared_weights.py explains) instead of a second copy.
-4. **Read-back**: each decoder linear's bytes are read back from the written file (memory-mapped, one at a
-   time), compared with the checkpoint's tensor and counted for zeros: the sparsity in the manifest is
+4. **Read-back**: each decoder linear's bytes are read back from the written file (one at a time, plain
+   reads), compared with the digest of the checkpoint's tensor taken as it was written, and counted for zeros: the sparsity in the manifest is
    what the file holds. Where the whole model fits in memory three times over, both graphs' logits are also
    compared with PyTorch's on the check prompt; otherwise the manifest says that check was not run at full
    depth (the template's was).
@@ -27,36 +27,31 @@ the largest single tensor, whichever is larger — not the depth.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
+from export.shared_weights import DATA, point_at
 from pipeline.common.errors import PipelineError
 from pipeline.common.outputs import StagingDir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-DATA = "model.onnx_data"
 TEMPLATE_LAYERS = 2
 #: whole-model checks run when this many copies of the float32 model fit in the memory available
 CHECK_COPIES = 3
-
-
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def template_config(config):
     """``config`` with 2 decoder layers (per-layer lists cut to match)."""
     shallow = copy.deepcopy(config)
     shallow.num_hidden_layers = TEMPLATE_LAYERS
-    for key in ("layer_types",):
-        if isinstance(getattr(shallow, key, None), list):
-            setattr(shallow, key, getattr(shallow, key)[:TEMPLATE_LAYERS])
+    if isinstance(getattr(shallow, "layer_types", None), list):
+        shallow.layer_types = shallow.layer_types[:TEMPLATE_LAYERS]
     return shallow
 
 
@@ -83,19 +78,21 @@ def parameter_of_initializers(graph_path: Path, model) -> dict[str, tuple[str, s
     import onnx
     from onnx import numpy_helper
 
+    from export.checks import digest
+
     wanted: dict[tuple, tuple[str, str]] = {}
     for name, param in model.named_parameters():
         value = param.detach().float().numpy()
         for form, make in FORMS.items():
             if form != "transposed" or value.ndim == 2:
                 made = np.ascontiguousarray(make(value))
-                wanted.setdefault((made.shape, _digest(made)), (name, form))
+                wanted.setdefault((made.shape, digest(made)), (name, form))
     shapes = {tuple(p.shape) for p in model.parameters()} | {tuple(p.shape)[::-1] for p in model.parameters()}
     graph = onnx.load(str(graph_path), load_external_data=True).graph
     found = {}
     for init in graph.initializer:
         value = numpy_helper.to_array(init)
-        match = wanted.get((value.shape, _digest(value))) if value.dtype == np.float32 else None
+        match = wanted.get((value.shape, digest(value))) if value.dtype == np.float32 else None
         if match:
             found[init.name] = match
         elif value.dtype == np.float32 and value.ndim >= 1 and tuple(value.shape) in shapes and value.size > 1:
@@ -110,7 +107,7 @@ def _layer_name(name: str, layer: int) -> str:
 
 
 class WeightsFile:
-    """Appends tensors to one external-data file and points initializers at them."""
+    """Appends tensors to one external-data file; ``add`` says where each went (offset, length)."""
 
     def __init__(self, path: Path, append: bool = False):
         self.path = path
@@ -126,18 +123,6 @@ class WeightsFile:
 
     def close(self) -> None:
         self.handle.close()
-
-
-def point_at(tensor, location: str, offset: int, length: int) -> None:
-    import onnx
-
-    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-        tensor.ClearField(field)
-    del tensor.external_data[:]
-    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
-    tensor.data_location = onnx.TensorProto.EXTERNAL
 
 
 class Source:
@@ -171,17 +156,19 @@ def _template_value(tensor, template_dir: Path) -> np.ndarray:
     return numpy_helper.to_array(value)
 
 
-def write_deep_graph(template_dir: Path, target_dir: Path, depth: int, params: dict[str, tuple[str, bool]],
-                     source: Source, shared: dict | None = None, shared_file: Path | None = None,
+def write_deep_graph(template_dir: Path, target_dir: Path, depth: int, params: dict[str, tuple[str, str]],
+                     source: Source, digests: dict, shared: dict | None = None, shared_file: Path | None = None,
                      progress=None) -> dict:
     """Deepen ``template_dir/model.onnx`` to ``depth`` layers into ``target_dir`` with the checkpoint's weights.
 
     ``shared``: {(parameter, form): (offset, length)} already in ``shared_file`` (the DeepSparse graph's
     data file); the graph points there, what the file lacks is appended to it, and ``target_dir``'s data file
-    becomes a hard link to it. Returns {(parameter, form): (offset, length)} of the parameters the graph reads.
+    becomes a hard link to it. Returns {(parameter, form): (offset, length)} of the parameters the graph reads;
+    ``digests`` gets the digest of each parameter it writes, for the read-back.
     """
     import onnx
 
+    from export.checks import digest
     from export.depth import deepen
 
     template = onnx.load(str(template_dir / "model.onnx"), load_external_data=False)
@@ -197,7 +184,9 @@ def write_deep_graph(template_dir: Path, target_dir: Path, depth: int, params: d
                 name, form = params[original]
                 key = (_layer_name(name, layer) if layer is not None else name, form)
                 if key not in where:
-                    where[key] = weights.add(source.get(*key))
+                    array = source.get(*key)
+                    where[key] = weights.add(array)
+                    digests[key] = digest(array)
                 used[key] = where[key]
                 point_at(init, DATA, *where[key])
             else:
@@ -216,10 +205,12 @@ def write_deep_graph(template_dir: Path, target_dir: Path, depth: int, params: d
     return used
 
 
-def read_back_sparsity(folder: Path, written: dict, linears: list[str], source: Source) -> dict[str, float]:
+def read_back_sparsity(folder: Path, written: dict, linears: list[str], digests: dict) -> dict[str, float]:
     """Fraction of zeros of each decoder linear as stored in ``folder/model.onnx_data``, read back one at a time
     (plain reads, not a memory map: mapped pages would count as this process's resident memory) and compared
-    with the checkpoint's tensor."""
+    with the digest of the checkpoint's tensor taken when it was written."""
+    from export.checks import digest
+
     result = {}
     with open(folder / DATA, "rb") as data:
         for name in linears:
@@ -230,7 +221,7 @@ def read_back_sparsity(folder: Path, written: dict, linears: list[str], source: 
             offset, length = written[key]
             data.seek(offset)
             stored = np.fromfile(data, dtype=np.float32, count=length // 4)
-            if not np.array_equal(stored, source.get(*key).reshape(-1)):
+            if digest(stored) != digests[key]:
                 raise PipelineError(f"{name} in {folder / DATA} differs from the checkpoint", "re-run the export stage")
             result[name] = float((stored == 0).mean())
     return result
@@ -259,9 +250,8 @@ def export_checkpoint_artifact(folder: Path, tokenizer, target: Path, engines: t
     from tqdm import tqdm
     from transformers import AutoConfig
 
-    from export.artifact import (DEEPSPARSE_DATA_TAIL, MANIFEST, _versions, check_disk, disk_bytes, export_artifact,
+    from export.artifact import (DEEPSPARSE_DATA_TAIL, MANIFEST, artifact_manifest, check_disk, export_artifact,
                                  pad_external_data)
-    from export.checks import file_table
     from pipeline.core.checkpoint import Checkpoint, skeleton, tied_names
     from pipeline.core.models import decoder_layers
 
@@ -290,7 +280,7 @@ def export_checkpoint_artifact(folder: Path, tokenizer, target: Path, engines: t
         params = {engine: parameter_of_initializers(tmp / "template" / engine / "model.onnx", template)
                   for engine in engines}
         del template
-        engine_info, shared = {}, None
+        engine_info, shared, digests = {}, None, {}
         count = sum(len(params[e]) for e in engines) * depth // TEMPLATE_LAYERS
         with tqdm(total=count, desc="writing weights", unit="tensor", disable=not progress) as bar:
             for engine in ("deepsparse", "onnxruntime"):
@@ -301,8 +291,8 @@ def export_checkpoint_artifact(folder: Path, tokenizer, target: Path, engines: t
                 out.mkdir()
                 reuse = shared if (engine == "onnxruntime" and share) else None
                 before = (tmp / "deepsparse" / DATA).stat().st_size if reuse is not None else 0
-                written = write_deep_graph(tmp / "template" / engine, out, depth, params[engine], source, reuse,
-                                           tmp / "deepsparse" / DATA, bar)
+                written = write_deep_graph(tmp / "template" / engine, out, depth, params[engine], source, digests,
+                                           reuse, tmp / "deepsparse" / DATA, bar)
                 if engine == "deepsparse":
                     pad_external_data(out)
                     shared = written
@@ -313,7 +303,7 @@ def export_checkpoint_artifact(folder: Path, tokenizer, target: Path, engines: t
                 if reuse is not None and all(reuse.get(k) == spot for k, spot in written.items()):
                     sparsity = engine_info["deepsparse"]["sparsity_in_onnx"]  # the same bytes, read back already
                 else:
-                    sparsity = read_back_sparsity(out, written, linears, source)
+                    sparsity = read_back_sparsity(out, written, linears, digests)
                 info = dict(template_manifest["engines"][engine])
                 info.update(export_seconds=time.time() - t0, external_data=True, sparsity_in_onnx=sparsity,
                             template_logits_max_abs_diff_vs_pytorch=info.pop("logits_max_abs_diff_vs_pytorch"),
@@ -325,38 +315,18 @@ def export_checkpoint_artifact(folder: Path, tokenizer, target: Path, engines: t
                         "shared_bytes": sum(length for key, (_, length) in written.items() if key in reuse),
                         "hard_link": True, "appended_bytes": appended}
                 engine_info[engine] = info
-        for name in os.listdir(tmp / "template"):
-            if name in engines:
-                for leftover in (tmp / "template" / name).iterdir():
-                    leftover.unlink()
-                (tmp / "template" / name).rmdir()
-        (tmp / "template" / MANIFEST).unlink(missing_ok=True)
-        (tmp / "template").rmdir()
+        shutil.rmtree(tmp / "template")
         if fits_whole(total):
             _check_whole(folder, tokenizer, tmp, engine_info, config, check_prompt)
         else:
             for info in engine_info.values():
                 info["logits_check"] = (f"not run at full depth: it needs about {CHECK_COPIES * total * 4 / 2**30:.1f} "
                                         "GiB; the 2-layer template's graphs were checked against PyTorch")
-        weights = {n: n for n in linears}
-        first = next(iter(engine_info.values()))["sparsity_in_onnx"]
-        numel = {n: checkpoint.shapes[f"{n}.weight"] for n in weights}
-        sizes = {n: int(np.prod(s)) for n, s in numel.items()}
-        manifest = {
-            "format": 1,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **(metadata or {}),
-            "model_type": config.model_type,
-            "sparsity": {"overall_decoder_linears": sum(first[n] * sizes[n] for n in first) / sum(sizes.values()),
-                         "layers": first},
-            "engines": engine_info,
-            "export_seconds": time.time() - started,
-            "bounded_memory": {"template_layers": TEMPLATE_LAYERS, "depth": depth,
-                               "deepsparse_data_tail_bytes": DEEPSPARSE_DATA_TAIL if "deepsparse" in engines else 0},
-            "versions": _versions(),
-            "files": file_table(tmp),
-            "disk_bytes": disk_bytes(tmp),
-        }
+        sizes = {n: int(np.prod(checkpoint.shapes[f"{n}.weight"])) for n in linears}
+        manifest = artifact_manifest(tmp, metadata, config.model_type, engine_info, sizes, time.time() - started,
+                                     bounded_memory={"template_layers": TEMPLATE_LAYERS, "depth": depth,
+                                                     "deepsparse_data_tail_bytes": DEEPSPARSE_DATA_TAIL
+                                                     if "deepsparse" in engines else 0})
         write_json_atomic(tmp / MANIFEST, manifest)
     return manifest
 

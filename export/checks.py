@@ -14,7 +14,8 @@ from export.deepsparse_graph import head_dim
 from pipeline.common.errors import PipelineError
 
 
-def _digest(array: np.ndarray) -> str:
+def digest(array: np.ndarray) -> str:
+    """sha1 of the array's float32 bytes: finds a weight among a graph's initializers."""
     return hashlib.sha1(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
 
 
@@ -29,13 +30,13 @@ def onnx_weight_sparsity(onnx_path: Path, weights: dict[str, torch.Tensor]) -> d
     for init in model.graph.initializer:
         if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2:
             array = numpy_helper.to_array(init)
-            stored[(array.shape, _digest(array))] = array
+            stored[(array.shape, digest(array))] = array
     result = {}
     for name, weight in weights.items():
         w = weight.detach().float().cpu().numpy()
-        found = stored.get((w.shape, _digest(w)))
+        found = stored.get((w.shape, digest(w)))
         if found is None:
-            found = stored.get((w.T.shape, _digest(w.T)))
+            found = stored.get((w.T.shape, digest(w.T)))
         if found is None:
             raise PipelineError(f"weight {name} is not in {onnx_path} unchanged", "re-export; the graph lost or altered the pruned weights")
         result[name] = float((found == 0).mean())

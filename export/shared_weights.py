@@ -30,6 +30,19 @@ def _external(tensor) -> dict[str, str]:
     return {e.key: e.value for e in tensor.external_data}
 
 
+def point_at(tensor, location: str, offset: int, length: int) -> None:
+    """Make ``tensor`` (an initializer or a Constant's value) read ``length`` bytes at ``offset`` of ``location``."""
+    import onnx
+
+    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        tensor.ClearField(field)
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
 def _offsets(folder: Path) -> dict[str, tuple[int, int]]:
     """sha256 of each external tensor of ``folder/model.onnx`` -> (offset, length) in its data file."""
     import onnx
@@ -81,13 +94,7 @@ def share_weights(artifact: Path) -> dict | None:
                 plan.append((tensor, spot))
     moved = 0
     for tensor, (offset, length) in plan:
-        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-            tensor.ClearField(field)
-        del tensor.external_data[:]
-        for key, value in (("location", DATA), ("offset", str(offset)), ("length", str(length))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, value
-        tensor.data_location = onnx.TensorProto.EXTERNAL
+        point_at(tensor, DATA, offset, length)
         moved += length
     if not moved:
         return {"shared_bytes": 0, "inline_bytes": kept, "hard_link": False, "why_not": "no tensor in common"}
