@@ -1,0 +1,173 @@
+"""The paper's CPU table at full depth: 32-layer LLaMA-2-7B-shaped DaSS artifacts measured in DeepSparse,
+dense fitted from depths 4, 8 and 12 where the 27 GB float32 dense model does not fit in RAM.
+
+Every artifact is made by the tool itself: a checkpoint with LLaMA-2-7B's shapes and random float16 weights
+(benchmarks/shapes.py), then ``pipeline run recipes/llama2-7b-shaped-70pct.yaml`` with overrides (streaming
+prune, bounded-memory export of the DeepSparse graph), so each run's summary.json has the per-stage wall time
+and peak RSS. Depths are benchmarked one at a time (dense, 50% and 70% of one depth interleaved in one run)
+because the artifacts of all depths do not fit on the disk at once; ``--drop`` deletes a depth's artifacts
+after its benchmark.
+
+    python -m benchmarks.full_depth build runs/full --depth 4 --names dense dass-50 dass-70
+    python -m benchmarks.full_depth bench runs/full --depth 4 --drop          # results/depth4/results.json
+    ... the same for 8 and 12; for 32: --names dass-70 (then dass-50) ...
+    python -m benchmarks.full_depth report runs/full benchmarks/results/full_depth   # table, JSON, plot
+
+Calibration is short (4 x 128 tokens by default): it decides which weights go, not how many, and speed
+depends on how many (the paper's equal speed at equal sparsity, checked in benchmarks/paper_table.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from benchmarks.shapes import LLAMA2_7B_LAYERS
+
+log = logging.getLogger(__name__)
+
+RECIPE = "recipes/llama2-7b-shaped-70pct.yaml"
+#: name -> recipe overrides of the prune section
+MODELS = {"dense": ["prune.method=none"], "dass-50": ["prune.method=dass", "prune.sparsity=0.5"],
+          "dass-70": ["prune.method=dass", "prune.sparsity=0.7"]}
+PAPER = {"dense": 3.05, "dass-50": 5.64, "dass-70": 8.27}
+
+
+def _checkpoint(out: Path, depth: int) -> Path:
+    from benchmarks.shapes import write_checkpoint
+
+    folder = out / f"checkpoint-depth{depth}"
+    if not (folder / "model.safetensors.index.json").is_file():
+        log.info("writing the %d-layer checkpoint to %s", depth, folder)
+        write_checkpoint(folder, depth)
+    return folder
+
+
+def run_folder(out: Path, depth: int, name: str) -> Path:
+    return out / "runs" / f"depth{depth}-{name}"
+
+
+def pipeline_command(checkpoint: Path, run: Path, name: str, calib: tuple[int, int]) -> list[str]:
+    overrides = [f"model.source={checkpoint}", f"calibration.num_samples={calib[0]}",
+                 f"calibration.seq_len={calib[1]}", "export.enabled=true", "export.smoke_test=false",
+                 "export.engines=[deepsparse]", *MODELS[name]]
+    return [sys.executable, "-m", "pipeline.cli", "run", RECIPE, *[a for o in overrides for a in ("--set", o)],
+            "--output-dir", str(run), "--no-progress"]
+
+
+def build(out: Path, depth: int, names: list[str], calib: tuple[int, int], keep_checkpoint: bool) -> None:
+    checkpoint = _checkpoint(out, depth)
+    for name in names:
+        run = run_folder(out, depth, name)
+        command = pipeline_command(checkpoint, run, name, calib)
+        log.info("%s", " ".join(command))
+        subprocess.run(command, check=True)
+        shutil.rmtree(run / "pruned", ignore_errors=True)  # the artifact holds the weights; the disk is short
+        link = out / f"depth{depth}" / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to((run / "artifact").resolve(), target_is_directory=True)
+    if not keep_checkpoint:
+        shutil.rmtree(checkpoint)
+
+
+class ChildMemory:
+    """Peak memory of this process's children, sampled: RSS, and RSS less file-backed pages (anonymous memory,
+    what the engine really holds; the mapped weights file is page cache the kernel can drop)."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.rss, self.anon = interval, 0, 0
+        self._stop = threading.Event()
+
+    def _loop(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(self.interval):
+            rss = anon = 0
+            for child in me.children(recursive=True):
+                try:
+                    info = child.memory_info()
+                except psutil.Error:
+                    continue
+                rss, anon = rss + info.rss, anon + info.rss - info.shared
+            self.rss, self.anon = max(self.rss, rss), max(self.anon, anon)
+
+    def __enter__(self) -> "ChildMemory":
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._stop.set()
+        self._thread.join()
+        return False
+
+
+def bench(out: Path, depth: int, settings, drop: bool, command: str) -> None:
+    from benchmarks.runner import describe_artifact, run_benchmark
+
+    arts = sorted((out / f"depth{depth}").iterdir())
+    if not arts:
+        raise SystemExit(f"no artifacts under {out / f'depth{depth}'}: run build first")
+    artifacts = [describe_artifact(a, key=f"depth{depth}/{a.name}", name=a.name) for a in arts]
+    target = out / "results" / f"depth{depth}-{'+'.join(a.name for a in arts)}"  # 32 layers: one run per model
+    target.mkdir(parents=True, exist_ok=True)
+    with ChildMemory() as memory:
+        results = run_benchmark(artifacts, settings, target, command=command)
+    results["engine_peak_memory"] = {"rss_bytes": memory.rss, "anonymous_bytes": memory.anon,
+                                     "what": "largest sum over the benchmark's child processes, sampled every 0.5 s"}
+    from pipeline.common.outputs import write_json_atomic
+
+    write_json_atomic(target / "results.json", results)
+    for a in arts:
+        for run in (out / "runs").glob(f"depth{depth}-{a.name}"):
+            for kept in ("summary.json", "report.md", "pipeline.log"):
+                if (run / kept).is_file():
+                    shutil.copy2(run / kept, target / f"{a.name}_{kept}")
+        if drop:
+            shutil.rmtree(a.resolve())
+            a.unlink()
+
+
+def main() -> None:
+    from benchmarks.settings import add_settings_arguments, settings_from_arguments
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    b = sub.add_parser("build", help="checkpoint + pipeline run (prune, export) per model at one depth")
+    b.add_argument("out", type=Path)
+    b.add_argument("--depth", type=int, required=True)
+    b.add_argument("--names", nargs="+", choices=list(MODELS), default=list(MODELS))
+    b.add_argument("--calib", type=int, nargs=2, default=(4, 128), metavar=("SAMPLES", "TOKENS"))
+    b.add_argument("--keep-checkpoint", action="store_true")
+    r = sub.add_parser("bench", help="benchmark one depth's artifacts interleaved")
+    r.add_argument("out", type=Path)
+    r.add_argument("--depth", type=int, required=True)
+    r.add_argument("--drop", action="store_true", help="delete the artifacts afterwards (keeping their run records)")
+    add_settings_arguments(r, engines=["deepsparse"], modes=["decode"])
+    t = sub.add_parser("report", help="one table, JSON and plot from every depth's results")
+    t.add_argument("out", type=Path)
+    t.add_argument("dest", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.what == "build":
+        build(args.out, args.depth, args.names, tuple(args.calib), args.keep_checkpoint)
+    elif args.what == "bench":
+        bench(args.out, args.depth, settings_from_arguments(args), args.drop,
+              "python -m benchmarks.full_depth " + " ".join(sys.argv[1:]))
+    else:
+        from benchmarks.full_depth_report import write_full_depth_report
+
+        made = write_full_depth_report(args.out / "results", args.dest)
+        print(f"wrote {', '.join(made)} to {args.dest}")
+
+
+if __name__ == "__main__":
+    main()

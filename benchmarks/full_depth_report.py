@@ -1,0 +1,223 @@
+"""The full-depth table from benchmarks/full_depth.py's per-depth results: measured cells, the depth fit, the
+32-layer figures (measured where the artifact ran, fitted where it could not be held) and the paper's beside them.
+
+Each depth was one interleaved benchmark run, so the speedups at a depth are paired by round; figures of
+different depths come from different runs of the same session on the same machine.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from pathlib import Path
+
+from benchmarks.full_depth import PAPER
+from benchmarks.shapes import LLAMA2_7B_LAYERS
+from benchmarks.stats import cells_by_key, depth_fit, extrapolate, paired_ratio, spread
+from pipeline.common.outputs import figure_png, read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
+
+NAMES = ("dense", "dass-50", "dass-70")
+LABELS = {"dense": "dense", "dass-50": "DaSS 50%", "dass-70": "DaSS 70%"}
+GiB = 2**30
+
+
+def load(results_dir: Path) -> list[dict]:
+    """Each depth's results, with ``folder`` (where its runs' summaries were copied) added."""
+    runs = [{**read_json(p, "run benchmarks.full_depth bench first"), "folder": str(p.parent)}
+            for p in sorted(Path(results_dir).glob("depth*/results.json"), key=lambda p: (int(re.match(r"depth(\d+)", p.parent.name).group(1)), p))]
+    if not runs:
+        raise SystemExit(f"no depth*/results.json under {results_dir}: run `python -m benchmarks.full_depth bench` first")
+    return runs
+
+
+def _stage(run_dir: Path, name: str, stage: str) -> dict | None:
+    path = run_dir / f"{name}_summary.json"
+    if not path.is_file():
+        return None
+    return read_json(path, "").get("resources", {}).get(stage)
+
+
+def table(runs: list[dict], results_dir: Path, target: int = LLAMA2_7B_LAYERS) -> dict:
+    """Every number the report shows (pure arithmetic over the runs' measurements)."""
+    measured: dict[str, dict[int, dict]] = {}
+    speedups: dict[str, dict[int, dict]] = {}
+    resources = []
+    machines = []
+    for results in runs:
+        cells = cells_by_key(results)
+        arts = {a["key"]: a for a in results["artifacts"]}
+        depth = next(iter(arts.values()))["layers"]
+        machines.append({"depth": depth, **results["machine"]})
+        dense_key = next((k for k, a in arts.items() if a["name"] == "dense"), None)
+        for (key, engine, mode), ms in cells.items():
+            if engine != "deepsparse" or mode != "decode":
+                continue
+            a = arts[key]
+            measured.setdefault(a["name"], {})[depth] = {
+                "tokens_per_s": spread([m["tokens_per_s"] for m in ms]),
+                "ms_median": statistics.median(m["ms_median"] for m in ms), "sparsity": a["sparsity"]}
+            if dense_key and key != dense_key:
+                ratio = paired_ratio(cells, (key, engine, mode), (dense_key, engine, mode))
+                if ratio:
+                    speedups.setdefault(a["name"], {})[depth] = ratio
+            run_dir = Path(results.get("folder") or Path(results_dir) / f"depth{depth}")
+            resources.append({"depth": depth, "name": a["name"], "prune": _stage(run_dir, a["name"], "prune"),
+                              "export": _stage(run_dir, a["name"], "export")})
+        resources.append({"depth": depth, "name": "DeepSparse benchmark (all models of this depth)",
+                          "engine": results.get("engine_peak_memory")})
+    fits = {}
+    for name, by_depth in measured.items():
+        shallow = sorted(d for d in by_depth if d < target)
+        if len(shallow) >= 2:
+            fit = depth_fit(shallow, [by_depth[d]["ms_median"] for d in shallow])
+            fits[name] = {"fit": fit, **extrapolate(fit, target)}
+    at_target = {}
+    for name in NAMES:
+        m = measured.get(name, {}).get(target)
+        f = fits.get(name)
+        if m:
+            at_target[name] = {"tokens_per_s": m["tokens_per_s"]["median"], "how": "measured",
+                               "range": m["tokens_per_s"], "fitted": f["tokens_per_s"] if f else None}
+        elif f:
+            at_target[name] = {"tokens_per_s": f["tokens_per_s"], "how": f"fitted over depths {f['fit']['depths']}",
+                               "fitted": f["tokens_per_s"]}
+    dense = at_target.get("dense")
+    for name, cell in at_target.items():
+        cell["speedup"] = cell["tokens_per_s"] / dense["tokens_per_s"] if dense and name != "dense" else None
+        if dense and name != "dense" and cell.get("fitted"):
+            cell["speedup_fitted"] = cell["fitted"] / dense["fitted"]
+    per_layer = {name: fits["dense"]["fit"]["per_layer_ms"] / f["fit"]["per_layer_ms"]
+                 for name, f in fits.items() if name != "dense" and "dense" in fits}
+    return {"target_layers": target, "measured": measured, "speedups": speedups, "fits": fits,
+            "at_target": at_target, "per_layer_speedup": per_layer, "resources": resources, "machines": machines}
+
+
+def _gib(b) -> str:
+    return f"{b / GiB:.2f} GiB" if b else "–"
+
+
+def render(t: dict, runs: list[dict]) -> str:
+    target = t["target_layers"]
+    depths = sorted({d for by in t["measured"].values() for d in by})
+    m0 = runs[0]["machine"]
+    ds = m0.get("deepsparse", {})
+    st = runs[0]["settings"]
+    lines = ["# The paper's CPU table at full depth (LLaMA-2-7B shapes, DeepSparse decode)", "",
+             "Made by (each depth one interleaved benchmark run):", "", "```",
+             *[r["command"] for r in runs], "python -m benchmarks.full_depth report ...", "```", "",
+             f"- machine: {m0['cpu']}, {m0['cores']} cores, {m0['memory_gib']} GiB RAM; DeepSparse detects instruction "
+             f"set `{ds.get('isa')}`, VNNI {ds.get('vnni')}, {ds.get('physical_cores')} physical cores",
+             f"- decode: one new token with {st['sequence_length'] - 1} cached tokens, batch 1, float32, "
+             f"{st['repeats']} interleaved rounds of {st['seconds']} s after {st['warmup_seconds']} s warm-up, "
+             "each measurement in its own process",
+             "- models: LLaMA-2-7B's exact shapes, random float16 weights (benchmarks/shapes.py), DaSS on attention + "
+             "MLP with 4 x 128 calibration tokens, exported by `pipeline run` (streaming prune, bounded-memory export)",
+             "", f"## Tokens/s (median, min–max over rounds)", "",
+             "| model | paper (24-core Xeon 8160, LLaMA-2-7B) | " +
+             " | ".join(f"{d} layers{' (measured)' if d != target else ''}" for d in depths if d != target) +
+             f" | {target} layers | how the {target}-layer cell was obtained |",
+             "|---|---|" + "---|" * len([d for d in depths if d != target]) + "---|---|"]
+    for name in NAMES:
+        if name not in t["measured"] and name not in t["at_target"]:
+            continue
+        paper = PAPER[name] / PAPER["dense"]
+        cells = []
+        for d in depths:
+            if d == target:
+                continue
+            m = t["measured"].get(name, {}).get(d)
+            s = t["speedups"].get(name, {}).get(d)
+            if not m:
+                cells.append("–")
+                continue
+            tp = m["tokens_per_s"]
+            rr = s["per_round"] if s else None
+            sp = f" **{s['ratio']:.2f}x** (rounds {rr['min']:.2f}–{rr['max']:.2f})" if s and rr else ""
+            cells.append(f"{tp['median']:.2f} ({tp['min']:.2f}–{tp['max']:.2f}){sp}")
+        c = t["at_target"].get(name)
+        if c:
+            val = f"{c['tokens_per_s']:.2f}"
+            if c["how"] == "measured":
+                val += f" ({c['range']['min']:.2f}–{c['range']['max']:.2f})"
+            if c.get("speedup"):
+                val += f" **{c['speedup']:.2f}x**"
+            how = c["how"] + (f"; the {target}-layer fit says {c['fitted']:.2f}" if c["how"] == "measured" and c.get("fitted") else "")
+        else:
+            val, how = "–", "not measured"
+        lines.append(f"| {LABELS[name]} | {PAPER[name]:.2f}" + ("" if name == "dense" else f" ({paper:.2f}x)") +
+                     f" | {' | '.join(cells)} | {val} | {how} |")
+    lines += ["", "Speedups at a depth are over dense of the same depth in the same interleaved run (ratio of medians; "
+              f"rounds: the range of the per-round paired ratios). At {target} layers the dense float32 model (27 GB) "
+              "does not fit in this machine's RAM, so its cell is fitted, and the speedup there is measured sparse over "
+              "fitted dense.", "", "## Depth fit (ms per token = fixed + layers x per-layer)", "",
+              "| model | fixed ms | per-layer ms | depths | max residual ms | per-layer speedup over dense | "
+              f"{target} layers fitted tokens/s | {target} layers measured |", "|---|---|---|---|---|---|---|---|"]
+    for name, f in t["fits"].items():
+        fit = f["fit"]
+        m = t["measured"].get(name, {}).get(target)
+        pl = t["per_layer_speedup"].get(name)
+        got = f"{m['tokens_per_s']['median']:.2f} ({m['tokens_per_s']['median'] / f['tokens_per_s']:.2f} of the fit)" if m else "–"
+        lines.append(f"| {LABELS[name]} | {fit['fixed_ms']:.1f} | {fit['per_layer_ms']:.2f} | "
+                     f"{', '.join(map(str, fit['depths']))} | {fit['max_residual_ms']:.2f} | "
+                     f"{f'{pl:.2f}x' if pl else '–'} | {f['tokens_per_s']:.2f} | {got} |")
+    lines += ["", "## Memory and time per run", "",
+              "| depth | model | prune s | prune peak RSS | export s | export peak RSS | engine peak RSS | engine peak "
+              "anonymous memory |", "|---|---|---|---|---|---|---|---|"]
+    for r in t["resources"]:
+        p, e, g = r.get("prune") or {}, r.get("export") or {}, r.get("engine") or {}
+        lines.append(f"| {r['depth']} | {r['name']} | {p.get('seconds', '–')} | {_gib(p.get('peak_rss_bytes'))} | "
+                     f"{e.get('seconds', '–')} | {_gib(e.get('peak_rss_bytes'))} | {_gib(g.get('rss_bytes'))} | "
+                     f"{_gib(g.get('anonymous_bytes'))} |")
+    lines += ["", "Engine memory: the largest sum over the benchmark's child processes (one DeepSparse process at a "
+              "time), sampled every 0.5 s; anonymous = RSS less file-backed pages (the weights file DeepSparse maps is "
+              "page cache the kernel can drop).", ""]
+    return "\n".join(lines)
+
+
+def plot(t: dict, runs: list[dict]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target = t["target_layers"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, colour in zip(NAMES, ("tab:gray", "tab:blue", "tab:orange")):
+        by = t["measured"].get(name, {})
+        shallow = sorted(d for d in by if d != target)
+        if shallow:
+            ax.plot(shallow, [by[d]["ms_median"] for d in shallow], "o", color=colour, label=f"{LABELS[name]} measured")
+        f = t["fits"].get(name)
+        if f:
+            ax.plot([0, target], [f["fit"]["fixed_ms"], f["ms"]], "--", color=colour, lw=1, label=f"{LABELS[name]} fit")
+        if target in by:
+            ax.plot([target], [by[target]["ms_median"]], "*", ms=14, color=colour,
+                    label=f"{LABELS[name]} measured at {target}")
+    ax.set_xlabel("decoder layers")
+    ax.set_ylabel("ms per decoded token (median)")
+    ax.legend(fontsize=7)
+    ax.set_title("DeepSparse decode time vs depth", fontsize=9)
+    names = [n for n in NAMES if n != "dense" and n in t["at_target"] and t["at_target"][n].get("speedup")]
+    x = range(len(names))
+    bx.bar([i - 0.2 for i in x], [PAPER[n] / PAPER["dense"] for n in names], 0.4, label="paper (Xeon 8160, 24 cores)",
+           color="tab:gray")
+    bx.bar([i + 0.2 for i in x], [t["at_target"][n]["speedup"] for n in names], 0.4,
+           label=f"ours, {target} layers (sparse measured / dense fitted)", color="tab:blue")
+    bx.set_xticks(list(x), [LABELS[n] for n in names])
+    bx.set_ylabel("decode speedup over dense")
+    bx.legend(fontsize=7)
+    bx.set_title(f"speedup at {target} layers", fontsize=9)
+    m, st = runs[0]["machine"], runs[0]["settings"]
+    fig.suptitle(f"LLaMA-2-7B shapes, random weights; {m['cpu']}, {m['cores']} cores; batch 1, "
+                 f"{st['sequence_length'] - 1} cached tokens, {st['repeats']} rounds x {st['seconds']} s", fontsize=8)
+    return fig
+
+
+def write_full_depth_report(results_dir: Path, dest: Path) -> list[str]:
+    runs = load(results_dir)
+    t = table(runs, results_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(dest / "report.md", render(t, runs))
+    write_json_atomic(dest / "results.json", {"table": t, "runs": runs})
+    write_bytes_atomic(dest / "full_depth.png", figure_png(plot(t, runs)))
+    return ["report.md", "results.json", "full_depth.png"]
