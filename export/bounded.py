@@ -250,6 +250,7 @@ def export_checkpoint_artifact(folder: Path, tokenizer, target: Path, engines: t
     from tqdm import tqdm
     from transformers import AutoConfig
 
+    from export.depth import layers_alike
     from export.artifact import (DEEPSPARSE_DATA_TAIL, MANIFEST, artifact_manifest, check_disk, export_artifact,
                                  pad_external_data)
     from pipeline.core.checkpoint import Checkpoint, skeleton, tied_names
@@ -258,6 +259,10 @@ def export_checkpoint_artifact(folder: Path, tokenizer, target: Path, engines: t
     folder, target = Path(folder), Path(target)
     config = AutoConfig.from_pretrained(folder)
     depth = config.num_hidden_layers
+    if not layers_alike(config):
+        raise PipelineError(f"{folder}: the layers of this {config.model_type} model alternate between attention "
+                            "types, so one copied layer cannot stand for all of them",
+                            "export it whole (export.bounded_memory: false)")
     checkpoint = Checkpoint(folder)
     shell = skeleton(config, "float32")
     checkpoint.check_against(shell, tied_names(shell))

@@ -31,7 +31,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from export.deepsparse_families import ARCHITECTURES, ArchitectureQuirks, quirks_for  # noqa: F401 (re-exported)
+from export.deepsparse_families import (  # noqa: F401 (ARCHITECTURES re-exported)
+    ARCHITECTURES, ArchitectureQuirks, check_context, quirks_for)
 from pipeline.core.models import decoder_layers
 
 PATCHES = ("positions_input", "rotary_table", "causal_mask_input", "repeat_kv_before_cache",
@@ -44,9 +45,8 @@ def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def rotary_tables(model: nn.Module, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin ``[max_positions, head_dim]`` from the model's own rotary module (keeps any rope scaling)."""
-    rotary = model.model.rotary_emb
+def rotary_tables(rotary: nn.Module, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin ``[max_positions, rotary dim]`` from the model's own rotary module (keeps any rope scaling)."""
     positions = torch.arange(max_positions).unsqueeze(0)
     probe = torch.zeros(1, dtype=torch.float32)
     with torch.no_grad():
@@ -84,37 +84,69 @@ def _traced_as(layer: nn.Module, step) -> Iterator[None]:
         del layer.forward  # the class's forward again
 
 
-def _layer_step(layer, hidden, past_key, past_value, cos, sin, additive):
-    """One decoder layer of the DeepSparse graph: (hidden out, key cache, value cache)."""
+def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary on the first ``cos.shape[-1]`` channels of each head (all of them but for partial rotary, Phi-4-mini)."""
+    dim = cos.shape[-1]
+    if dim == x.shape[-1]:
+        return x * cos + _rotate_half(x) * sin
+    rotated, passed = x[..., :dim], x[..., dim:]
+    return torch.cat([rotated * cos + _rotate_half(rotated) * sin, passed], dim=-1)
+
+
+def _qkv(attn, x: torch.Tensor, quirks: ArchitectureQuirks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query, key and value [batch, q, width] of the attention input: three projections, or one fused (Phi-3)."""
+    if not quirks.fused_qkv:
+        return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+    qkv = attn.qkv_proj(x)
+    q_width = attn.config.num_attention_heads * attn.head_dim
+    kv_width = attn.num_key_value_heads * attn.head_dim
+    return qkv[..., :q_width], qkv[..., q_width:q_width + kv_width], qkv[..., q_width + kv_width:]
+
+
+def _layer_step(layer, hidden, past_key, past_value, rotary, additive, quirks: ArchitectureQuirks, softcap=None):
+    """One decoder layer of the DeepSparse graph: (hidden out, key cache, value cache). ``rotary`` maps
+    "global" / "local" to this step's (cos, sin) rows; a sliding layer of Gemma 3 reads the local table."""
     attn = layer.self_attn
     residual = hidden
     x = layer.input_layernorm(hidden)
     batch, q_len, _ = x.shape
     head_dim = attn.head_dim
-    query = attn.q_proj(x).view(batch, q_len, -1, head_dim).transpose(1, 2)
-    key = attn.k_proj(x).view(batch, q_len, -1, head_dim).transpose(1, 2)
-    value = attn.v_proj(x).view(batch, q_len, -1, head_dim).transpose(1, 2)
-    query = query * cos + _rotate_half(query) * sin
-    key = key * cos + _rotate_half(key) * sin
+    q, k, v = _qkv(attn, x, quirks)
+    query = q.view(batch, q_len, -1, head_dim)
+    key = k.view(batch, q_len, -1, head_dim)
+    if hasattr(attn, "q_norm"):  # Qwen3, Gemma 3: RMSNorm over each head's channels before rotary
+        query, key = attn.q_norm(query), attn.k_norm(key)
+    query, key = query.transpose(1, 2), key.transpose(1, 2)
+    value = v.view(batch, q_len, -1, head_dim).transpose(1, 2)
+    cos, sin = rotary["local" if getattr(attn, "is_sliding", False) and "local" in rotary else "global"]
+    query, key = _apply_rotary(query, cos, sin), _apply_rotary(key, cos, sin)
     # repeat_kv_before_cache, cache_concat_feeds_matmul
     groups = query.shape[1] // key.shape[1]
     key = torch.cat([past_key, _repeat_heads(key, groups)], dim=2)
     value = torch.cat([past_value, _repeat_heads(value, groups)], dim=2)
-    scores = torch.matmul(query, key.transpose(2, 3)) * attn.scaling + additive
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    out = torch.matmul(probs, value).transpose(1, 2).reshape(batch, q_len, -1)
-    hidden = residual + attn.o_proj(out)
+    scores = torch.matmul(query, key.transpose(2, 3)) * attn.scaling
+    if softcap:  # Gemma 2: cap * tanh(scores / cap), before the mask
+        scores = torch.tanh(scores / softcap) * softcap
+    probs = torch.softmax(scores + additive, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = attn.o_proj(torch.matmul(probs, value).transpose(1, 2).reshape(batch, q_len, -1))
+    if quirks.sandwich_norms:
+        hidden = residual + layer.post_attention_layernorm(out)
+        return hidden + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden))), key, value
+    hidden = residual + out
     hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     return hidden, key, value
 
 
 class DeepSparseForward:
-    """Callable with DeepSparse's input names, bound to a LLaMA-family ``*ForCausalLM``."""
+    """Callable with DeepSparse's input names, bound to a covered family's ``*ForCausalLM``."""
 
     def __init__(self, model: nn.Module, max_positions: int):
         self.model = model
         self.quirks = quirks_for(model.config)
-        self.cos, self.sin = rotary_tables(model, max_positions)
+        check_context(model.config, max_positions)
+        self.tables = {"global": rotary_tables(model.model.rotary_emb, max_positions)}
+        if hasattr(model.model, "rotary_emb_local"):  # Gemma 3: sliding layers use their own rope base
+            self.tables["local"] = rotary_tables(model.model.rotary_emb_local, max_positions)
         self.layers = decoder_layers(model)
 
     def __call__(self, input_ids, attention_mask, past_key_values, positions, causal_mask):
@@ -127,15 +159,19 @@ class DeepSparseForward:
         allowed = causal_mask * attention_mask[:, None, None, :]
         additive = (allowed.to(torch.float32) - 1.0) * FLT_MAX
 
-        # rotary_table: rows gathered by position
-        cos = self.cos[positions].unsqueeze(1)  # [batch, 1, q, head_dim]
-        sin = self.sin[positions].unsqueeze(1)
+        # rotary_table: rows gathered by position, [batch, 1, q, rotary dim]
+        rotary = {name: (cos[positions].unsqueeze(1), sin[positions].unsqueeze(1))
+                  for name, (cos, sin) in self.tables.items()}
+        step = partial(_layer_step, quirks=self.quirks, softcap=getattr(config, "attn_logit_softcapping", None))
 
         past = _legacy_past(past_key_values)
         presents = []
         for layer, (past_key, past_value) in zip(self.layers, past):
-            with _traced_as(layer, _layer_step):  # the layer's nodes carry its scope (/model/layers.i/...)
-                hidden, key, value = layer(hidden, past_key, past_value, cos, sin, additive)
+            with _traced_as(layer, step):  # the layer's nodes carry its scope (/model/layers.i/...)
+                hidden, key, value = layer(hidden, past_key, past_value, rotary, additive)
             presents.append((key, value))
         logits = model.lm_head(model.model.norm(hidden))
+        cap = getattr(config, "final_logit_softcapping", None)
+        if cap:  # Gemma 2
+            logits = torch.tanh(logits / cap) * cap
         return {"logits": logits, "past_key_values": tuple(presents)}  # logits_first

@@ -27,6 +27,13 @@ SCOPE = re.compile(r"^/(?:model/)?layers\.(\d+)/")
 CACHE = re.compile(r"^(past_key_values|present)\.(\d+)\.(key|value)$")
 
 
+def layers_alike(config) -> bool:
+    """Whether every decoder layer traces to the same graph, so one can be copied for all: not where layers
+    alternate between sliding-window and full attention (Gemma 2/3), whose graphs differ by layer type."""
+    types = getattr(config, "layer_types", None)
+    return not types or len(set(types)) == 1
+
+
 def _layer_of_name(name: str) -> int | None:
     found = SCOPE.match(name)
     return int(found.group(1)) if found else None

@@ -61,6 +61,18 @@ def _generate_deepsparse(folder: str, prompt: str, max_new_tokens: int, sequence
             "compile_seconds": compile_s, "internal_kv_cache": internal_kv_cache}
 
 
+def _size_cache_from_config(model) -> None:
+    """Optimum's runtime sizes the empty KV cache it feeds from ``num_attention_heads`` and ``hidden_size //
+    heads`` for model types missing from its lists (Gemma 2, Phi-3 in optimum-onnx 0.1.0), which a grouped-query
+    model (Gemma 2, Phi-4-mini) or one with its own ``head_dim`` (Gemma 2) rejects at the first step; the graph's
+    own cache inputs say the truth, so they are set from the config as our feeds do (export/checks.py)."""
+    from export.deepsparse_graph import head_dim
+
+    config = model.config
+    model.num_key_value_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    model.embed_size_per_head = head_dim(config)
+
+
 def _generate_onnxruntime(folder: str, prompt: str, max_new_tokens: int, threads: int | None = None) -> dict:
     import onnxruntime as ort
     from optimum.onnxruntime import ORTModelForCausalLM
@@ -71,6 +83,7 @@ def _generate_onnxruntime(folder: str, prompt: str, max_new_tokens: int, threads
         options.intra_op_num_threads = threads
     t0 = time.perf_counter()
     model = ORTModelForCausalLM.from_pretrained(folder, session_options=options)
+    _size_cache_from_config(model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     compile_s = time.perf_counter() - t0
     ids = tokenizer(prompt, return_tensors="pt").input_ids

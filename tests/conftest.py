@@ -18,6 +18,10 @@ os.environ.setdefault("PIPELINE_LOG_DIR", tempfile.mkdtemp(prefix="pipeline-test
 import pytest
 import torch
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GemmaConfig,
     GemmaForCausalLM,
     LlamaConfig,
@@ -29,6 +33,10 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 VOCAB = 96
@@ -41,12 +49,32 @@ ARCHITECTURES = {
     "gemma": lambda: GemmaForCausalLM(GemmaConfig(**COMMON, head_dim=16, hidden_activation="gelu_pytorch_tanh")),
     "reglu": lambda: LlamaForCausalLM(LlamaConfig(**COMMON, hidden_act="relu")),
     "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**COMMON)),
+    # LLaMA 3.x: rope scaling (the graph's rotary table must come from the scaled module)
+    "llama3": lambda: LlamaForCausalLM(LlamaConfig(**COMMON, rope_theta=500000.0, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64})),
+    "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(**COMMON, head_dim=16)),  # q/k norms
+    # Gemma 2: sandwich norms, attention and final soft-capping, alternating sliding / full layers (the window
+    # is the whole context here; a shorter one is refused for DeepSparse, tests/test_families.py)
+    "gemma2": lambda: Gemma2ForCausalLM(Gemma2Config(**COMMON, head_dim=16, sliding_window=256,
+                                                     query_pre_attn_scalar=16)),
+    # Gemma 3: q/k norms, sandwich norms, a local rope base on sliding layers, embedding scaled in its module
+    "gemma3": lambda: Gemma3ForCausalLM(Gemma3TextConfig(**COMMON, head_dim=16, sliding_window=256,
+                                                         query_pre_attn_scalar=16,
+                                                         layer_types=["sliding_attention", "full_attention"])),
+}
+
+
+#: fused projections (one qkv_proj, one gate_up_proj): Phi-3, and Phi-4-mini's grouped-query attention and
+#: partial rotary; kept apart because their layers have no q_proj / gate_proj modules
+FUSED_ARCHITECTURES = {
+    "phi3": lambda: Phi3ForCausalLM(Phi3Config(**COMMON, pad_token_id=0, partial_rotary_factor=0.5)),
 }
 
 
 def tiny_model(arch: str = "llama", seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = ARCHITECTURES[arch]().eval()
+    model = {**ARCHITECTURES, **FUSED_ARCHITECTURES}[arch]().eval()
     model.config.use_cache = False
     return model
 
@@ -86,13 +114,13 @@ def ids() -> torch.Tensor:
     return calibration_ids()
 
 
-def pruned_tiny(arch="llama"):
+def pruned_tiny(arch="llama", method="dass"):
     from pipeline.core.prune.methods import make_method
     from pipeline.core.prune.sparsity import SparsitySpec
     from pipeline.core.prune.sequential import prune_model
 
     model = tiny_model(arch)
-    prune_model(model, make_method("dass"), SparsitySpec.parse("2:4"), calibration_ids(), scope="attention+mlp",
+    prune_model(model, make_method(method), SparsitySpec.parse("2:4"), calibration_ids(), scope="attention+mlp",
                 progress=False)
     for cfg in (model.config, model.generation_config):
         cfg.eos_token_id, cfg.bos_token_id = 1, 1

@@ -12,6 +12,9 @@ import shutil
 import pytest
 
 from conftest import run_cli, write_recipe
+from export.deepsparse_families import ARCHITECTURES
+
+COVERED = ", ".join(sorted(ARCHITECTURES))
 
 #: case -> (recipe changes, text the error line must contain)
 RECIPES = {
@@ -56,9 +59,13 @@ RECIPES = {
                                           "implies [96, 64]"),
     "deepsparse-uncovered-architecture": ({"model__source": "TINY_OPT", "prune__method": "wanda",
                                            "export__enabled": True}, "DeepSparse export covers"),
-    "deepsparse-uncovered-family-before-weights": ({"model__source": "GEMMA3_CONFIG_ONLY", "export__enabled": True},
-                                                   "covers gemma, llama, mistral, qwen2, not 'gemma3_text' — fix: "
+    "deepsparse-uncovered-family-before-weights": ({"model__source": "OLMO2_CONFIG_ONLY", "export__enabled": True},
+                                                   f"covers {COVERED}, not 'olmo2' — fix: "
                                                    "export for ONNX Runtime only (export.engines: [onnxruntime])"),
+    "deepsparse-context-beyond-sliding-window": ({"model__source": "GEMMA3_WINDOW_64", "export__enabled": True},
+                                                 "gemma3_text attends within a sliding window of 64 tokens and the "
+                                                 "DeepSparse graph has no window, so its context (256 tokens) must not "
+                                                 "exceed 64 — fix: set export.max_sequence_length to at most 64"),
     "accuracy-unknown-task": ({"accuracy__enabled": True, "accuracy__tasks": ["hellaswagg"]},
                               "unknown lm-eval task hellaswagg (hellaswagg: did you mean hellaswag"),
     "accuracy-task-data-not-offline": ({"accuracy__enabled": True, "accuracy__tasks": ["absent_data"],
@@ -100,7 +107,8 @@ def bad_workspace(workspace):
     shard.write_bytes(shard.read_bytes()[:1000])
     config = json.loads((workspace / "wrong-shape" / "config.json").read_text())
     (workspace / "wrong-shape" / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
-    gemma3_config_only(workspace / "gemma3-config-only")
+    config_only(workspace / "olmo2-config-only", "olmo2")
+    config_only(workspace / "gemma3-window-64", "gemma3", sliding_window=64)
     (workspace / "tasks").mkdir(exist_ok=True)  # an lm-eval task whose dataset is in no cache
     (workspace / "tasks" / "absent.yaml").write_text(
         "task: absent_data\ndataset_path: nobody-here/no-such-dataset\noutput_type: multiple_choice\n"
@@ -108,13 +116,14 @@ def bad_workspace(workspace):
     return workspace
 
 
-def gemma3_config_only(folder):
-    """A Gemma 3 (text) config.json and nothing else: no weights, no tokenizer."""
-    from transformers import Gemma3TextConfig
+def config_only(folder, family: str, **extra):
+    """A config.json of a tiny ``family`` model and nothing else: no weights, no tokenizer."""
+    from transformers import Gemma3TextConfig, Olmo2Config
 
+    kind = {"olmo2": Olmo2Config, "gemma3": Gemma3TextConfig}[family]
     folder.mkdir(exist_ok=True)
-    Gemma3TextConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, head_dim=16).to_json_file(folder / "config.json")
+    kind(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+         num_key_value_heads=2, head_dim=16, max_position_embeddings=256, **extra).to_json_file(folder / "config.json")
     return folder
 
 
@@ -124,7 +133,8 @@ def test_bad_recipe(bad_workspace, case, tmp_path):
     changes, expected = RECIPES[case]
     subst = {"TINY_OPT": root / "tiny-opt", "EMPTY": root / "empty.txt", "SHORT": root / "short.txt",
              "PICKLED": root / "pickled", "NO_SHARD": root / "no-shard", "TRUNCATED": root / "truncated",
-             "WRONG_SHAPE": root / "wrong-shape", "GEMMA3_CONFIG_ONLY": root / "gemma3-config-only",
+             "WRONG_SHAPE": root / "wrong-shape", "OLMO2_CONFIG_ONLY": root / "olmo2-config-only",
+             "GEMMA3_WINDOW_64": root / "gemma3-window-64",
              "TASKS": root / "tasks"}
     changes = {k: str(subst[v]) if isinstance(v, str) and v in subst else
                [str(subst.get(x, x)) for x in v] if isinstance(v, list) else v for k, v in changes.items()}
@@ -137,11 +147,11 @@ def test_bad_recipe(bad_workspace, case, tmp_path):
 def test_uncovered_family_refused_before_any_weights_load(bad_workspace, tmp_path):
     """The DeepSparse family check reads config.json alone: the folder has no weights (nor tokenizer), and the
     refusal is still the family's, not a load error; no model load was logged, no calibration ran."""
-    folder = bad_workspace / "gemma3-config-only"
+    folder = bad_workspace / "olmo2-config-only"
     assert sorted(p.name for p in folder.iterdir()) == ["config.json"]
     path = write_recipe(bad_workspace, "uncovered-family", model__source=str(folder), export__enabled=True)
     proc = run_cli("run", str(path), cwd=bad_workspace, log_dir=tmp_path / "logs")
-    line = assert_one_clear_line(proc, "the DeepSparse export covers gemma, llama, mistral, qwen2, not 'gemma3_text'",
+    line = assert_one_clear_line(proc, f"the DeepSparse export covers {COVERED}, not 'olmo2'",
                                  tmp_path / "logs")
     assert "export.engines: [onnxruntime]" in line
     log = sorted((tmp_path / "logs").glob("pipeline-*.log"))[-1].read_text()

@@ -45,7 +45,7 @@ def ops(path):
     return collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma", "qwen3"])
 def test_deepened_graph_equals_the_whole_export(tmp_path, arch):
     from export.artifact import export_artifact
     from export.bounded import export_checkpoint_artifact
@@ -150,3 +150,18 @@ def test_depth_refuses_a_weight_shared_by_two_layers():
 
     with pytest.raises(PipelineError, match="share the initializer W0"):
         deepen(toy_decoder(share_weight=True), 4)
+
+
+def test_layers_of_different_attention_types_are_never_deepened(tmp_path):
+    """Gemma 2 / 3 alternate sliding and full attention layers, whose graphs differ: one copied layer cannot stand
+    for both, so the bounded export refuses them and the export stage exports them whole."""
+    from export.bounded import export_checkpoint_artifact
+    from export.depth import layers_alike
+
+    gemma2, gemma3 = conftest.tiny_model("gemma2"), conftest.tiny_model("gemma3")
+    assert not layers_alike(gemma2.config) and not layers_alike(gemma3.config)
+    assert layers_alike(conftest.tiny_model("llama").config) and layers_alike(conftest.tiny_model("qwen2").config)
+    folder = conftest.save_checkpoint(tmp_path / "gemma2", gemma2)
+    with pytest.raises(PipelineError, match="alternate between attention types"):
+        export_checkpoint_artifact(folder, conftest.tiny_tokenizer(), tmp_path / "artifact", ("deepsparse",))
+    assert not (tmp_path / "artifact").exists()

@@ -6,14 +6,14 @@ import pytest
 import torch
 from optimum.exporters.onnx import export
 
-from conftest import ARCHITECTURES, tiny_model, tiny_non_glu_model
+from conftest import ARCHITECTURES, FUSED_ARCHITECTURES, tiny_model, tiny_non_glu_model
 from export.checks import ort_session
 from export.deepsparse_graph import ARCHITECTURES as COVERED, DeepSparseForward, head_dim, quirks_for
 from export.onnx_configs import DeepSparseDecoderOnnxConfig
 from pipeline.common.errors import PipelineError
 
 MAX_POS = 64
-GLU_ARCHS = [a for a in ARCHITECTURES]  # llama, mistral, gemma, reglu (llama), qwen2
+GLU_ARCHS = [*ARCHITECTURES, *FUSED_ARCHITECTURES]  # every tiny family of conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +83,25 @@ def test_patch_rotary_table(exported):
             constants[node.output[0]] = tuple(node.attribute[0].t.dims)
     gathered = [constants.get(n.input[0]) for n in graph.node if n.op_type == "Gather"]
     assert gathered.count((MAX_POS, head_dim(model.config))) == 2, "cos and sin rows gathered from precomputed tables"
-    cos, sin = DeepSparseForward(model, MAX_POS).cos, DeepSparseForward(model, MAX_POS).sin
+    cos, sin = DeepSparseForward(model, MAX_POS).tables["global"]
     ref_cos, ref_sin = model.model.rotary_emb(torch.zeros(1), torch.arange(MAX_POS)[None])
     assert torch.allclose(cos, ref_cos[0]) and torch.allclose(sin, ref_sin[0])
+
+
+def test_patch_rotary_table_per_layer_type_and_partial(exported):
+    """Gemma 3 gathers a second (local rope base) table for its sliding layers; LLaMA 3's table is the scaled one."""
+    model, path = exported["gemma3"]
+    graph = onnx.load(str(path)).graph
+    tables = {i.name for i in graph.initializer if tuple(i.dims) == (MAX_POS, head_dim(model.config))}
+    tables |= {n.output[0] for n in graph.node
+               if n.op_type == "Constant" and tuple(n.attribute[0].t.dims) == (MAX_POS, head_dim(model.config))}
+    assert len(tables) == 4, "cos and sin, global and local"
+    forward = DeepSparseForward(model, MAX_POS)
+    assert not torch.allclose(forward.tables["global"][0], forward.tables["local"][0])
+    llama3 = exported["llama3"][0]
+    scaled = DeepSparseForward(llama3, MAX_POS).tables["global"][0]
+    plain = DeepSparseForward(tiny_model("llama"), MAX_POS).tables["global"][0]
+    assert not torch.allclose(scaled, plain), "LLaMA 3's rope scaling reaches the table"
 
 
 def test_patch_causal_mask_input_and_left_padding(exported):
@@ -142,6 +158,6 @@ def test_patch_logits_first(exported):
 
 
 def test_uncovered_architecture_is_refused():
-    assert set(COVERED) == {"llama", "mistral", "qwen2", "gemma"}
+    assert set(COVERED) == {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"}
     with pytest.raises(PipelineError, match="DeepSparse export covers"):
         quirks_for(tiny_non_glu_model().config)

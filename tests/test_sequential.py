@@ -64,6 +64,21 @@ def test_unstructured_counts_and_scope(arch, method, ids):
     assert torch.equal(decoder_layers(model)[0].self_attn.q_proj.weight, attn_before), "scope mlp must leave attention"
 
 
+@pytest.mark.parametrize("method", ["wanda", "magnitude"])
+def test_fused_projections_pruned_as_whole_linears_and_dass_refused(method, ids):
+    """Phi-3's qkv_proj and gate_up_proj are single linears: Wanda / magnitude prune them as such (2:4 along the
+    input, like every Wanda linear); DaSS, whose gate and up roles would be the two halves of one weight, is
+    refused with the way out."""
+    model = tiny_model("phi3")
+    prune_model(model, make_method(method), SparsitySpec.parse("2:4"), ids, scope="attention+mlp", progress=False)
+    for layer in decoder_layers(model):
+        for proj in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
+            assert _nm_ok(proj.weight, 2, 4, "input")
+    with pytest.raises(PipelineError, match="fuses them into one gate_up_proj") as info:
+        require_glu(tiny_model("phi3"), "dass")
+    assert "use method wanda, sparsegpt or magnitude" in str(info.value)
+
+
 def _mlp_stats_from_full_forward(model, layer_index, ids):
     """Sum of squared GLU intermediate activations y = act(gate x) * up x of one layer,
     computed by hand from the MLP's input during ordinary full-model forwards."""

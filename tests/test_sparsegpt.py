@@ -66,7 +66,7 @@ def test_dead_inputs_and_singular_hessian_are_damped_with_a_warning(caplog):
                if r.levelno == logging.WARNING)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma"])
+@pytest.mark.parametrize("arch", ["llama", "gemma", "llama3", "qwen3", "gemma2", "gemma3", "phi3"])
 def test_whole_model_sparsegpt_sequential(arch):
     model = tiny_model(arch)
     ids = calibration_ids(n=8, seq_len=32)
@@ -74,7 +74,8 @@ def test_whole_model_sparsegpt_sequential(arch):
         dense_logits = model(ids[:2]).logits
     result = prune_model(model, make_method("sparsegpt"), SparsitySpec.parse("2:4"), ids, scope="attention+mlp",
                          keep_masks=True, progress=False)
-    assert len(result.layers) == 2 * 7
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.model.layers[0].modules())  # Phi-3: 4, fused
+    assert len(result.layers) == 2 * linears
     for name, info in result.layers.items():
         assert info["sparsity"] == pytest.approx(0.5)
         mask = result.masks[name]

@@ -221,7 +221,13 @@ def layer_projections(layer: nn.Module) -> list[Projection]:
 
 
 def require_glu(model: nn.Module, method: str) -> None:
-    if not is_glu(decoder_layers(model)[0]):
+    layer = decoder_layers(model)[0]
+    if isinstance(_get(layer, "mlp.gate_up_proj"), nn.Linear):
+        raise PipelineError(
+            f"{method} needs a GLU MLP with separate gate and up projections, and {type(model).__name__} fuses them "
+            "into one gate_up_proj",
+            "use method wanda, sparsegpt or magnitude (they prune the fused linear as one)")
+    if not is_glu(layer):
         raise PipelineError(
             f"{method} needs a GLU MLP (gate_proj, up_proj, down_proj) but {type(model).__name__} has none",
             "use a GLU model (LLaMA, Mistral, Qwen2, Gemma, ...) or method wanda / magnitude",

@@ -17,17 +17,21 @@ SECTIONS = ("model", "calibration", "prune", "export")
 def check_config(ctx: Context, config) -> None:
     """A DeepSparse export of a family its graph does not cover is refused from config.json, before weights load."""
     if "deepsparse" in ctx.recipe.export.engines:
-        from export.deepsparse_families import quirks_for
+        from export.deepsparse_families import check_context, quirks_for
 
         quirks_for(config)
+        check_context(config, ctx.recipe.export.max_sequence_length)
 
 
 def bounded_folder(ctx: Context, which: str) -> Path | None:
     """The checkpoint folder a bounded-memory export of the ``which`` model ("dense" or "saved") reads, or None
-    when it is exported whole (switched off, no local safetensors, or too shallow to gain anything)."""
+    when it is exported whole (switched off, no local safetensors, too shallow to gain anything, or layers whose
+    graphs differ by type, which one copied layer cannot stand for)."""
     from export.bounded import TEMPLATE_LAYERS
+    from export.depth import layers_alike
 
-    if not ctx.recipe.export.bounded_memory or ctx.models.config().num_hidden_layers <= TEMPLATE_LAYERS:
+    config = ctx.models.config()
+    if not ctx.recipe.export.bounded_memory or config.num_hidden_layers <= TEMPLATE_LAYERS or not layers_alike(config):
         return None
     return ctx.models.safetensors_of(which)
 
