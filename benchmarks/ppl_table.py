@@ -43,7 +43,7 @@ def zeros_read_back(model, plan) -> float:
     zeros = total = 0
     for layer, chosen in zip(decoder_layers(model), plan):
         for proj in chosen:
-            weight = layer.get_submodule(proj.path).weight
+            weight = proj.weight(layer)
             zeros += int((weight == 0).sum())
             total += weight.numel()
     return zeros / total

@@ -78,7 +78,7 @@ def bench_layer(args) -> dict:
                     prepared = (method.prepare(sums[group[0].role].clone(), group[0].path)
                                 if isinstance(method, ReconstructingMethod) else None)
                     for p in group:
-                        w = layer.get_submodule(p.path).weight.data
+                        w = p.weight(layer)
                         if prepared is not None:
                             method.prune(p.role, w, prepared, spec)
                         else:

@@ -16,13 +16,11 @@ from export.engines import run_engine
 PROMPT = "hello world, this is"
 N = 12
 FAMILIES = [a for a in ARCHITECTURES if a not in ("llama", "reglu")] + list(FUSED_ARCHITECTURES)
-#: DaSS needs separate gate / up projections; a fused gate_up_proj (Phi-3) is pruned by Wanda (refused for DaSS)
-METHOD = {"phi3": "wanda"}
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_family_generates_pytorchs_tokens_in_deepsparse_and_onnxruntime(arch, tmp_path):
-    model = pruned_tiny(arch, METHOD.get(arch, "dass"))
+    model = pruned_tiny(arch)  # DaSS 2:4; Phi-3's fused linears role by role (tests/test_sequential.py)
     tokenizer = tiny_tokenizer()
     folder = tmp_path / "artifact"
     manifest = export_artifact(model, tokenizer, folder, max_positions=128, metadata={"method": "dass"})

@@ -64,19 +64,55 @@ def test_unstructured_counts_and_scope(arch, method, ids):
     assert torch.equal(decoder_layers(model)[0].self_attn.q_proj.weight, attn_before), "scope mlp must leave attention"
 
 
-@pytest.mark.parametrize("method", ["wanda", "magnitude"])
-def test_fused_projections_pruned_as_whole_linears_and_dass_refused(method, ids):
-    """Phi-3's qkv_proj and gate_up_proj are single linears: Wanda / magnitude prune them as such (2:4 along the
-    input, like every Wanda linear); DaSS, whose gate and up roles would be the two halves of one weight, is
-    refused with the way out."""
-    model = tiny_model("phi3")
-    prune_model(model, make_method(method), SparsitySpec.parse("2:4"), ids, scope="attention+mlp", progress=False)
-    for layer in decoder_layers(model):
-        for proj in (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
-            assert _nm_ok(proj.weight, 2, 4, "input")
-    with pytest.raises(PipelineError, match="fuses them into one gate_up_proj") as info:
-        require_glu(tiny_model("phi3"), "dass")
-    assert "use method wanda, sparsegpt or magnitude" in str(info.value)
+def _phi3_and_its_unfused_llama():
+    """A tiny Phi-3 (fused qkv_proj, gate_up_proj; full rotary) and the LLaMA model with the same weights split
+    into q/k/v and gate/up: the same function, so every method must prune them alike."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
+
+    from conftest import COMMON
+
+    torch.manual_seed(0)
+    phi = Phi3ForCausalLM(Phi3Config(**COMMON, pad_token_id=0, rms_norm_eps=1e-6)).eval()
+    llama = LlamaForCausalLM(LlamaConfig(**COMMON, rms_norm_eps=1e-6)).eval()
+    weights = {}
+    for name, tensor in phi.state_dict().items():
+        if "qkv_proj" in name:
+            q, k, v = tensor.split([64, 32, 32])  # 4 heads x 16, 2 KV heads x 16
+            for role, part in zip("qkv", (q, k, v)):
+                weights[name.replace("qkv_proj", f"{role}_proj")] = part
+        elif "gate_up_proj" in name:
+            gate, up = tensor.chunk(2)
+            weights[name.replace("gate_up_proj", "gate_proj")], weights[name.replace("gate_up_proj", "up_proj")] = gate, up
+        else:
+            weights[name] = tensor
+    llama.load_state_dict(weights)
+    return phi, llama
+
+
+def test_fused_phi3_is_pruned_role_by_role_as_its_unfused_twin(ids):
+    """Phi-3's fused linears are pruned per role (q/k/v and gate/up are row ranges of one weight): DaSS (column
+    balance and N:M groups within gate and within up), Wanda and SparseGPT give exactly the masks they give the
+    same model with separate projections."""
+    phi, llama = _phi3_and_its_unfused_llama()
+    with torch.no_grad():
+        assert torch.allclose(phi(ids[:1]).logits, llama(ids[:1]).logits, atol=1e-5), "the twins compute one function"
+    names = {"self_attn.qkv_proj[q]": "self_attn.q_proj", "self_attn.qkv_proj[k]": "self_attn.k_proj",
+             "self_attn.qkv_proj[v]": "self_attn.v_proj", "mlp.gate_up_proj[gate]": "mlp.gate_proj",
+             "mlp.gate_up_proj[up]": "mlp.up_proj", "self_attn.o_proj": "self_attn.o_proj", "mlp.down_proj": "mlp.down_proj"}
+    for method, pattern in (("dass", "0.5"), ("dass", "2:4"), ("wanda", "0.5"), ("sparsegpt", "2:4")):
+        a, b = copy.deepcopy(phi), copy.deepcopy(llama)
+        fused = prune_model(a, make_method(method), SparsitySpec.parse(pattern), ids, scope="attention+mlp",
+                            keep_masks=True, progress=False)
+        plain = prune_model(b, make_method(method), SparsitySpec.parse(pattern), ids, scope="attention+mlp",
+                            keep_masks=True, progress=False)
+        assert len(fused.masks) == len(plain.masks) == 2 * 7
+        for name, mask in fused.masks.items():
+            layer, rest = name.split(".", 2)[1], name.split(".", 2)[2]
+            twin = plain.masks[f"layers.{layer}.{names[rest]}"]
+            assert torch.equal(mask, twin), (method, pattern, name)
+            assert fused.layers[name]["role"] == plain.layers[f"layers.{layer}.{names[rest]}"]["role"]
+    gate_up = a.model.layers[0].mlp.gate_up_proj.weight  # the zeros landed in the fused weight itself
+    assert torch.equal(gate_up[:128] != 0, fused.masks["layers.0.mlp.gate_up_proj[gate]"].bool())
 
 
 def _mlp_stats_from_full_forward(model, layer_index, ids):

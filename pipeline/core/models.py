@@ -39,6 +39,17 @@ class Projection:
     role: str  # q k v o gate up down, or the module path for non-GLU models
     path: str  # module path inside the decoder layer
     kind: str  # "attention" or "mlp"
+    rows: tuple[int, int] | None = None  # a fused linear's output rows that are this role (Phi-3), else all
+
+    @property
+    def name(self) -> str:
+        """The projection's name in results: its path, with the role for a part of a fused linear."""
+        return self.path if self.rows is None else f"{self.path}[{self.role}]"
+
+    def weight(self, layer: nn.Module) -> torch.Tensor:
+        """Its weight ``[out, in]`` in ``layer``: the parameter's data, or the view of its rows (writes go through)."""
+        data = layer.get_submodule(self.path).weight.data
+        return data if self.rows is None else data[self.rows[0]:self.rows[1]]
 
 
 def resolve_source(source: str) -> str:
@@ -198,13 +209,48 @@ def _get(module: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
+#: fused projections (Phi-3): module path -> the roles its output rows hold, in order
+FUSED_PATHS: dict[str, tuple[str, ...]] = {"self_attn.qkv_proj": ("q", "k", "v"), "mlp.gate_up_proj": ("gate", "up")}
+
+
+def _fused_rows(layer: nn.Module, path: str) -> list[tuple[int, int]]:
+    """The row ranges of each role of a fused linear: q / k / v by head counts, gate / up by halves."""
+    rows = layer.get_submodule(path).out_features
+    if path == "mlp.gate_up_proj":
+        return [(0, rows // 2), (rows // 2, rows)]
+    attn = layer.self_attn
+    q = attn.config.num_attention_heads * attn.head_dim
+    kv = attn.num_key_value_heads * attn.head_dim
+    if q + 2 * kv != rows:
+        raise PipelineError(f"{path} has {rows} output rows, not q {q} + k {kv} + v {kv}",
+                            "this fused attention layout is not supported yet; please file an issue with the model id")
+    return [(0, q), (q, q + kv), (q + kv, rows)]
+
+
+def _fused(layer: nn.Module) -> bool:
+    return isinstance(_get(layer, "mlp.gate_up_proj"), nn.Linear) and isinstance(_get(layer, "mlp.down_proj"), nn.Linear)
+
+
 def is_glu(layer: nn.Module) -> bool:
-    return all(any(isinstance(_get(layer, p), nn.Linear) for p in ROLE_PATHS[r]) for r in GLU_ROLES)
+    """Gate, up and down projections: three linears (LLaMA ...) or gate and up fused into one (Phi-3)."""
+    return _fused(layer) or all(any(isinstance(_get(layer, p), nn.Linear) for p in ROLE_PATHS[r]) for r in GLU_ROLES)
 
 
 def layer_projections(layer: nn.Module) -> list[Projection]:
-    """Every prunable linear projection of one decoder layer, with its role."""
+    """Every prunable linear projection of one decoder layer, with its role; a fused linear (Phi-3's qkv_proj,
+    gate_up_proj) is one projection per role, each a range of its output rows, so every method scores and
+    balances (DaSS per input column, N:M along the output) within a role, as on separate linears."""
     found: list[Projection] = []
+    if _fused(layer):
+        for path, roles in FUSED_PATHS.items():
+            if isinstance(_get(layer, path), nn.Linear):
+                kind = "mlp" if path.startswith("mlp.") else "attention"
+                found += [Projection(role, path, kind, rows) for role, rows in zip(roles, _fused_rows(layer, path))]
+        for role in ("o", "down"):
+            path = ROLE_PATHS[role][0]
+            if isinstance(_get(layer, path), nn.Linear):
+                found.append(Projection(role, path, "mlp" if role in GLU_ROLES else "attention"))
+        return found
     if is_glu(layer):
         for role, paths in ROLE_PATHS.items():
             for path in paths:
@@ -221,13 +267,7 @@ def layer_projections(layer: nn.Module) -> list[Projection]:
 
 
 def require_glu(model: nn.Module, method: str) -> None:
-    layer = decoder_layers(model)[0]
-    if isinstance(_get(layer, "mlp.gate_up_proj"), nn.Linear):
-        raise PipelineError(
-            f"{method} needs a GLU MLP with separate gate and up projections, and {type(model).__name__} fuses them "
-            "into one gate_up_proj",
-            "use method wanda, sparsegpt or magnitude (they prune the fused linear as one)")
-    if not is_glu(layer):
+    if not is_glu(decoder_layers(model)[0]):
         raise PipelineError(
             f"{method} needs a GLU MLP (gate_proj, up_proj, down_proj) but {type(model).__name__} has none",
             "use a GLU model (LLaMA, Mistral, Qwen2, Gemma, ...) or method wanda / magnitude",

@@ -78,7 +78,7 @@ def measure_layers(model: nn.Module, calibration_ids: torch.Tensor, plan: list[l
         finally:
             hooks.remove()
         stats = hooks.stats()
-        metrics = [wanda_score(layer.get_submodule(p.path).weight.data, stats[p.role]).cpu() for p in chosen]
+        metrics = [wanda_score(p.weight(layer), stats[p.role]).cpu() for p in chosen]
         sizes.append(sum(m.numel() for m in metrics))
         ratios.append(outlier_ratio(torch.cat([m.flatten() for m in metrics]), owl_m))
         curves.append(pruning_error_curve(m.to(torch.float64).pow(2) for m in metrics) / residual)

@@ -189,8 +189,8 @@ def plan_projections(model: nn.Module, method: PruningMethod, sparsity: Sparsity
     for index, layer in enumerate(decoder_layers(model)):
         chosen = [p for p in layer_projections(layer) if _in_scope(p, scope, index, ignore)]
         for proj in chosen:
-            weight = layer.get_submodule(proj.path).weight
-            sparsity.check_fits(tuple(weight.shape), method.axis(proj.role), f"layers.{index}.{proj.path}")
+            weight = proj.weight(layer)
+            sparsity.check_fits(tuple(weight.shape), method.axis(proj.role), f"layers.{index}.{proj.name}")
         plan.append(chosen)
     return plan
 
@@ -270,10 +270,10 @@ def prune_model(
                                       layer_kwargs)
                 stats = forward_all(update=not sequential, groups=groups)  # one-shot: dense outputs feed the next
             for proj in plan[index]:
-                linear = layer.get_submodule(proj.path)
-                mask = select_mask(method.score(proj.role, linear.weight.data, stats), spec, method.axis(proj.role))
-                linear.weight.data.mul_(mask)
-                _record(result, f"layers.{index}.{proj.path}", proj.role, linear.weight, mask, spec,
+                weight = proj.weight(layer)
+                mask = select_mask(method.score(proj.role, weight, stats), spec, method.axis(proj.role))
+                weight.mul_(mask)
+                _record(result, f"layers.{index}.{proj.name}", proj.role, weight, mask, spec,
                         method.axis(proj.role), keep_masks)
         else:
             rewritten: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -284,17 +284,16 @@ def prune_model(
                 prepared = method.prepare(gram, f"layers.{index}.{group[0].path}")
                 del gram
                 for proj in group:
-                    weight = layer.get_submodule(proj.path).weight.data.clone()
-                    mask = method.prune(proj.role, weight, prepared, spec, f"layers.{index}.{proj.path}")
-                    rewritten[proj.path] = (weight, mask)
+                    weight = proj.weight(layer).clone()
+                    mask = method.prune(proj.role, weight, prepared, spec, f"layers.{index}.{proj.name}")
+                    rewritten[proj.name] = (weight, mask)
                 del prepared
             if not sequential:
                 forward_all(update=True)  # one-shot: dense outputs feed the next layer
             for proj in plan[index]:
-                weight, mask = rewritten.pop(proj.path)
-                linear = layer.get_submodule(proj.path)
-                linear.weight.data.copy_(weight)
-                _record(result, f"layers.{index}.{proj.path}", proj.role, linear.weight, mask, spec,
+                weight, mask = rewritten.pop(proj.name)
+                proj.weight(layer).copy_(weight)
+                _record(result, f"layers.{index}.{proj.name}", proj.role, weight, mask, spec,
                         method.axis(proj.role), keep_masks)
                 del weight
 
