@@ -96,6 +96,18 @@ def _gib(b) -> str:
     return f"{b / GiB:.2f} GiB" if b else "–"
 
 
+def _seconds(stage: dict) -> str:
+    return f"{stage['seconds']:.0f}" if stage.get("seconds") else "–"
+
+
+def _peak(stage: dict) -> str:
+    """Measured peak RSS, and the preflight's estimate beside it."""
+    if not stage.get("peak_rss_bytes"):
+        return "–"
+    est = stage.get("estimated_ram_bytes")
+    return _gib(stage["peak_rss_bytes"]) + (f" (estimate {est / GiB:.2f})" if est else "")
+
+
 def render(t: dict, runs: list[dict]) -> str:
     target = t["target_layers"]
     depths = sorted({d for by in t["measured"].values() for d in by})
@@ -161,13 +173,12 @@ def render(t: dict, runs: list[dict]) -> str:
                      f"{', '.join(map(str, fit['depths']))} | {fit['max_residual_ms']:.2f} | "
                      f"{f'{pl:.2f}x' if pl else '–'} | {f['tokens_per_s']:.2f} | {got} |")
     lines += ["", "## Memory and time per run", "",
-              "| depth | model | prune s | prune peak RSS | export s | export peak RSS | engine peak RSS | engine peak "
-              "anonymous memory |", "|---|---|---|---|---|---|---|---|"]
+              "| depth | model | prune s | prune peak RSS | export s | export peak RSS | DeepSparse peak RSS | DeepSparse "
+              "peak anonymous memory |", "|---|---|---|---|---|---|---|---|"]
     for r in t["resources"]:
         p, e, g = r.get("prune") or {}, r.get("export") or {}, r.get("engine") or {}
-        lines.append(f"| {r['depth']} | {r['name']} | {p.get('seconds', '–')} | {_gib(p.get('peak_rss_bytes'))} | "
-                     f"{e.get('seconds', '–')} | {_gib(e.get('peak_rss_bytes'))} | {_gib(g.get('rss_bytes'))} | "
-                     f"{_gib(g.get('anonymous_bytes'))} |")
+        lines.append(f"| {r['depth']} | {r['name']} | {_seconds(p)} | {_peak(p)} | {_seconds(e)} | {_peak(e)} | "
+                     f"{_gib(g.get('rss_bytes'))} | {_gib(g.get('anonymous_bytes'))} |")
     lines += ["", "Engine memory: the largest sum over the benchmark's child processes (one DeepSparse process at a "
               "time), sampled every 0.5 s; anonymous = RSS less file-backed pages (the weights file DeepSparse maps is "
               "page cache the kernel can drop).", ""]
@@ -199,10 +210,14 @@ def plot(t: dict, runs: list[dict]):
     ax.set_title("DeepSparse decode time vs depth", fontsize=9)
     names = [n for n in NAMES if n != "dense" and n in t["at_target"] and t["at_target"][n].get("speedup")]
     x = range(len(names))
-    bx.bar([i - 0.2 for i in x], [PAPER[n] / PAPER["dense"] for n in names], 0.4, label="paper (Xeon 8160, 24 cores)",
-           color="tab:gray")
-    bx.bar([i + 0.2 for i in x], [t["at_target"][n]["speedup"] for n in names], 0.4,
-           label=f"ours, {target} layers (sparse measured / dense fitted)", color="tab:blue")
+    paper = bx.bar([i - 0.2 for i in x], [PAPER[n] / PAPER["dense"] for n in names], 0.4,
+                   label="paper (Xeon 8160, 24 cores)", color="tab:gray")
+    ours = bx.bar([i + 0.2 for i in x], [t["at_target"][n]["speedup"] for n in names], 0.4,
+                  label=f"ours, {target} layers (sparse {', '.join(sorted({t['at_target'][n]['how'].split(' over')[0] for n in names}))}"
+                        f" / dense {t['at_target']['dense']['how'].split(' over')[0] if 'dense' in t['at_target'] else '–'})",
+                  color="tab:blue")
+    for bars in (paper, ours):
+        bx.bar_label(bars, fmt="%.2fx", fontsize=8)
     bx.set_xticks(list(x), [LABELS[n] for n in names])
     bx.set_ylabel("decode speedup over dense")
     bx.legend(fontsize=7)

@@ -65,7 +65,7 @@ def test_report_names_measured_and_fitted_cells_and_writes_the_plot(tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "fitted over depths [4, 8]" in report and "| DaSS 70% | 8.27 (2.71x)" in report
     assert "avx512" in report and "test CPU" in report
-    assert "| 32 | dass-70 | 300.0 | 3.00 GiB | 900.0 | 6.00 GiB |" in report
+    assert "| 32 | dass-70 | 300 | 3.00 GiB | 900 | 6.00 GiB |" in report
     assert (tmp_path / "out" / "full_depth.png").stat().st_size > 10_000 and "full_depth.png" in made
 
 
