@@ -155,6 +155,9 @@ def main() -> None:
     t = sub.add_parser("report", help="one table, JSON and plot from every depth's results")
     t.add_argument("out", type=Path)
     t.add_argument("dest", type=Path)
+    t.add_argument("--dense-run", type=Path, default=None,
+                   help="a benchmark folder (benchmarks.paper_table run) of dense artifacts at several depths, "
+                        "interleaved: the dense fit comes from it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.what == "build":
@@ -165,7 +168,7 @@ def main() -> None:
     else:
         from benchmarks.full_depth_report import write_full_depth_report
 
-        made = write_full_depth_report(args.out / "results", args.dest)
+        made = write_full_depth_report(args.out / "results", args.dest, args.dense_run)
         print(f"wrote {', '.join(made)} to {args.dest}")
 
 

@@ -37,8 +37,21 @@ def _stage(run_dir: Path, name: str, stage: str) -> dict | None:
     return read_json(path, "").get("resources", {}).get(stage)
 
 
-def table(runs: list[dict], results_dir: Path, target: int = LLAMA2_7B_LAYERS) -> dict:
-    """Every number the report shows (pure arithmetic over the runs' measurements)."""
+def dense_by_depth(results: dict) -> dict[int, dict]:
+    """DeepSparse decode of the dense artifacts of one run, by depth: tokens/s spread and median ms."""
+    arts = {a["key"]: a for a in results["artifacts"]}
+    found = {}
+    for (key, engine, mode), ms in cells_by_key(results).items():
+        if engine == "deepsparse" and mode == "decode" and arts[key]["method"] == "none":
+            found[arts[key]["layers"]] = {"tokens_per_s": spread([m["tokens_per_s"] for m in ms]),
+                                          "ms_median": statistics.median(m["ms_median"] for m in ms)}
+    return found
+
+
+def table(runs: list[dict], results_dir: Path, target: int = LLAMA2_7B_LAYERS, dense_run: dict | None = None) -> dict:
+    """Every number the report shows (pure arithmetic over the runs' measurements). ``dense_run``: one interleaved
+    run of the dense artifacts of several depths; the dense fit then comes from it alone (one run, no drift
+    between depths), and the fit through the per-depth runs' dense cells is kept beside it for comparison."""
     measured: dict[str, dict[int, dict]] = {}
     speedups: dict[str, dict[int, dict]] = {}
     resources = []
@@ -71,6 +84,14 @@ def table(runs: list[dict], results_dir: Path, target: int = LLAMA2_7B_LAYERS) -
         if len(shallow) >= 2:
             fit = depth_fit(shallow, [by_depth[d]["ms_median"] for d in shallow])
             fits[name] = {"fit": fit, **extrapolate(fit, target)}
+    dense_alone = None
+    if dense_run:
+        dense_alone = dense_by_depth(dense_run)
+        depths = sorted(d for d in dense_alone if d < target)
+        fit = depth_fit(depths, [dense_alone[d]["ms_median"] for d in depths])
+        if "dense" in fits:
+            fits["dense (per-depth runs)"] = fits["dense"]
+        fits["dense"] = {"fit": fit, **extrapolate(fit, target), "source": "one interleaved dense-only run"}
     at_target = {}
     for name in NAMES:
         m = measured.get(name, {}).get(target)
@@ -79,17 +100,22 @@ def table(runs: list[dict], results_dir: Path, target: int = LLAMA2_7B_LAYERS) -
             at_target[name] = {"tokens_per_s": m["tokens_per_s"]["median"], "how": "measured",
                                "range": m["tokens_per_s"], "fitted": f["tokens_per_s"] if f else None}
         elif f:
-            at_target[name] = {"tokens_per_s": f["tokens_per_s"], "how": f"fitted over depths {f['fit']['depths']}",
-                               "fitted": f["tokens_per_s"]}
+            source = f" of {f['source']}" if f.get("source") else ""
+            at_target[name] = {"tokens_per_s": f["tokens_per_s"],
+                               "how": f"fitted over depths {f['fit']['depths']}{source}", "fitted": f["tokens_per_s"]}
     dense = at_target.get("dense")
     for name, cell in at_target.items():
         cell["speedup"] = cell["tokens_per_s"] / dense["tokens_per_s"] if dense and name != "dense" else None
         if dense and name != "dense" and cell.get("fitted"):
             cell["speedup_fitted"] = cell["fitted"] / dense["fitted"]
     per_layer = {name: fits["dense"]["fit"]["per_layer_ms"] / f["fit"]["per_layer_ms"]
-                 for name, f in fits.items() if name != "dense" and "dense" in fits}
-    return {"target_layers": target, "measured": measured, "speedups": speedups, "fits": fits,
+                 for name, f in fits.items() if not name.startswith("dense") and "dense" in fits}
+    return {"target_layers": target, "measured": measured, "dense_run": dense_alone, "speedups": speedups, "fits": fits,
             "at_target": at_target, "per_layer_speedup": per_layer, "resources": resources, "machines": machines}
+
+
+def runs_dense_command(t: dict) -> str:
+    return t.get("dense_run_command") or "python -m benchmarks.paper_table run ..."
 
 
 def _gib(b) -> str:
@@ -169,9 +195,15 @@ def render(t: dict, runs: list[dict]) -> str:
         m = t["measured"].get(name, {}).get(target)
         pl = t["per_layer_speedup"].get(name)
         got = f"{m['tokens_per_s']['median']:.2f} ({m['tokens_per_s']['median'] / f['tokens_per_s']:.2f} of the fit)" if m else "–"
-        lines.append(f"| {LABELS[name]} | {fit['fixed_ms']:.1f} | {fit['per_layer_ms']:.2f} | "
+        lines.append(f"| {LABELS.get(name, name)} | {fit['fixed_ms']:.1f} | {fit['per_layer_ms']:.2f} | "
                      f"{', '.join(map(str, fit['depths']))} | {fit['max_residual_ms']:.2f} | "
                      f"{f'{pl:.2f}x' if pl else '–'} | {f['tokens_per_s']:.2f} | {got} |")
+    if t.get("dense_run"):
+        cells = ", ".join(f"{d} layers {v['tokens_per_s']['median']:.2f} ({v['tokens_per_s']['min']:.2f}–"
+                          f"{v['tokens_per_s']['max']:.2f})" for d, v in sorted(t["dense_run"].items()))
+        lines += ["", f"The dense fit comes from one interleaved run of the dense artifacts alone ({cells} tokens/s; "
+                  f"`{runs_dense_command(t)}`), so no drift between sessions enters it; the fit through the dense "
+                  "cells of the per-depth runs is the row 'dense (per-depth runs)'."]
     lines += ["", "## Memory and time per run", "",
               "| depth | model | prune s | prune peak RSS | export s | export peak RSS | DeepSparse peak RSS | DeepSparse "
               "peak anonymous memory |", "|---|---|---|---|---|---|---|---|"]
@@ -194,7 +226,7 @@ def plot(t: dict, runs: list[dict]):
     target = t["target_layers"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
     for name, colour in zip(NAMES, ("tab:gray", "tab:blue", "tab:orange")):
-        by = t["measured"].get(name, {})
+        by = t["dense_run"] if name == "dense" and t.get("dense_run") else t["measured"].get(name, {})
         shallow = sorted(d for d in by if d != target)
         if shallow:
             ax.plot(shallow, [by[d]["ms_median"] for d in shallow], "o", color=colour, label=f"{LABELS[name]} measured")
@@ -228,11 +260,14 @@ def plot(t: dict, runs: list[dict]):
     return fig
 
 
-def write_full_depth_report(results_dir: Path, dest: Path) -> list[str]:
+def write_full_depth_report(results_dir: Path, dest: Path, dense_run: Path | None = None) -> list[str]:
     runs = load(results_dir)
-    t = table(runs, results_dir)
+    dense = read_json(Path(dense_run) / "results.json", "give the folder of a finished benchmark") if dense_run else None
+    t = table(runs, results_dir, dense_run=dense)
+    if dense:
+        t["dense_run_command"] = dense.get("command")
     dest.mkdir(parents=True, exist_ok=True)
     write_text_atomic(dest / "report.md", render(t, runs))
-    write_json_atomic(dest / "results.json", {"table": t, "runs": runs})
+    write_json_atomic(dest / "results.json", {"table": t, "runs": runs, "dense_run": dense})
     write_bytes_atomic(dest / "full_depth.png", figure_png(plot(t, runs)))
     return ["report.md", "results.json", "full_depth.png"]

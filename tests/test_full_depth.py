@@ -81,3 +81,20 @@ def test_the_build_overrides_are_a_valid_recipe(tmp_path):
         assert (recipe.calibration.num_samples, recipe.calibration.seq_len) == (4, 128)
         if sparsity:
             assert float(recipe.prune.sparsity) == sparsity
+
+
+def test_a_dense_only_interleaved_run_replaces_the_dense_fit_and_the_old_one_stays_beside_it(tmp_path):
+    runs = [_results(d, ["dense", "dass-70"]) for d in (4, 8)] + [_results(32, ["dass-70"])]
+    runs[1]["measurements"] = [{**m, "ms_median": m["ms_median"] * 1.3, "tokens_per_s": m["tokens_per_s"] / 1.3}
+                               if m["artifact"] == "depth8/dense" else m for m in runs[1]["measurements"]]  # drifted
+    dense = _results(4, ["dense"])
+    for d in (8, 12):
+        extra = _results(d, ["dense"])
+        dense["artifacts"] += extra["artifacts"]
+        dense["measurements"] += extra["measurements"]
+    t = table(runs, tmp_path, dense_run=dense)
+    assert t["fits"]["dense"]["fit"]["depths"] == [4, 8, 12]
+    assert t["fits"]["dense"]["fit"]["per_layer_ms"] == pytest.approx(30.0, rel=0.01)  # the true line, not the drift
+    assert t["fits"]["dense (per-depth runs)"]["fit"]["per_layer_ms"] > 35
+    assert "of one interleaved dense-only run" in t["at_target"]["dense"]["how"]
+    assert t["per_layer_speedup"]["dass-70"] == pytest.approx(3.0, rel=0.01)
