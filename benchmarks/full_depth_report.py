@@ -202,8 +202,8 @@ def render(t: dict, runs: list[dict]) -> str:
         cells = ", ".join(f"{d} layers {v['tokens_per_s']['median']:.2f} ({v['tokens_per_s']['min']:.2f}–"
                           f"{v['tokens_per_s']['max']:.2f})" for d, v in sorted(t["dense_run"].items()))
         lines += ["", f"The dense fit comes from one interleaved run of the dense artifacts alone ({cells} tokens/s; "
-                  f"`{runs_dense_command(t)}`), so no drift between sessions enters it; the fit through the dense "
-                  "cells of the per-depth runs is the row 'dense (per-depth runs)'."]
+                  f"`{runs_dense_command(t)}`), so no drift between runs enters the fit; the fit through the dense "
+                  "cells of the per-depth runs, which the machine's drift bends, is the row 'dense (per-depth runs)'."]
     lines += ["", "## Memory and time per run", "",
               "| depth | model | prune s | prune peak RSS | export s | export peak RSS | DeepSparse peak RSS | DeepSparse "
               "peak anonymous memory |", "|---|---|---|---|---|---|---|---|"]
@@ -252,7 +252,9 @@ def plot(t: dict, runs: list[dict]):
         bx.bar_label(bars, fmt="%.2fx", fontsize=8)
     bx.set_xticks(list(x), [LABELS[n] for n in names])
     bx.set_ylabel("decode speedup over dense")
-    bx.legend(fontsize=7)
+    bx.set_ylim(0, 1.35 * max([PAPER[n] / PAPER["dense"] for n in names] + [t["at_target"][n]["speedup"] for n in names]
+                              + [1.0]))
+    bx.legend(fontsize=7, loc="upper left")
     bx.set_title(f"speedup at {target} layers", fontsize=9)
     m, st = runs[0]["machine"], runs[0]["settings"]
     fig.suptitle(f"LLaMA-2-7B shapes, random weights; {m['cpu']}, {m['cores']} cores; batch 1, "
