@@ -9,7 +9,7 @@ because the artifacts of all depths do not fit on the disk at once; ``--drop`` d
 after its benchmark.
 
     python -m benchmarks.full_depth build runs/full --depth 4 --names dense dass-50 dass-70
-    python -m benchmarks.full_depth bench runs/full --depth 4 --drop          # results/depth4/results.json
+    python -m benchmarks.full_depth bench runs/full --depth 4 --drop          # results/depth4-dense+.../results.json
     ... the same for 8 and 12; for 32: --names dass-70 (then dass-50) ...
     python -m benchmarks.full_depth report runs/full benchmarks/results/full_depth   # table, JSON, plot
 
@@ -20,15 +20,11 @@ depends on how many (the paper's equal speed at equal sparsity, checked in bench
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
-
-from benchmarks.shapes import LLAMA2_7B_LAYERS
 
 log = logging.getLogger(__name__)
 
@@ -77,41 +73,10 @@ def build(out: Path, depth: int, names: list[str], calib: tuple[int, int], keep_
         shutil.rmtree(checkpoint)
 
 
-class ChildMemory:
-    """Peak memory of this process's children, sampled: RSS, and RSS less file-backed pages (anonymous memory,
-    what the engine really holds; the mapped weights file is page cache the kernel can drop)."""
-
-    def __init__(self, interval: float = 0.5):
-        self.interval, self.rss, self.anon = interval, 0, 0
-        self._stop = threading.Event()
-
-    def _loop(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self._stop.wait(self.interval):
-            rss = anon = 0
-            for child in me.children(recursive=True):
-                try:
-                    info = child.memory_info()
-                except psutil.Error:
-                    continue
-                rss, anon = rss + info.rss, anon + info.rss - info.shared
-            self.rss, self.anon = max(self.rss, rss), max(self.anon, anon)
-
-    def __enter__(self) -> "ChildMemory":
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self._stop.set()
-        self._thread.join()
-        return False
-
-
 def bench(out: Path, depth: int, settings, drop: bool, command: str) -> None:
     from benchmarks.runner import describe_artifact, run_benchmark
+    from pipeline.common.outputs import write_json_atomic
+    from pipeline.common.peak_memory import PeakMemory
 
     arts = sorted((out / f"depth{depth}").iterdir())
     if not arts:
@@ -119,18 +84,16 @@ def bench(out: Path, depth: int, settings, drop: bool, command: str) -> None:
     artifacts = [describe_artifact(a, key=f"depth{depth}/{a.name}", name=a.name) for a in arts]
     target = out / "results" / f"depth{depth}-{'+'.join(a.name for a in arts)}"  # 32 layers: one run per model
     target.mkdir(parents=True, exist_ok=True)
-    with ChildMemory() as memory:
+    with PeakMemory(interval=0.5) as memory:
         results = run_benchmark(artifacts, settings, target, command=command)
-    results["engine_peak_memory"] = {"rss_bytes": memory.rss, "anonymous_bytes": memory.anon,
+    results["engine_peak_memory"] = {"rss_bytes": memory.children_peak, "anonymous_bytes": memory.children_anon_peak,
                                      "what": "largest sum over the benchmark's child processes, sampled every 0.5 s"}
-    from pipeline.common.outputs import write_json_atomic
-
     write_json_atomic(target / "results.json", results)
     for a in arts:
-        for run in (out / "runs").glob(f"depth{depth}-{a.name}"):
-            for kept in ("summary.json", "report.md", "pipeline.log"):
-                if (run / kept).is_file():
-                    shutil.copy2(run / kept, target / f"{a.name}_{kept}")
+        run = run_folder(out, depth, a.name)
+        for kept in ("summary.json", "report.md", "pipeline.log"):
+            if (run / kept).is_file():
+                shutil.copy2(run / kept, target / f"{a.name}_{kept}")
         if drop:
             shutil.rmtree(a.resolve())
             a.unlink()

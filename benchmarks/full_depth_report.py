@@ -8,12 +8,11 @@ different depths come from different runs of the same session on the same machin
 from __future__ import annotations
 
 import re
-import statistics
 from pathlib import Path
 
 from benchmarks.full_depth import PAPER
 from benchmarks.shapes import LLAMA2_7B_LAYERS
-from benchmarks.stats import cells_by_key, depth_fit, extrapolate, paired_ratio, spread
+from benchmarks.stats import depth_fit, extrapolate, summarize
 from pipeline.common.outputs import figure_png, read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 NAMES = ("dense", "dass-50", "dass-70")
@@ -37,15 +36,15 @@ def _stage(run_dir: Path, name: str, stage: str) -> dict | None:
     return read_json(path, "").get("resources", {}).get(stage)
 
 
+def _decode_cells(summary: dict) -> list[dict]:
+    """A run's DeepSparse decode cells, from its summary (benchmarks/stats.py)."""
+    return [c for c in summary["cells"] if (c["engine"], c["mode"]) == ("deepsparse", "decode")]
+
+
 def dense_by_depth(results: dict) -> dict[int, dict]:
     """DeepSparse decode of the dense artifacts of one run, by depth: tokens/s spread and median ms."""
-    arts = {a["key"]: a for a in results["artifacts"]}
-    found = {}
-    for (key, engine, mode), ms in cells_by_key(results).items():
-        if engine == "deepsparse" and mode == "decode" and arts[key]["method"] == "none":
-            found[arts[key]["layers"]] = {"tokens_per_s": spread([m["tokens_per_s"] for m in ms]),
-                                          "ms_median": statistics.median(m["ms_median"] for m in ms)}
-    return found
+    return {c["layers"]: {"tokens_per_s": c["tokens_per_s"], "ms_median": c["ms_median"]}
+            for c in _decode_cells(summarize(results)) if c["method"] == "none"}
 
 
 def table(runs: list[dict], results_dir: Path, target: int = LLAMA2_7B_LAYERS, dense_run: dict | None = None) -> dict:
@@ -57,25 +56,19 @@ def table(runs: list[dict], results_dir: Path, target: int = LLAMA2_7B_LAYERS, d
     resources = []
     machines = []
     for results in runs:
-        cells = cells_by_key(results)
-        arts = {a["key"]: a for a in results["artifacts"]}
-        depth = next(iter(arts.values()))["layers"]
+        depth = results["artifacts"][0]["layers"]
         machines.append({"depth": depth, **results["machine"]})
-        dense_key = next((k for k, a in arts.items() if a["name"] == "dense"), None)
-        for (key, engine, mode), ms in cells.items():
-            if engine != "deepsparse" or mode != "decode":
-                continue
-            a = arts[key]
-            measured.setdefault(a["name"], {})[depth] = {
-                "tokens_per_s": spread([m["tokens_per_s"] for m in ms]),
-                "ms_median": statistics.median(m["ms_median"] for m in ms), "sparsity": a["sparsity"]}
-            if dense_key and key != dense_key:
-                ratio = paired_ratio(cells, (key, engine, mode), (dense_key, engine, mode))
-                if ratio:
-                    speedups.setdefault(a["name"], {})[depth] = ratio
-            run_dir = Path(results.get("folder") or Path(results_dir) / f"depth{depth}")
-            resources.append({"depth": depth, "name": a["name"], "prune": _stage(run_dir, a["name"], "prune"),
-                              "export": _stage(run_dir, a["name"], "export")})
+        run_dir = Path(results.get("folder") or Path(results_dir) / f"depth{depth}")
+        summary = summarize(results)
+        for c in _decode_cells(summary):
+            measured.setdefault(c["name"], {})[depth] = {
+                "tokens_per_s": c["tokens_per_s"], "ms_median": c["ms_median"], "sparsity": c["sparsity"]}
+            resources.append({"depth": depth, "name": c["name"], "prune": _stage(run_dir, c["name"], "prune"),
+                              "export": _stage(run_dir, c["name"], "export")})
+        names = {a["key"]: a["name"] for a in results["artifacts"]}
+        for s in summary["speedups"]:  # over dense of the same depth, paired by round within the run
+            if (s["engine"], s["vs"], s["mode"]) == ("deepsparse", "deepsparse", "decode"):
+                speedups.setdefault(names[s["artifact"]], {})[depth] = s
         resources.append({"depth": depth, "name": "DeepSparse benchmark (all models of this depth)",
                           "engine": results.get("engine_peak_memory")})
     fits = {}

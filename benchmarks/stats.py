@@ -38,7 +38,7 @@ def extrapolate(fit: dict, layers: int, tokens_per_step: int = 1) -> dict:
     return {"layers": layers, "ms": ms, "tokens_per_s": tokens_per_step * 1000.0 / ms}
 
 
-def cells_by_key(results: dict) -> dict[tuple, list[dict]]:
+def _cells(results: dict) -> dict[tuple, list[dict]]:
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for m in results["measurements"]:
         cells[(m["artifact"], m["engine"], m["mode"])].append(m)
@@ -48,7 +48,7 @@ def cells_by_key(results: dict) -> dict[tuple, list[dict]]:
 def summarize(results: dict, target_layers: int | None = None) -> dict:
     """Everything the report shows, from ``results`` (artifacts, measurements, settings)."""
     artifacts = {a["key"]: a for a in results["artifacts"]}
-    cells = cells_by_key(results)
+    cells = _cells(results)
     table = []
     for (key, engine, mode), ms in sorted(cells.items(), key=lambda kv: kv[0]):
         a = artifacts[key]
@@ -80,7 +80,7 @@ def summarize(results: dict, target_layers: int | None = None) -> dict:
 def vs_llamacpp(results: dict, cells: dict | None = None) -> list[dict]:
     """Per ONNX-engine cell and GGUF of the same depth measured by llama.cpp in the same mode: the ratio of
     tokens/s (above 1: the artifact in that engine is faster than the model in llama.cpp), paired by round."""
-    cells = cells if cells is not None else cells_by_key(results)
+    cells = cells if cells is not None else _cells(results)
     artifacts = {a["key"]: a for a in results["artifacts"]}
     ggufs = [a for a in results["artifacts"] if "gguf_type" in a]
     rows = []
@@ -134,7 +134,7 @@ def variant_rows(results: dict, variants: dict[str, str]) -> list[dict]:
     """Per (engine, mode), the tokens/s spread of each variant (e.g. dense / pruned / int8 -> artifact key) and,
     for the others, the speedup over the ``dense`` variant in the same engine from the same interleaved rounds
     (ratio of medians and the range of the per-round paired ratios)."""
-    cells = cells_by_key(results)
+    cells = _cells(results)
     dense = variants.get("dense")
     keys = set(variants.values())
     rows = []

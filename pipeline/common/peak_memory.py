@@ -55,21 +55,24 @@ class PeakMemory:
         self.interval = interval
         self.process = psutil.Process()
         self.self_peak = self.children_peak = self.total_peak = 0
+        self.children_anon_peak = 0  # children's RSS less file-backed pages (a mapped weights file is page cache)
         self._stop = threading.Event()
 
     def _sample(self) -> None:
         try:
             own = self.process.memory_info().rss
-            children = 0
+            children = anon = 0
             for child in self.process.children(recursive=True):
                 try:
-                    children += child.memory_info().rss
+                    info = child.memory_info()
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
+                    continue
+                children, anon = children + info.rss, anon + info.rss - info.shared
         except psutil.Error:
             return
         self.self_peak = max(self.self_peak, own)
         self.children_peak = max(self.children_peak, children)
+        self.children_anon_peak = max(self.children_anon_peak, anon)
         self.total_peak = max(self.total_peak, own + children)
 
     def _loop(self) -> None:
