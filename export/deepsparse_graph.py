@@ -33,7 +33,7 @@ from torch import nn
 
 from export.deepsparse_families import (  # noqa: F401 (ARCHITECTURES re-exported)
     ARCHITECTURES, ArchitectureQuirks, check_context, quirks_for)
-from pipeline.core.models import decoder_layers
+from pipeline.core.models import decoder_layers, fused_rows
 
 PATCHES = ("positions_input", "rotary_table", "causal_mask_input", "repeat_kv_before_cache",
            "cache_concat_feeds_matmul", "logits_first")
@@ -93,14 +93,14 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return torch.cat([rotated * cos + _rotate_half(rotated) * sin, passed], dim=-1)
 
 
-def _qkv(attn, x: torch.Tensor, quirks: ArchitectureQuirks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Query, key and value [batch, q, width] of the attention input: three projections, or one fused (Phi-3)."""
+def _qkv(layer, x: torch.Tensor, quirks: ArchitectureQuirks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query, key and value [batch, q, width] of the attention input: three projections, or one fused (Phi-3),
+    split at the rows pruning takes as q / k / v (pipeline/core/models.py:fused_rows)."""
+    attn = layer.self_attn
     if not quirks.fused_qkv:
         return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
     qkv = attn.qkv_proj(x)
-    q_width = attn.config.num_attention_heads * attn.head_dim
-    kv_width = attn.num_key_value_heads * attn.head_dim
-    return qkv[..., :q_width], qkv[..., q_width:q_width + kv_width], qkv[..., q_width + kv_width:]
+    return tuple(qkv[..., start:end] for start, end in fused_rows(layer, "self_attn.qkv_proj"))
 
 
 def _layer_step(layer, hidden, past_key, past_value, rotary, additive, quirks: ArchitectureQuirks, softcap=None):
@@ -111,7 +111,7 @@ def _layer_step(layer, hidden, past_key, past_value, rotary, additive, quirks: A
     x = layer.input_layernorm(hidden)
     batch, q_len, _ = x.shape
     head_dim = attn.head_dim
-    q, k, v = _qkv(attn, x, quirks)
+    q, k, v = _qkv(layer, x, quirks)
     query = q.view(batch, q_len, -1, head_dim)
     key = k.view(batch, q_len, -1, head_dim)
     if hasattr(attn, "q_norm"):  # Qwen3, Gemma 3: RMSNorm over each head's channels before rotary

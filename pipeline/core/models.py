@@ -213,7 +213,7 @@ def _get(module: nn.Module, path: str) -> nn.Module | None:
 FUSED_PATHS: dict[str, tuple[str, ...]] = {"self_attn.qkv_proj": ("q", "k", "v"), "mlp.gate_up_proj": ("gate", "up")}
 
 
-def _fused_rows(layer: nn.Module, path: str) -> list[tuple[int, int]]:
+def fused_rows(layer: nn.Module, path: str) -> list[tuple[int, int]]:
     """The row ranges of each role of a fused linear: q / k / v by head counts, gate / up by halves."""
     rows = layer.get_submodule(path).out_features
     if path == "mlp.gate_up_proj":
@@ -241,23 +241,17 @@ def layer_projections(layer: nn.Module) -> list[Projection]:
     gate_up_proj) is one projection per role, each a range of its output rows, so every method scores and
     balances (DaSS per input column, N:M along the output) within a role, as on separate linears."""
     found: list[Projection] = []
-    if _fused(layer):
+    if is_glu(layer):
         for path, roles in FUSED_PATHS.items():
             if isinstance(_get(layer, path), nn.Linear):
                 kind = "mlp" if path.startswith("mlp.") else "attention"
-                found += [Projection(role, path, kind, rows) for role, rows in zip(roles, _fused_rows(layer, path))]
-        for role in ("o", "down"):
-            path = ROLE_PATHS[role][0]
-            if isinstance(_get(layer, path), nn.Linear):
-                found.append(Projection(role, path, "mlp" if role in GLU_ROLES else "attention"))
-        return found
-    if is_glu(layer):
+                found += [Projection(role, path, kind, rows) for role, rows in zip(roles, fused_rows(layer, path))]
+        fused = {p.role for p in found}
         for role, paths in ROLE_PATHS.items():
-            for path in paths:
-                if isinstance(_get(layer, path), nn.Linear):
-                    found.append(Projection(role, path, "mlp" if role in GLU_ROLES else "attention"))
-                    break
-        return found
+            path = next((p for p in paths if isinstance(_get(layer, p), nn.Linear)), None)
+            if role not in fused and path is not None:
+                found.append(Projection(role, path, "mlp" if role in GLU_ROLES else "attention"))
+        return sorted(found, key=lambda p: list(ROLE_PATHS).index(p.role))  # q k v o gate up down
     # Not a GLU: every linear, classified by name (Wanda and magnitude still apply).
     for path, module in layer.named_modules():
         if isinstance(module, nn.Linear):
