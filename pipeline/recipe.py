@@ -166,6 +166,10 @@ class QuantizeSection(_Section):
     check_tokens: int = Field(32, ge=0, description="greedy tokens compared with the float artifact in each engine")
     perplexity: bool = Field(True, description="perplexity of the float and INT8 graphs (evaluation settings, "
                                                "ONNX Runtime); needs evaluation.enabled")
+    agreement_windows: int = Field(4, ge=0, description="evaluation windows on which each engine's INT8 graph is "
+                                                       "compared with its float graph, teacher-forced, position by "
+                                                       "position (next-token top-1, run in ONNX Runtime); 0: none; "
+                                                       "needs evaluation.enabled")
 
     @field_validator("scheme")
     @classmethod

@@ -1,7 +1,9 @@
 """A sweep's table (pipeline/sweep.py): SWEEP/sweep.json, SWEEP/sweep.md and SWEEP/perplexity_vs_sparsity.png.
 
 One row per grid point: its values, method, sparsity (asked for and achieved), the dense and pruned
-perplexities, and what each of its stages did (ran / skipped / copied from another point). The plot
+perplexities, and what each of its stages did (ran / skipped / copied from another point). Where
+``prune.sparsity`` is on the grid, the table opens with the paper's Table 1 shape: one line per value of the
+other grid keys (the method, say), one column per sparsity, the dense perplexity above. The plot
 draws pruned perplexity against the achieved sparsity, one line per method, the dense perplexity as a
 dashed line.
 """
@@ -26,14 +28,43 @@ def render_markdown(table: dict) -> str:
              "grid: " + "; ".join(f"`{key}` = {', '.join(values)}" for key, values in table["grid"].items())]
     if table["overrides"]:
         lines.append("with: " + " ".join(f"`--set {o}`" for o in table["overrides"]))
-    lines += ["", f"perplexity on {dataset or 'the evaluation text'}; one run folder per point", "",
-              "| point | method | sparsity | achieved | dense perplexity | perplexity | stages | run folder |",
+    lines += ["", f"perplexity on {dataset or 'the evaluation text'}; one run folder per point", ""]
+    lines += pivot(table)
+    lines += ["| point | method | sparsity | achieved | dense perplexity | perplexity | stages | run folder |",
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         stages = "; ".join(f"{name} {status.split(' ')[0]}" for name, status in r["stages"].items())
         lines.append(f"| {r['point']} | {r['method']} | {r['sparsity']} | {_number(r['sparsity_achieved'], 4)} | "
                      f"{_number(r['perplexity_dense'])} | {_number(r['perplexity'])} | {stages} | {r['run_dir']} |")
     return "\n".join(lines) + "\n\n![perplexity vs sparsity](" + PLOT_FILE + ")\n"
+
+
+SPARSITY_KEY = "prune.sparsity"
+
+
+def pivot(table: dict) -> list[str]:
+    """Table 1's shape: a line per value of the other grid keys, a column per sparsity (perplexity and the
+    fraction of zeros achieved); nothing where the sparsity is not on the grid."""
+    sparsities = table["grid"].get(SPARSITY_KEY)
+    if not sparsities:
+        return []
+    others = [key for key in table["grid"] if key != SPARSITY_KEY]
+    cells: dict[tuple, dict[str, dict]] = {}
+    for r in table["points"]:
+        line = tuple(r["values"][key] for key in others)
+        cells.setdefault(line, {})[r["values"][SPARSITY_KEY]] = r
+    dense = sorted({r["perplexity_dense"] for r in table["points"] if r["perplexity_dense"] is not None})
+    heads = [key.rsplit(".", 1)[-1] for key in others] or ["pruned"]
+    lines = ["| " + " | ".join(heads) + " | " + " | ".join(sparsities) + " |",
+             "|" + "---|" * (len(heads) + len(sparsities))]
+    if len(dense) == 1:
+        lines.append("| dense" + " |" * len(heads) + f" {dense[0]:.3f}" + " |" * len(sparsities))
+    for line, by_sparsity in cells.items():
+        row = [f"{_number((by_sparsity.get(s) or {}).get('perplexity'))} "
+               f"({_number((by_sparsity.get(s) or {}).get('sparsity_achieved'), 4)})" if s in by_sparsity else ""
+               for s in sparsities]
+        lines.append("| " + " | ".join(line or ("pruned",)) + " | " + " | ".join(row) + " |")
+    return lines + ["", "cells: perplexity (fraction of zeros achieved over the pruned projections)", ""]
 
 
 def render_plot(table: dict) -> bytes:

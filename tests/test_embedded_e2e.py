@@ -46,6 +46,9 @@ def test_embedded_recipe_prunes_and_perplexity_rises_plausibly(tmp_path):
         # form: 0.625 in the DeepSparse graph, 0.875 in ONNX Runtime's here; each graph is calibrated on its own, and
         # 8 steps are coarse: the perplexity bound below is the tighter check)
         assert info["top1_agreement_vs_float"] >= 0.6, info
+        # teacher-forced on text (4 windows of 256: 1020 positions): INT8 predicts the float graph's next token
+        text = info["top1_agreement_on_text"]
+        assert text["positions"] == 4 * 255 and text["fraction"] >= 0.9, text
     qp = quant["perplexity"]
     assert qp["float"]["perplexity"] == pytest.approx(pruned, rel=1e-3), "the float graph's perplexity is PyTorch's"
     # QDQ form without smoothing: +17% here (25.98 vs 22.13 at 12 x 256); with it about +7%; the per-channel

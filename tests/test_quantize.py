@@ -196,6 +196,25 @@ def test_onnx_perplexity_equals_pytorch_for_the_float_graph_and_int8_stays_close
         assert int8 == pytest.approx(want, rel=0.05)
 
 
+def test_top1_agreement_on_text_counts_the_positions_where_both_graphs_pick_one_token(int8_artifact):
+    from transformers import AutoConfig
+
+    from conftest import calibration_ids
+    from export.checks import deepsparse_graph_logits, onnxruntime_graph_logits
+    from export.onnx_perplexity import top1_agreement
+
+    _, folder, target, _ = int8_artifact
+    tokens = calibration_ids(n=1, seq_len=100, seed=5)[0]  # 3 windows of 32, the last 4 tokens unused
+    for engine, logits in (("deepsparse", deepsparse_graph_logits), ("onnxruntime", onnxruntime_graph_logits)):
+        config = AutoConfig.from_pretrained(folder / engine)
+        picks = [np.concatenate([logits(f / engine / "model.onnx", config, tokens[w * 32:(w + 1) * 32][None].numpy())
+                                 [0, :-1].argmax(-1) for w in range(3)]) for f in (folder, target)]
+        got = top1_agreement(folder, target, tokens, 32, 3, engine)
+        assert got["positions"] == 3 * 31 and got["windows"] == 3
+        assert got["fraction"] == (picks[0] == picks[1]).mean()  # the same count, made independently
+        assert top1_agreement(folder, folder, tokens, 32, 3, engine)["fraction"] == 1.0
+
+
 def test_integer_matmul_form_computes_the_dequantized_product_and_keeps_zeros(tmp_path):
     """One MatMul rewritten into DeepSparse's INT8 form: ONNX Runtime's result equals the arithmetic of
     the int8 weights and uint8 activations, the weight is an int8 constant with every zero kept, each

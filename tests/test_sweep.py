@@ -81,3 +81,25 @@ def test_a_bad_grid_value_is_one_line_before_any_point_runs(workspace, tmp_path)
     assert len(errors) == 1 and errors[0].startswith(
         "error: --grid prune.sparsity value 5:4: prune.sparsity: sparsity '5:4' is not a valid N:M pattern"), proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_table_opens_with_table_1s_shape_a_line_per_method_a_column_per_sparsity():
+    from pipeline.sweep_table import render_markdown
+
+    def point(method, sparsity, ppl, achieved):
+        return {"point": f"method={method},sparsity={sparsity}", "values": {"prune.method": method,
+                "prune.sparsity": sparsity}, "method": method, "sparsity": sparsity, "scope": "mlp",
+                "dataset": "embedded", "perplexity_dense": 12.08, "perplexity": ppl, "sparsity_achieved": achieved,
+                "stages": {}, "run_dir": "x"}
+
+    table = {"recipe": "r.yaml", "overrides": [], "grid": {"prune.method": ["dass", "wanda"],
+                                                             "prune.sparsity": ["0.5", "2:4"]},
+             "points": [point("dass", "0.5", 19.464, 0.5), point("dass", "2:4", 37.806, 0.5),
+                        point("wanda", "0.5", 19.481, 0.5)]}  # wanda 2:4 missing: an empty cell, not a shifted one
+    lines = render_markdown(table).splitlines()
+    start = lines.index("| method | 0.5 | 2:4 |")
+    assert lines[start + 2:start + 5] == ["| dense | 12.080 | |",
+                                          "| dass | 19.464 (0.5000) | 37.806 (0.5000) |",
+                                          "| wanda | 19.481 (0.5000) |  |"]
+    del table["grid"]["prune.sparsity"]  # no sparsity on the grid: no pivot, the per-point table only
+    assert not any(line.startswith("| method | 0.5") for line in render_markdown(table).splitlines())

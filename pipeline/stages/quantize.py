@@ -62,12 +62,21 @@ def run(ctx: Context) -> None:
         result["top1_agreement_meaning"] = (f"fraction of the {len(first)} steps of the float artifact's greedy decode "
                                             "at which the INT8 graph picks the same token (same prefix)")
     ev = recipe.evaluation
+    if (q.perplexity or q.agreement_windows) and ev.enabled:
+        bos = ctx.bos_token_id("evaluation", tokenizer)
+        tokens = evaluation_tokens(tokenizer, ev.dataset, ev.path, bos_per_window=bos is not None)
+    if q.agreement_windows and ev.enabled:
+        from export.onnx_perplexity import top1_agreement
+
+        for engine in recipe.export.engines:
+            text = top1_agreement(source, target, tokens, ev.context_length, q.agreement_windows, engine, bos)
+            result["engines"][engine]["top1_agreement_on_text"] = text
+            log.info("%s graph: INT8 predicts the float graph's next token at %.1f%% of %d positions of %s text "
+                     "(teacher-forced)", engine, 100 * text["fraction"], text["positions"], ev.dataset)
     if q.perplexity and ev.enabled:
         from export.onnx_perplexity import artifact_perplexity
 
         graph = "onnxruntime" if "onnxruntime" in recipe.export.engines else "deepsparse"
-        bos = ctx.bos_token_id("evaluation", tokenizer)
-        tokens = evaluation_tokens(tokenizer, ev.dataset, ev.path, bos_per_window=bos is not None)
         result["perplexity"] = {"dataset": ev.dataset, "graph": graph, **{
             name: artifact_perplexity(folder, tokens, ev.context_length, ev.max_windows, graph, ctx.progress, bos)
             for name, folder in (("float", source), ("int8", target))}}
@@ -88,19 +97,28 @@ def summary(recipe, run_dir: Path) -> dict:
 
 
 def report(summary: dict) -> list[str]:
+    from export.schemes import SCHEMES
+
     quant = summary["quantize"]
+    scheme = SCHEMES.get(quant["scheme"])
+    which = scheme.about if scheme else f"scheme {quant['scheme']}"
     lines = [f"## INT8 artifact ({quant['scheme']})", "",
              f"`{quant['path']}`: {quant['bytes'] / 2**20:.1f} MiB, quantized in {quant['quantize_seconds']:.1f} s. "
-             "Decoder linears INT8 as QuantizeLinear -> MatMulInteger -> Cast -> Mul, the form DeepSparse runs "
-             "as INT8 kernels (weights int8 symmetric per output channel, activations uint8 static per tensor); "
-             "every pruned zero is still exactly 0.", "",
-             "| engine | quantized MatMuls | INT8 zeros | top-1 on the check prompt vs float | max abs logit diff "
-             "| greedy tokens equal to float |", "|---|---|---|---|---|---|"]
+             f"INT8: {which}; weights {scheme.weights if scheme else 'int8'}, activations "
+             f"{scheme.activations if scheme else 'uint8'}. Every pruned zero is still exactly 0.", "",
+             "| engine | quantized MatMuls | INT8 zeros | top-1 on text vs float (teacher-forced) "
+             "| top-1 along the float greedy decode (teacher-forced) | max abs logit diff "
+             "| free-running greedy tokens equal to float |", "|---|---|---|---|---|---|---|"]
     for engine, info in quant["engines"].items():
         greedy = info.get("greedy_vs_float")
         text = f"{greedy['equal']}/{greedy['tokens']} (common prefix {greedy['common_prefix']})" if greedy else "–"
-        lines.append(f"| {engine} | {info['quantized_matmuls']} | {info['int8_zeros']:.4f} | "
+        on_text = info.get("top1_agreement_on_text")
+        on_text = f"{on_text['fraction']:.3f} of {on_text['positions']} positions" if on_text else "–"
+        lines.append(f"| {engine} | {info['quantized_matmuls']} | {info['int8_zeros']:.4f} | {on_text} | "
                      f"{info['top1_agreement_vs_float']:.3f} | {info['logits_max_abs_diff_vs_float']:.3f} | {text} |")
+    lines += ["", "Top-1 on text: both graphs read the same evaluation windows (run in ONNX Runtime); at each "
+              "position, does INT8 predict the float graph's next token? Along the greedy decode: the same on the "
+              "smoke prompt followed by the float graph's own greedy continuation."]
     qp = quant.get("perplexity")
     if qp:
         lines += ["", f"Perplexity of the {qp['graph']} graphs ({qp['dataset']}, {qp['int8']['windows']} windows of "
