@@ -8,6 +8,11 @@ reproduced at smaller cost on LLaMA-2-7B-shaped models with random weights at a 
     python -m benchmarks.paper_table build runs/int8 --depths 1 2 --names dense dass-70 --no-equal-speed --int8
     python -m benchmarks.paper_table run runs/int8 --engines deepsparse --modes decode
 
+    # ... and the engine users pick instead: the dense model as GGUF in llama.cpp, in the same interleaved run
+    python -m benchmarks.paper_table build runs/int8 --depths 2 4 --names dense dass-70 --no-equal-speed --int8 \
+        --gguf q4_0 q8_0
+    python -m benchmarks.paper_table run runs/int8 --engines deepsparse llamacpp --modes decode
+
 ``build`` makes, for each depth, a model with LLaMA-2-7B's exact layer shapes (benchmarks/shapes.py),
 prunes it with DaSS at 50% and 70% (attention + MLP, like the paper's CPU experiment) and, at one
 depth, with Wanda and magnitude at 50% too (equal speed at equal sparsity), and exports
@@ -61,7 +66,7 @@ def quantize_sibling(target: Path, tokenizer, calib) -> None:
 
 def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_positions: int,
           equal_speed_depth: int | None = None, names: list[str] | None = None, equal_speed: bool = True,
-          int8: bool = False) -> None:
+          int8: bool = False, gguf: tuple[str, ...] = ()) -> None:
     from export.artifact import MANIFEST, export_artifact
     from pipeline.core.data import calibration_windows, embedded_text
     from pipeline.core.prune.methods import make_method
@@ -72,12 +77,23 @@ def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_
     calib = calibration_windows(tokenizer, "embedded", calib_samples, calib_len, seed=0)
     for depth, name, method, sparsity in artifact_plan(depths, equal_speed_depth, names, equal_speed):
         target = out / f"depth{depth}" / name
-        if (target / MANIFEST).is_file():
+        missing_gguf = [t for t in gguf if method == "none" and not (target.parent / f"gguf-{t}" / "gguf.json").is_file()]
+        if (target / MANIFEST).is_file() and not missing_gguf:
             log.info("%s exists; skipped", target)
             if int8:
                 quantize_sibling(target, tokenizer, calib)
             continue
         model = random_model(llama2_7b_config(depth), torch.float32)
+        if missing_gguf:  # the dense model for llama.cpp (the same random weights: random_model is seeded)
+            from export.gguf_writer import write_gguf
+
+            for gguf_type in missing_gguf:
+                write_gguf(model, tokenizer, target.parent / f"gguf-{gguf_type}", gguf_type, f"llama2-7b-shaped-{depth}")
+                print(f"depth {depth} dense as GGUF {gguf_type}", flush=True)
+            if (target / MANIFEST).is_file():
+                if int8:
+                    quantize_sibling(target, tokenizer, calib)
+                continue
         if method != "none":
             prune_model(model, make_method(method), SparsitySpec.parse(sparsity), calib, scope="attention+mlp",
                         progress=False)
@@ -94,13 +110,19 @@ def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_
 
 def collect(out: Path) -> list[dict]:
     """Every artifact ``build`` wrote under ``out``, keyed depthN/name."""
+    from benchmarks.llamacpp import DESCRIPTION
     from benchmarks.runner import describe_artifact
     from export.artifact import MANIFEST
 
-    found = sorted(out.glob(f"depth*/*/{MANIFEST}"))
+    found = sorted({*out.glob(f"depth*/*/{MANIFEST}"), *out.glob(f"depth*/gguf-*/{DESCRIPTION}")})
     if not found:
         raise SystemExit(f"no artifacts under {out}: run `python -m benchmarks.paper_table build {out}` first")
-    return [describe_artifact(m.parent, key=f"{m.parent.parent.name}/{m.parent.name}", name=m.parent.name) for m in found]
+    described = []
+    for m in found:
+        key = f"{m.parent.parent.name}/{m.parent.name}"
+        info = describe_artifact(m.parent, key=key, name=m.parent.name)
+        described.append({**info, "key": key, "name": m.parent.name})  # a GGUF folder describes itself otherwise
+    return described
 
 
 def run(out: Path, settings, command: str) -> None:
@@ -125,6 +147,8 @@ def main() -> None:
     b.add_argument("--names", nargs="+", choices=[m[0] for m in MAIN], default=None, help="build only these models")
     b.add_argument("--no-equal-speed", action="store_true", help="skip the Wanda / magnitude artifacts")
     b.add_argument("--int8", action="store_true", help="also write NAME-int8: the artifact with INT8 decoder linears")
+    b.add_argument("--gguf", nargs="+", default=[], choices=["f32", "f16", "q8_0", "q4_0"],
+                   help="also write the dense model of each depth as GGUF (depthN/gguf-TYPE) for the llamacpp engine")
     r = sub.add_parser("run", help="benchmark every artifact under OUT, interleaved, and write the report there")
     r.add_argument("out", type=Path)
     add_settings_arguments(r, extrapolate_to_layers=LLAMA2_7B_LAYERS)
@@ -132,7 +156,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.what == "build":
         build(args.out, args.depths, args.calib_samples, args.calib_len, args.max_positions, args.equal_speed_depth,
-              args.names, not args.no_equal_speed, args.int8)
+              args.names, not args.no_equal_speed, args.int8, tuple(args.gguf))
     else:
         run(args.out, settings_from_arguments(args), "python -m benchmarks.paper_table " + " ".join(sys.argv[1:]))
 
