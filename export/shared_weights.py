@@ -43,6 +43,26 @@ def point_at(tensor, location: str, offset: int, length: int) -> None:
     tensor.data_location = onnx.TensorProto.EXTERNAL
 
 
+def attribute_tensors(graph):
+    """The tensors in ``graph``'s node attributes (a Constant's ``value``, subgraphs included). Optimum saves a
+    graph above 2 GB with ``convert_attribute=True``, so these live in ``model.onnx_data`` too."""
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from all_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from all_tensors(subgraph)
+
+
+def all_tensors(graph):
+    """Every tensor of ``graph`` that can hold weights: its initializers, then its attributes' tensors."""
+    yield from graph.initializer
+    yield from attribute_tensors(graph)
+
+
 def _offsets(folder: Path) -> dict[str, tuple[int, int]]:
     """sha256 of each external tensor of ``folder/model.onnx`` -> (offset, length) in its data file."""
     import onnx
@@ -50,7 +70,7 @@ def _offsets(folder: Path) -> dict[str, tuple[int, int]]:
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     found = {}
     with open(folder / DATA, "rb") as data:
-        for tensor in graph.initializer:
+        for tensor in all_tensors(graph):
             ext = _external(tensor)
             if ext.get("location") == DATA:
                 offset, length = int(ext.get("offset", 0)), int(ext["length"])
@@ -75,8 +95,14 @@ def share_weights(artifact: Path) -> dict | None:
     model = onnx.load(str(ort / "model.onnx"), load_external_data=False)  # weights stay on disk
     plan, kept = [], 0
     with open(ort / DATA, "rb") if (ort / DATA).is_file() else open(os.devnull, "rb") as data:
-        for tensor in model.graph.initializer:
+        tensors = [*((t, True) for t in model.graph.initializer), *((t, False) for t in attribute_tensors(model.graph))]
+        for tensor, initializer in tensors:  # every tensor that reads ort/DATA must read the new file right
             ext = _external(tensor)
+            if ext and ext.get("location") != DATA:  # a file of its own: the hard link does not touch it
+                kept += int(ext["length"])
+                continue
+            if not ext and not initializer:
+                continue  # an inline attribute (a Constant's small value) stays as it is
             if ext:
                 data.seek(int(ext.get("offset", 0)))
                 raw = data.read(int(ext["length"]))

@@ -162,3 +162,57 @@ def test_share_weights_off_keeps_two_files(tmp_path):
     assert not os.path.samefile(folder / "deepsparse" / "model.onnx_data", folder / "onnxruntime" / "model.onnx_data")
     assert "shared_weights" not in manifest["engines"]["onnxruntime"]
     assert manifest["disk_bytes"] == sum(f["bytes"] for f in manifest["files"].values())
+
+
+def _graph_with_external(folder, initializers: dict, constants: dict):
+    """``folder/model.onnx`` whose outputs are its tensors as they are; each external, in ``model.onnx_data``, in
+    the order given (initializers, then Constant values: Optimum's layout above 2 GB, ``convert_attribute=True``)."""
+    from onnx import helper, numpy_helper
+
+    from export.shared_weights import point_at
+
+    folder.mkdir(parents=True)
+    tensors, nodes, outputs, offset = [], [], [], 0
+    with open(folder / "model.onnx_data", "wb") as data:
+        for kind, items in (("init", initializers), ("const", constants)):
+            for name, array in items.items():
+                tensor = numpy_helper.from_array(array.astype(np.float32), name)
+                data.write(tensor.raw_data)
+                point_at(tensor, "model.onnx_data", offset, len(tensor.raw_data))
+                offset += array.size * 4
+                if kind == "init":
+                    tensors.append(tensor)
+                    nodes.append(helper.make_node("Identity", [name], [f"{name}_out"]))
+                else:
+                    nodes.append(helper.make_node("Constant", [], [f"{name}_out"], value=tensor))
+                outputs.append(helper.make_tensor_value_info(f"{name}_out", onnx.TensorProto.FLOAT, list(array.shape)))
+    graph = helper.make_graph(nodes, "g", [], outputs, tensors)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "model.onnx"))
+
+
+def _outputs(folder):
+    from export.checks import ort_session
+
+    session = ort_session(folder / "model.onnx")
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, {})))
+
+
+@pytest.mark.parametrize("constant_in_deepsparse_data", [True, False])
+def test_shared_weights_file_keeps_every_external_tensor_right_constants_included(tmp_path,
+                                                                                    constant_in_deepsparse_data):
+    import os
+
+    from export.shared_weights import share_weights
+
+    rng = np.random.default_rng(0)
+    a, b, c = rng.standard_normal(4), rng.standard_normal(8), rng.standard_normal(4)
+    _graph_with_external(tmp_path / "deepsparse", {"A": a, "B": b, **({"C": c} if constant_in_deepsparse_data else {})},
+                         {})
+    # the ONNX Runtime graph's Constant sits at an offset of its own file that holds other bytes in the DeepSparse one
+    _graph_with_external(tmp_path / "onnxruntime", {"B": b}, {"C": c})
+    shared = share_weights(tmp_path)
+    linked = os.path.samefile(tmp_path / "deepsparse" / "model.onnx_data", tmp_path / "onnxruntime" / "model.onnx_data")
+    assert shared["hard_link"] is linked is constant_in_deepsparse_data  # else: C's bytes would be lost: no link
+    got = _outputs(tmp_path / "onnxruntime")
+    np.testing.assert_array_equal(got["B_out"], b.astype(np.float32))
+    np.testing.assert_array_equal(got["C_out"], c.astype(np.float32))
