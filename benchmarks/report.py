@@ -296,7 +296,8 @@ def _plots(results: dict, out: Path) -> list[str]:
     if len({c["sparsity"] for c in decode if c["layers"] == deepest}) > 1:  # a line needs two x values
         fig, ax = plt.subplots(figsize=(6, 4))
         for engine in ENGINE_NAMES:
-            pts = sorted((c["sparsity"], c["tokens_per_s"]) for c in decode if c["engine"] == engine and c["layers"] == deepest)
+            pts = sorted(((c["sparsity"], c["tokens_per_s"]) for c in decode if c["engine"] == engine
+                          and c["layers"] == deepest), key=lambda p: p[0])  # artifacts of equal sparsity: any order
             if pts:
                 ax.errorbar([p[0] for p in pts], [p[1]["median"] for p in pts],
                             yerr=[[p[1]["median"] - p[1]["min"] for p in pts], [p[1]["max"] - p[1]["median"] for p in pts]],
