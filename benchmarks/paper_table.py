@@ -111,7 +111,7 @@ def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_
 def collect(out: Path) -> list[dict]:
     """Every artifact ``build`` wrote under ``out``, keyed depthN/name."""
     from benchmarks.llamacpp import DESCRIPTION
-    from benchmarks.runner import describe_artifact
+    from benchmarks.runner import find_artifact
     from export.artifact import MANIFEST
 
     found = sorted({*out.glob(f"depth*/*/{MANIFEST}"), *out.glob(f"depth*/gguf-*/{DESCRIPTION}")})
@@ -120,8 +120,7 @@ def collect(out: Path) -> list[dict]:
     described = []
     for m in found:
         key = f"{m.parent.parent.name}/{m.parent.name}"
-        info = describe_artifact(m.parent, key=key, name=m.parent.name)
-        described.append({**info, "key": key, "name": m.parent.name})  # a GGUF folder describes itself otherwise
+        described.append({**find_artifact(m.parent), "key": key, "name": m.parent.name})  # artifact or GGUF folder
     return described
 
 
