@@ -181,6 +181,16 @@ def _print_summary(summary: dict) -> None:
     if achieved:
         roles = ", ".join(f"{r} {v:.3f}" for r, v in achieved["by_role"].items())
         print(f"sparsity: overall {achieved['overall']:.4f} ({roles})")
+    for row in (summary.get("benchmark") or {}).get("by_variant") or []:  # tokens/s dense -> pruned -> INT8
+        cells = []
+        for variant in ("dense", "pruned", "int8"):
+            cell = row.get(variant)
+            if cell:
+                speedup = cell.get("speedup_vs_dense")
+                cells.append(f"{variant} {cell['tokens_per_s']['median']:.2f}"
+                             + (f" ({speedup:.2f}x)" if speedup is not None else ""))
+        if cells:
+            print(f"tokens/s {row['engine']} {row['mode']}: " + " -> ".join(cells))
     if summary.get("stages"):
         print("stages: " + "; ".join(f"{name} {status}" for name, status in summary["stages"].items()))
 

@@ -85,6 +85,9 @@ def test_run_with_benchmark_then_report_and_benchmark_commands(workspace, tmp_pa
     # PyTorch measures once per depth (a dense peer): the run's dense artifact, benchmarked beside the pruned one
     assert {c["engine"] for c in results["summary"]["cells"] if c["artifact"] == "ok-bench-dense"} == {
         "deepsparse", "onnxruntime", "pytorch"}
+    # the terminal ends with the figures: tokens/s dense -> pruned with the speedup, per engine and mode
+    printed = [line for line in proc.stdout.splitlines() if line.startswith("tokens/s deepsparse decode: dense ")]
+    assert len(printed) == 1 and " -> pruned " in printed[0] and printed[0].endswith("x)"), proc.stdout
 
     (bench / "report.md").unlink()
     (out / "report.md").unlink()
