@@ -15,8 +15,9 @@ than the float graph (benchmarks/results/int8_profile/). ONNX Runtime runs the s
 
 The scheme (export/schemes.py) says which linears: q/k/v/o/gate/up (``w8a8-static``; down_proj —
 whose input has the outliers, see ``linear_matmuls`` — stays float32) or all seven
-(``w8a8-static-all``). The attention score MatMuls (two activations), the LM head and everything else
-stay float32. Before quantizing, SmoothQuant smoothing (export/smooth.py, ``smoothing_strength``)
+(``w8a8-static-all``), and with ``lm_head`` the LM head too (its weight is the largest single read of a
+decode step: 32000 x 4096 for LLaMA-2-7B). The attention score MatMuls (two activations) and everything
+else stay float32. Before quantizing, SmoothQuant smoothing (export/smooth.py, ``smoothing_strength``)
 moves the outlier channels of the norm outputs (and of down_proj's input, when it is quantized) into
 the weights that read them (the float function is unchanged). DeepSparse 1.8.0 compiles this graph
 with its internal KV cache (tests/test_quantize.py runs it).
@@ -41,13 +42,15 @@ from pipeline.common.outputs import StagingDir, write_json_atomic
 log = logging.getLogger(__name__)
 
 
-def linear_matmuls(graph, vocab_size: int, intermediate_size: int | None = None) -> tuple[list[str], list[str]]:
-    """(MatMul nodes of the decoder linears to quantize, every other MatMul) of an ONNX graph.
+def linear_matmuls(graph, vocab_size: int, intermediate_size: int | None = None,
+                   lm_head: bool = False) -> tuple[list[str], list[str]]:
+    """(MatMul nodes of the linears to quantize, every other MatMul) of an ONNX graph.
 
     Left in float32: activation x activation MatMuls (attention scores), the LM head (a vocab-sized
-    weight) and, with ``intermediate_size``, down_proj (its weight is [intermediate, hidden] as a
-    MatMul operand). down_proj's input — act(gate) * up — has outliers that one per-tensor
-    activation range cannot hold, smoothed or not (README, "INT8").
+    weight) unless ``lm_head``, and, with ``intermediate_size``, down_proj (its weight is
+    [intermediate, hidden] as a MatMul operand). down_proj's input — act(gate) * up — has outliers
+    that one per-tensor activation range cannot hold, smoothed or not (README, "INT8").
+    A head tied to the embedding reads a Transpose, not an initializer: :func:`untie_lm_head` first.
     """
     shapes = {init.name: tuple(init.dims) for init in graph.initializer}
     linears, others = [], []
@@ -55,13 +58,53 @@ def linear_matmuls(graph, vocab_size: int, intermediate_size: int | None = None)
         if node.op_type != "MatMul":
             continue
         weight = next((shapes[x] for x in node.input if x in shapes), None)
-        if weight is None or len(weight) != 2 or vocab_size in weight:  # activation x activation, or the LM head
+        if weight is None or len(weight) != 2:  # activation x activation
             others.append(node.name)
+        elif vocab_size in weight:  # the LM head
+            (linears if lm_head else others).append(node.name)
         elif intermediate_size is not None and weight[0] == intermediate_size and weight[1] != intermediate_size:
             others.append(node.name)  # down_proj
         else:
             linears.append(node.name)
     return linears, others
+
+
+UNTIED = ".lm_head"  # suffix of the head's own copy of a tied embedding table (transposed)
+
+
+def untie_lm_head(graph, vocab_size: int) -> list[str]:
+    """Give a LM head tied to the embedding its own [hidden, vocab] initializer; returns the MatMuls rewired.
+
+    Tied, the ONNX Runtime graph's head reads ``Transpose(embed_tokens.weight)``; with its own
+    constant it is quantized (and smoothed) like an untied head, as in the DeepSparse graph, whose
+    exporter already wrote one. The embedding lookup keeps the float table; the Transpose goes.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    rewired, gone = [], set()
+    for node in graph.node:
+        transpose = producers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in inits:
+            continue
+        table = inits[transpose.input[0]]
+        perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), [1, 0])
+        if len(table.dims) != 2 or perm != [1, 0] or vocab_size not in table.dims:
+            continue
+        name = transpose.input[0] + UNTIED
+        if name not in inits:
+            graph.initializer.append(numpy_helper.from_array(
+                np.ascontiguousarray(numpy_helper.to_array(table).T), name))
+            inits[name] = graph.initializer[-1]
+        node.input[1] = name
+        gone.add(transpose.name)
+        rewired.append(node.name)
+    still_read = {x for node in graph.node for x in node.input} | {o.name for o in graph.output}
+    dead = [n for n in graph.node if n.name in gone and not still_read & set(n.output)]
+    for node in dead:
+        graph.node.remove(node)
+    return rewired
 
 
 def _feeds(engine: str, graph: Path, config, windows: np.ndarray) -> list[dict]:
@@ -151,20 +194,22 @@ def integer_matmuls(model, linears: list[str], ranges: dict[str, tuple[float, fl
 
 
 def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme, config,
-                   smoothing_strength: float | None = None) -> dict:
+                   smoothing_strength: float | None = None, lm_head: bool = False) -> dict:
     """Quantize ``source`` (model.onnx + model.onnx_data) into ``target`` folder; returns what was done.
 
     Activation ranges are calibrated once on the float graph (min/max over ``feeds``, ONNX Runtime);
     SmoothQuant divides a smoothed activation's channel j by s_j, so its range after smoothing is
-    read from the same per-channel statistics.
+    read from the same per-channel statistics. ``lm_head``: the LM head's MatMul INT8 too.
     """
     import onnx
 
     from export.smooth import channel_ranges, smooth, smoothing_groups
 
     model = onnx.load(str(source))
+    if lm_head:
+        untie_lm_head(model.graph, config.vocab_size)
     linears, others = linear_matmuls(model.graph, config.vocab_size,
-                                     None if scheme.down_proj else getattr(config, "intermediate_size", None))
+                                     None if scheme.down_proj else getattr(config, "intermediate_size", None), lm_head)
     if not linears:
         raise PipelineError(f"{source} has no MatMul with a weight matrix to quantize", "re-run the export stage")
     done = {"quantized_matmuls": len(linears), "float_matmuls": len(others)}
@@ -198,7 +243,11 @@ def int8_weights(float_graph: Path, int8_graph: Path) -> dict[str, dict]:
         if init.name not in weights:
             continue
         original = init.name[: -len(".int8")]
-        q, w = numpy_helper.to_array(init), numpy_helper.to_array(floats[original])
+        q = numpy_helper.to_array(init)
+        if original in floats:
+            w = numpy_helper.to_array(floats[original])
+        else:  # a tied head's own copy (untie_lm_head): the float graph holds the table it transposes
+            w = numpy_helper.to_array(floats[original[: -len(UNTIED)]]).T
         result[original] = {
             "shape": list(q.shape), "dtype": str(q.dtype), "float_zeros": float((w == 0).mean()),
             "int8_zeros": float((q == 0).mean()), "pruned_zeros_kept": bool((q[w == 0] == 0).all())}
@@ -207,7 +256,7 @@ def int8_weights(float_graph: Path, int8_graph: Path) -> dict[str, dict]:
 
 def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.ndarray, check_ids: np.ndarray,
                       metadata: dict | None = None, smoothing_strength: float | None = None,
-                      check_from: int = 0) -> dict:
+                      check_from: int = 0, lm_head: bool = False) -> dict:
     """Quantize every graph of the artifact ``source`` into the artifact ``target`` (atomic); returns its manifest.
 
     ``check_ids`` [1, T] is run through the float and INT8 graphs; ``top1_agreement_vs_float`` is the
@@ -235,7 +284,7 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
             graph = source / engine / "model.onnx"
             log.info("quantizing the %s graph (%s, %d calibration windows)", engine, scheme_name, len(windows))
             done = quantize_graph(graph, folder, _feeds(engine, graph, config, windows), scheme, config,
-                                  smoothing_strength)
+                                  smoothing_strength, lm_head)
             if engine == "deepsparse":
                 pad_external_data(folder)
             logits_of = deepsparse_graph_logits if engine == "deepsparse" else onnxruntime_graph_logits
@@ -256,7 +305,7 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
         files = file_table(tmp)
         manifest = {**{k: v for k, v in original.items() if k not in ("files", "engines", "export_seconds")},
                     **(metadata or {}), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "quantization": {"scheme": scheme_name, **scheme.__dict__, "source": str(source),
+                    "quantization": {"scheme": scheme_name, **scheme.__dict__, "lm_head": lm_head, "source": str(source),
                                      "smoothing_strength": smoothing_strength,
                                      "calibration_windows": list(windows.shape)},
                     "engines": engines, "quantize_seconds": time.time() - started, "files": files}

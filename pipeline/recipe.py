@@ -163,6 +163,9 @@ class QuantizeSection(_Section):
     smoothing_strength: Optional[float] = Field(
         0.5, gt=0, lt=1, description="SmoothQuant migration strength (export/smooth.py): moves activation outliers "
                                      "of the norm outputs into the weights before INT8; null: no smoothing")
+    lm_head: bool = Field(False, description="the LM head's MatMul INT8 too (int8 per channel, its input the final "
+                                             "norm's output, smoothed like the other norm outputs): a decode step "
+                                             "reads the head's whole weight, the largest single linear")
     check_tokens: int = Field(32, ge=0, description="greedy tokens compared with the float artifact in each engine")
     perplexity: bool = Field(True, description="perplexity of the float and INT8 graphs (evaluation settings, "
                                                "ONNX Runtime); needs evaluation.enabled")

@@ -288,3 +288,46 @@ def test_a_matmul_without_a_constant_weight_is_refused_by_name():
     model = helper.make_model(graph)
     with pytest.raises(PipelineError, match="MatMul 'weight_first' .* cannot be written"):
         integer_matmuls(model, ["weight_first"], {"w": (0.0, 1.0)}, per_channel=True)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_lm_head_int8_in_both_graphs_tied_or_not(tied, tmp_path):
+    """quantize.lm_head: the head's MatMul becomes MatMulInteger in both graphs. Tied to the embedding, the ONNX
+    Runtime graph's head reads Transpose(embedding): it gets its own int8 copy, the lookup keeps the float table."""
+    from tests.conftest import pruned_tiny, tiny_tokenizer
+
+    from export.artifact import export_artifact
+    from export.checks import onnxruntime_graph_logits
+
+    model = pruned_tiny()
+    if tied:
+        model.config.tie_word_embeddings = True
+        model.tie_weights()
+    folder = tmp_path / "artifact"
+    export_artifact(model, tiny_tokenizer(), folder, max_positions=128, external_data=True)
+    nodes = onnx.load(str(folder / "onnxruntime" / "model.onnx"), load_external_data=False).graph.node
+    producers = {out: n.op_type for n in nodes for out in n.output}
+    head_reads = [producers.get(n.input[1]) for n in nodes if n.name == "/lm_head/MatMul"]
+    assert head_reads == (["Transpose"] if tied else [None])  # tied: Transpose(embedding), untie_lm_head's case
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, 96, (1, 16))
+    manifest = quantize_artifact(folder, tmp_path / "int8", "w8a8-static", rng.integers(2, 96, (8, 32)), ids,
+                                 smoothing_strength=0.5, lm_head=True)
+    assert manifest["quantization"]["lm_head"] is True
+    head = model.lm_head.weight.detach().T.numpy()  # [hidden, vocab]
+    for engine, info in manifest["engines"].items():
+        assert info["quantized_matmuls"] == 13 and info["pruned_zeros_kept"], engine  # 12 decoder linears + head
+        assert info["smoothing"]["norm"] == 5  # 2 per layer, and the final norm
+        graph = onnx.load(str(tmp_path / "int8" / engine / "model.onnx")).graph
+        ops = [n.op_type for n in graph.node]
+        assert ops.count("MatMulInteger") == 13 and "Transpose" not in [
+            n.op_type for n in graph.node if n.output[0].endswith("transposed")]
+        int8 = {i.name: numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+        heads = [q for q in int8.values() if q.shape == head.shape]
+        assert len(heads) == 1 and (np.abs(heads[0]).max(0) == 127).all()  # int8, symmetric per output channel
+        embedding = [i for i in graph.initializer if tuple(i.dims) == (96, 64)]
+        assert len(embedding) == 1 and embedding[0].data_type == onnx.TensorProto.FLOAT  # the lookup stays float
+        assert info["top1_agreement_vs_float"] >= 0.9, engine
+    float_logits = onnxruntime_graph_logits(folder / "onnxruntime" / "model.onnx", model.config, ids)
+    int8_logits = onnxruntime_graph_logits(tmp_path / "int8" / "onnxruntime" / "model.onnx", model.config, ids)
+    assert np.abs(int8_logits - float_logits).max() < 0.1 * np.abs(float_logits).max()

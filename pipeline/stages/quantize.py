@@ -50,8 +50,8 @@ def run(ctx: Context) -> None:
     manifest = quantize_artifact(source, target, q.scheme, windows, check,
                                  metadata={"recipe_hash": recipe.content_hash()},
                                  smoothing_strength=q.smoothing_strength,
-                                 check_from=prompt.shape[1] - 1 if first else 0)
-    result = {"path": str(target), "scheme": q.scheme, "smoothing_strength": q.smoothing_strength,
+                                 check_from=prompt.shape[1] - 1 if first else 0, lm_head=q.lm_head)
+    result = {"path": str(target), "scheme": q.scheme, "lm_head": q.lm_head, "smoothing_strength": q.smoothing_strength,
               "quantize_seconds": manifest["quantize_seconds"],
               "bytes": sum(f["bytes"] for f in manifest["files"].values()),
               "engines": {e: {k: i[k] for k in ("logits_max_abs_diff_vs_float", "top1_agreement_vs_float",
@@ -102,6 +102,7 @@ def report(summary: dict) -> list[str]:
     quant = summary["quantize"]
     scheme = SCHEMES.get(quant["scheme"])
     which = scheme.about if scheme else f"scheme {quant['scheme']}"
+    which += "; LM head INT8 (quantize.lm_head)" if quant.get("lm_head") else "; LM head float32"
     lines = [f"## INT8 artifact ({quant['scheme']})", "",
              f"`{quant['path']}`: {quant['bytes'] / 2**20:.1f} MiB, quantized in {quant['quantize_seconds']:.1f} s. "
              f"INT8: {which}; weights {scheme.weights if scheme else 'int8'}, activations "
