@@ -12,6 +12,7 @@ Each INT8 copy is written to RUN/int8-accuracy/SCHEME and removed afterwards (``
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import shutil
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 
 
 def measure(run_dir: Path, schemes: list[str], strengths: list[float | None], graph: str, keep: bool,
-            dataset: str = "embedded", num_samples: int = 16, seq_len: int = 128, seed: int = 0,
+            lm_heads: tuple[bool, ...] = (False,), dataset: str = "embedded", num_samples: int = 16, seq_len: int = 128, seed: int = 0,
             context_length: int = 512, max_windows: int | None = None) -> dict:
     from transformers import AutoConfig, AutoTokenizer
 
@@ -43,22 +44,23 @@ def measure(run_dir: Path, schemes: list[str], strengths: list[float | None], gr
               "calibration_windows": list(windows.shape), "float": ppl(source), "int8": []}
     base = result["float"]["perplexity"]
     logging.info("float artifact: perplexity %.3f", base)
-    for scheme in schemes:
-        for strength in strengths:
-            target = run_dir / "int8-accuracy" / f"{scheme}-s{strength}"
-            if target.exists():
-                shutil.rmtree(target)
-            manifest = quantize_artifact(source, target, scheme, windows, check, smoothing_strength=strength)
-            got = ppl(target)
-            info = manifest["engines"][graph]
-            row = {"scheme": scheme, "smoothing_strength": strength, "quantized_matmuls": info["quantized_matmuls"],
-                   "perplexity": got["perplexity"], "vs_float": got["perplexity"] / base - 1,
-                   "windows": got["windows"], "bytes": sum(f["bytes"] for f in manifest["files"].values())}
-            result["int8"].append(row)
-            logging.info("%s, smoothing %s: perplexity %.3f (%+.1f%%)", scheme, strength, row["perplexity"],
-                         100 * row["vs_float"])
-            if not keep:
-                shutil.rmtree(target)
+    for scheme, strength, lm_head in itertools.product(schemes, strengths, lm_heads):
+        target = run_dir / "int8-accuracy" / f"{scheme}-s{strength}{'-head' if lm_head else ''}"
+        if target.exists():
+            shutil.rmtree(target)
+        manifest = quantize_artifact(source, target, scheme, windows, check, smoothing_strength=strength,
+                                     lm_head=lm_head)
+        got = ppl(target)
+        info = manifest["engines"][graph]
+        row = {"scheme": scheme, "smoothing_strength": strength, "lm_head": lm_head,
+               "quantized_matmuls": info["quantized_matmuls"], "perplexity": got["perplexity"],
+               "vs_float": got["perplexity"] / base - 1, "windows": got["windows"],
+               "bytes": sum(f["bytes"] for f in manifest["files"].values())}
+        result["int8"].append(row)
+        logging.info("%s, smoothing %s, LM head %s: perplexity %.3f (%+.1f%%)", scheme, strength,
+                     "INT8" if lm_head else "float", row["perplexity"], 100 * row["vs_float"])
+        if not keep:
+            shutil.rmtree(target)
     return result
 
 
@@ -69,6 +71,8 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, help="a finished run (with artifact/)")
     parser.add_argument("--schemes", nargs="+", default=["w8a8-static", "w8a8-static-all"])
     parser.add_argument("--smoothing", nargs="+", default=["0.5"], help="SmoothQuant strengths; 'none': off")
+    parser.add_argument("--lm-head", nargs="+", choices=["float", "int8"], default=["float"],
+                        help="the LM head float32 and/or INT8 (quantize.lm_head); each is a row")
     parser.add_argument("--graph", choices=["onnxruntime", "deepsparse"], default="onnxruntime")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--keep", action="store_true", help="keep the INT8 copies")
@@ -76,11 +80,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     strengths = [None if s.lower() == "none" else float(s) for s in args.smoothing]
-    result = measure(args.run_dir, args.schemes, strengths, args.graph, args.keep, max_windows=args.max_windows)
+    result = measure(args.run_dir, args.schemes, strengths, args.graph, args.keep,
+                     tuple(head == "int8" for head in args.lm_head), max_windows=args.max_windows)
     result["command"] = "python -m benchmarks.int8_accuracy " + " ".join(sys.argv[1:])
     write_json_atomic(args.out, result)
     for row in result["int8"]:
-        print(f"{row['scheme']} smoothing {row['smoothing_strength']}: {row['perplexity']:.3f} "
+        print(f"{row['scheme']} smoothing {row['smoothing_strength']} LM head {'INT8' if row['lm_head'] else 'float'}: "
+              f"{row['perplexity']:.3f} "
               f"({100 * row['vs_float']:+.2f}% vs float {result['float']['perplexity']:.3f})")
 
 

@@ -13,6 +13,8 @@ reproduced at smaller cost on LLaMA-2-7B-shaped models with random weights at a 
         --gguf q4_0 q8_0
     python -m benchmarks.paper_table run runs/int8 --engines deepsparse llamacpp --modes decode
 
+    # --int8-lm-head adds NAME-int8-head: the LM head INT8 too (quantize.lm_head)
+
 ``build`` makes, for each depth, a model with LLaMA-2-7B's exact layer shapes (benchmarks/shapes.py),
 prunes it with DaSS at 50% and 70% (attention + MLP, like the paper's CPU experiment) and, at one
 depth, with Wanda and magnitude at 50% too (equal speed at equal sparsity), and exports
@@ -48,17 +50,18 @@ def artifact_plan(depths: list[int], equal_speed_depth: int | None = None, names
     return plan
 
 
-def quantize_sibling(target: Path, tokenizer, calib) -> None:
-    """``target``-int8 beside ``target``: the same artifact, decoder linears INT8 (export/quantize.py)."""
+def quantize_sibling(target: Path, tokenizer, calib, lm_head: bool = False) -> None:
+    """``target``-int8 beside ``target``: the same artifact, decoder linears INT8 (export/quantize.py);
+    ``target``-int8-head with ``lm_head``: the LM head INT8 too."""
     from export.artifact import MANIFEST
     from export.quantize import quantize_artifact
 
-    int8 = target.with_name(f"{target.name}-int8")
+    int8 = target.with_name(f"{target.name}-int8{'-head' if lm_head else ''}")
     if (int8 / MANIFEST).is_file():
         log.info("%s exists; skipped", int8)
         return
     check = tokenizer("The quick brown fox", return_tensors="np").input_ids
-    manifest = quantize_artifact(target, int8, "w8a8-static", calib.numpy(), check)
+    manifest = quantize_artifact(target, int8, "w8a8-static", calib.numpy(), check, lm_head=lm_head)
     info = manifest["engines"]["deepsparse"]
     print(f"{int8}: {info['quantized_matmuls']} MatMuls INT8, INT8 zeros {info['int8_zeros']:.3f}, quantized in "
           f"{manifest['quantize_seconds']:.0f} s", flush=True)
@@ -66,8 +69,11 @@ def quantize_sibling(target: Path, tokenizer, calib) -> None:
 
 def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_positions: int,
           equal_speed_depth: int | None = None, names: list[str] | None = None, equal_speed: bool = True,
-          int8: bool = False, gguf: tuple[str, ...] = ()) -> None:
+          int8: bool = False, gguf: tuple[str, ...] = (), int8_lm_head: bool = False) -> None:
+    """Every artifact of the plan, and the INT8 and GGUF siblings asked for; what exists is kept."""
+    from benchmarks.llamacpp import DESCRIPTION
     from export.artifact import MANIFEST, export_artifact
+    from export.gguf_writer import write_gguf
     from pipeline.core.data import calibration_windows, embedded_text
     from pipeline.core.prune.methods import make_method
     from pipeline.core.prune.sparsity import SparsitySpec
@@ -77,35 +83,28 @@ def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_
     calib = calibration_windows(tokenizer, "embedded", calib_samples, calib_len, seed=0)
     for depth, name, method, sparsity in artifact_plan(depths, equal_speed_depth, names, equal_speed):
         target = out / f"depth{depth}" / name
-        missing_gguf = [t for t in gguf if method == "none" and not (target.parent / f"gguf-{t}" / "gguf.json").is_file()]
-        if (target / MANIFEST).is_file() and not missing_gguf:
+        ggufs = [t for t in gguf if method == "none" and not (target.parent / f"gguf-{t}" / DESCRIPTION).is_file()]
+        exported = (target / MANIFEST).is_file()
+        if exported and not ggufs:
             log.info("%s exists; skipped", target)
-            if int8:
-                quantize_sibling(target, tokenizer, calib)
-            continue
-        model = random_model(llama2_7b_config(depth), torch.float32)
-        if missing_gguf:  # the dense model for llama.cpp (the same random weights: random_model is seeded)
-            from export.gguf_writer import write_gguf
-
-            for gguf_type in missing_gguf:
+        else:
+            model = random_model(llama2_7b_config(depth), torch.float32)  # seeded: the same weights every build
+            for gguf_type in ggufs:  # the dense model for llama.cpp
                 write_gguf(model, tokenizer, target.parent / f"gguf-{gguf_type}", gguf_type, f"llama2-7b-shaped-{depth}")
                 print(f"depth {depth} dense as GGUF {gguf_type}", flush=True)
-            if (target / MANIFEST).is_file():
-                if int8:
-                    quantize_sibling(target, tokenizer, calib)
-                continue
-        if method != "none":
-            prune_model(model, make_method(method), SparsitySpec.parse(sparsity), calib, scope="attention+mlp",
-                        progress=False)
-        engines = ("deepsparse", "onnxruntime") if method == "none" else ("deepsparse",)
-        manifest = export_artifact(model, tokenizer, target, engines, max_positions=max_positions,
-                                   metadata={"method": method, "requested_sparsity": sparsity, "scope": "attention+mlp",
-                                             "depth": depth, "shape": "llama2-7b", "weights": "random (seed 0)"})
-        print(f"depth {depth} {name}: sparsity {manifest['sparsity']['overall_decoder_linears']:.3f}, "
-              f"exported in {manifest['export_seconds']:.0f} s", flush=True)
-        del model
-        if int8:
-            quantize_sibling(target, tokenizer, calib)
+            if not exported:
+                if method != "none":
+                    prune_model(model, make_method(method), SparsitySpec.parse(sparsity), calib,
+                                scope="attention+mlp", progress=False)
+                engines = ("deepsparse", "onnxruntime") if method == "none" else ("deepsparse",)
+                manifest = export_artifact(model, tokenizer, target, engines, max_positions=max_positions, metadata={
+                    "method": method, "requested_sparsity": sparsity, "scope": "attention+mlp", "depth": depth,
+                    "shape": "llama2-7b", "weights": "random (seed 0)"})
+                print(f"depth {depth} {name}: sparsity {manifest['sparsity']['overall_decoder_linears']:.3f}, "
+                      f"exported in {manifest['export_seconds']:.0f} s", flush=True)
+            del model
+        for lm_head in [False] * int8 + [True] * int8_lm_head:
+            quantize_sibling(target, tokenizer, calib, lm_head)
 
 
 def collect(out: Path) -> list[dict]:
@@ -146,6 +145,8 @@ def main() -> None:
     b.add_argument("--names", nargs="+", choices=[m[0] for m in MAIN], default=None, help="build only these models")
     b.add_argument("--no-equal-speed", action="store_true", help="skip the Wanda / magnitude artifacts")
     b.add_argument("--int8", action="store_true", help="also write NAME-int8: the artifact with INT8 decoder linears")
+    b.add_argument("--int8-lm-head", action="store_true",
+                   help="also write NAME-int8-head: INT8 decoder linears and INT8 LM head (quantize.lm_head)")
     b.add_argument("--gguf", nargs="+", default=[], choices=["f32", "f16", "q8_0", "q4_0"],
                    help="also write the dense model of each depth as GGUF (depthN/gguf-TYPE) for the llamacpp engine")
     r = sub.add_parser("run", help="benchmark every artifact under OUT, interleaved, and write the report there")
@@ -155,7 +156,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.what == "build":
         build(args.out, args.depths, args.calib_samples, args.calib_len, args.max_positions, args.equal_speed_depth,
-              args.names, not args.no_equal_speed, args.int8, tuple(args.gguf))
+              args.names, not args.no_equal_speed, args.int8, tuple(args.gguf), args.int8_lm_head)
     else:
         run(args.out, settings_from_arguments(args), "python -m benchmarks.paper_table " + " ".join(sys.argv[1:]))
 
