@@ -13,7 +13,8 @@ reproduced at smaller cost on LLaMA-2-7B-shaped models with random weights at a 
         --gguf q4_0 q8_0
     python -m benchmarks.paper_table run runs/int8 --engines deepsparse llamacpp --modes decode
 
-    # --int8-lm-head adds NAME-int8-head: the LM head INT8 too (quantize.lm_head)
+    # --int8 int8 int8-head int8-all-head: NAME-int8-head has the LM head INT8 too (quantize.lm_head),
+    # NAME-int8-all-head down_proj as well (scheme w8a8-static-all)
 
 ``build`` makes, for each depth, a model with LLaMA-2-7B's exact layer shapes (benchmarks/shapes.py),
 prunes it with DaSS at 50% and 70% (attention + MLP, like the paper's CPU experiment) and, at one
@@ -50,18 +51,24 @@ def artifact_plan(depths: list[int], equal_speed_depth: int | None = None, names
     return plan
 
 
-def quantize_sibling(target: Path, tokenizer, calib, lm_head: bool = False) -> None:
-    """``target``-int8 beside ``target``: the same artifact, decoder linears INT8 (export/quantize.py);
-    ``target``-int8-head with ``lm_head``: the LM head INT8 too."""
+#: INT8 siblings ``build`` can write beside an artifact: NAME-VARIANT -> (scheme, LM head INT8)
+INT8_VARIANTS = {"int8": ("w8a8-static", False), "int8-head": ("w8a8-static", True),
+                 "int8-all-head": ("w8a8-static-all", True)}
+
+
+def quantize_sibling(target: Path, tokenizer, calib, variant: str = "int8") -> None:
+    """``target``-VARIANT beside ``target``: the same artifact with INT8 linears (export/quantize.py), the
+    scheme and LM head of ``INT8_VARIANTS[variant]``."""
     from export.artifact import MANIFEST
     from export.quantize import quantize_artifact
 
-    int8 = target.with_name(f"{target.name}-int8{'-head' if lm_head else ''}")
+    scheme, lm_head = INT8_VARIANTS[variant]
+    int8 = target.with_name(f"{target.name}-{variant}")
     if (int8 / MANIFEST).is_file():
         log.info("%s exists; skipped", int8)
         return
     check = tokenizer("The quick brown fox", return_tensors="np").input_ids
-    manifest = quantize_artifact(target, int8, "w8a8-static", calib.numpy(), check, lm_head=lm_head)
+    manifest = quantize_artifact(target, int8, scheme, calib.numpy(), check, lm_head=lm_head)
     info = manifest["engines"]["deepsparse"]
     print(f"{int8}: {info['quantized_matmuls']} MatMuls INT8, INT8 zeros {info['int8_zeros']:.3f}, quantized in "
           f"{manifest['quantize_seconds']:.0f} s", flush=True)
@@ -69,7 +76,7 @@ def quantize_sibling(target: Path, tokenizer, calib, lm_head: bool = False) -> N
 
 def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_positions: int,
           equal_speed_depth: int | None = None, names: list[str] | None = None, equal_speed: bool = True,
-          int8: bool = False, gguf: tuple[str, ...] = (), int8_lm_head: bool = False) -> None:
+          int8: tuple[str, ...] = (), gguf: tuple[str, ...] = ()) -> None:
     """Every artifact of the plan, and the INT8 and GGUF siblings asked for; what exists is kept."""
     from benchmarks.llamacpp import DESCRIPTION
     from export.artifact import MANIFEST, export_artifact
@@ -103,8 +110,8 @@ def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_
                 print(f"depth {depth} {name}: sparsity {manifest['sparsity']['overall_decoder_linears']:.3f}, "
                       f"exported in {manifest['export_seconds']:.0f} s", flush=True)
             del model
-        for lm_head in [False] * int8 + [True] * int8_lm_head:
-            quantize_sibling(target, tokenizer, calib, lm_head)
+        for variant in int8:
+            quantize_sibling(target, tokenizer, calib, variant)
 
 
 def collect(out: Path) -> list[dict]:
@@ -144,9 +151,9 @@ def main() -> None:
                    help="depth of the Wanda / magnitude artifacts (default: the deepest)")
     b.add_argument("--names", nargs="+", choices=[m[0] for m in MAIN], default=None, help="build only these models")
     b.add_argument("--no-equal-speed", action="store_true", help="skip the Wanda / magnitude artifacts")
-    b.add_argument("--int8", action="store_true", help="also write NAME-int8: the artifact with INT8 decoder linears")
-    b.add_argument("--int8-lm-head", action="store_true",
-                   help="also write NAME-int8-head: INT8 decoder linears and INT8 LM head (quantize.lm_head)")
+    b.add_argument("--int8", nargs="*", choices=list(INT8_VARIANTS), default=None,
+                   help="also write NAME-VARIANT, INT8 copies of each artifact: int8 (the default: q/k/v/o/gate/up "
+                        "INT8), int8-head (and the LM head, quantize.lm_head), int8-all-head (and down_proj)")
     b.add_argument("--gguf", nargs="+", default=[], choices=["f32", "f16", "q8_0", "q4_0"],
                    help="also write the dense model of each depth as GGUF (depthN/gguf-TYPE) for the llamacpp engine")
     r = sub.add_parser("run", help="benchmark every artifact under OUT, interleaved, and write the report there")
@@ -156,7 +163,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.what == "build":
         build(args.out, args.depths, args.calib_samples, args.calib_len, args.max_positions, args.equal_speed_depth,
-              args.names, not args.no_equal_speed, args.int8, tuple(args.gguf), args.int8_lm_head)
+              args.names, not args.no_equal_speed, () if args.int8 is None else tuple(args.int8 or ["int8"]),
+              tuple(args.gguf))
     else:
         run(args.out, settings_from_arguments(args), "python -m benchmarks.paper_table " + " ".join(sys.argv[1:]))
 
