@@ -85,8 +85,9 @@ def _paper_table(results: dict) -> list[str]:
         vs_ort = "–"
         if extrap:
             e = extrap.get((a["name"], "deepsparse", "decode"))
-            line.append(f"{e['tokens_per_s']:.2f}" + (f" ({e['speedup_vs_dense']:.2f}x)" if e and a["method"] != "none" else "")
-                        if e else "–")
+            line.append(f"{e['tokens_per_s']:.2f}" + (f" ({e['speedup_vs_dense']:.2f}x)"
+                                                       if e["speedup_vs_dense"] is not None and a["method"] != "none"
+                                                       else "") if e else "–")
             if e and e["vs_onnxruntime_dense"]:
                 vs_ort = f"{e['vs_onnxruntime_dense']:.2f}x"
         else:

@@ -182,6 +182,19 @@ def test_summary_without_dense_has_no_speedups():
     assert s["speedups"] == [] and len(s["cells"]) == len(arts)
 
 
+def test_report_of_depths_without_a_dense_artifact_has_no_speedups(tmp_path):
+    """Sparse artifacts at two depths and no dense one: the extrapolation has no dense to divide by."""
+    arts = [a for a in ARTIFACTS if a["method"] == "dass"]
+    measure, _ = fake_measure()
+    results = run_benchmark(arts, settings(engines=["deepsparse"], modes=["decode"], repeats=1), tmp_path,
+                            progress=False, measure_fn=measure)
+    assert {e["speedup_vs_dense"] for e in results["summary"]["extrapolation"]} == {None}
+    write_report(results, tmp_path)
+    table = (tmp_path / "report.md").read_text().split("## The paper's CPU table")[1].split("##")[0]
+    row = next(line for line in table.splitlines() if line.startswith("| dass 70%"))
+    assert f"| {1000 / (20 + 32 * 30):.2f} |" in row  # the 32-layer figure, no speedup beside it
+
+
 def test_bad_settings_are_clear_errors(tmp_path):
     import os
 
