@@ -72,19 +72,21 @@ def linear_matmuls(graph, vocab_size: int, intermediate_size: int | None = None,
 UNTIED = ".lm_head"  # suffix of the head's own copy of a tied embedding table (transposed)
 
 
-def untie_lm_head(graph, vocab_size: int) -> list[str]:
-    """Give a LM head tied to the embedding its own [hidden, vocab] initializer; returns the MatMuls rewired.
+def untie_lm_head(graph, vocab_size: int) -> None:
+    """Give a LM head tied to the embedding its own [hidden, vocab] initializer.
 
     Tied, the ONNX Runtime graph's head reads ``Transpose(embed_tokens.weight)``; with its own
     constant it is quantized (and smoothed) like an untied head, as in the DeepSparse graph, whose
-    exporter already wrote one. The embedding lookup keeps the float table; the Transpose goes.
+    exporter already wrote one. The embedding lookup keeps the float table; the Transpose goes
+    where nothing else reads it.
     """
     from onnx import numpy_helper
 
+    from export.smooth import producers_and_consumers
+
     inits = {i.name: i for i in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    rewired, gone = [], set()
-    for node in graph.node:
+    producers, consumers = producers_and_consumers(graph)
+    for node in list(graph.node):
         transpose = producers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
         if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in inits:
             continue
@@ -94,17 +96,13 @@ def untie_lm_head(graph, vocab_size: int) -> list[str]:
             continue
         name = transpose.input[0] + UNTIED
         if name not in inits:
-            graph.initializer.append(numpy_helper.from_array(
-                np.ascontiguousarray(numpy_helper.to_array(table).T), name))
-            inits[name] = graph.initializer[-1]
+            inits[name] = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(table).T), name)
+            graph.initializer.append(inits[name])
         node.input[1] = name
-        gone.add(transpose.name)
-        rewired.append(node.name)
-    still_read = {x for node in graph.node for x in node.input} | {o.name for o in graph.output}
-    dead = [n for n in graph.node if n.name in gone and not still_read & set(n.output)]
-    for node in dead:
-        graph.node.remove(node)
-    return rewired
+        readers = consumers[transpose.output[0]]
+        readers.remove(node)
+        if not readers and transpose.output[0] not in {o.name for o in graph.output}:
+            graph.node.remove(transpose)
 
 
 def _feeds(engine: str, graph: Path, config, windows: np.ndarray) -> list[dict]:

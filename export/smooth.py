@@ -39,7 +39,8 @@ class SmoothGroup:
     scale: np.ndarray | None = None  # s, set by smooth(): the activation is now X / s (per channel)
 
 
-def _producers_and_consumers(graph):
+def producers_and_consumers(graph):
+    """{tensor: the node that writes it}, {tensor: the nodes that read it}."""
     producers, consumers = {}, {}
     for node in graph.node:
         for out in node.output:
@@ -57,7 +58,7 @@ def smoothing_groups(graph, matmuls: set[str]) -> list[SmoothGroup]:
     initializer (given a private copy if the exporter shared it), or act(gate) * up.
     """
     inits = {i.name: i for i in graph.initializer}
-    producers, consumers = _producers_and_consumers(graph)
+    producers, consumers = producers_and_consumers(graph)
 
     def weight_of(node):
         if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in inits \
