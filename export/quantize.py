@@ -72,32 +72,32 @@ def linear_matmuls(graph, vocab_size: int, intermediate_size: int | None = None,
 UNTIED = ".lm_head"  # suffix of the head's own copy of a tied embedding table (transposed)
 
 
-def untie_lm_head(graph, vocab_size: int) -> None:
-    """Give a LM head tied to the embedding its own [hidden, vocab] initializer.
+def untie_lm_head(store, vocab_size: int) -> None:
+    """Give a LM head tied to the embedding its own [hidden, vocab] initializer (``store``: export/graph_tensors.py).
 
     Tied, the ONNX Runtime graph's head reads ``Transpose(embed_tokens.weight)``; with its own
     constant it is quantized (and smoothed) like an untied head, as in the DeepSparse graph, whose
     exporter already wrote one. The embedding lookup keeps the float table; the Transpose goes
-    where nothing else reads it.
+    where nothing else reads it. The copy is made when the graph is written.
     """
-    from onnx import numpy_helper
-
     from export.smooth import producers_and_consumers
 
-    inits = {i.name: i for i in graph.initializer}
+    graph = store.model.graph
+    inits = {i.name for i in graph.initializer}
     producers, consumers = producers_and_consumers(graph)
     for node in list(graph.node):
         transpose = producers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
         if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in inits:
             continue
-        table = inits[transpose.input[0]]
+        table = transpose.input[0]
         perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), [1, 0])
-        if len(table.dims) != 2 or perm != [1, 0] or vocab_size not in table.dims:
+        if len(store.shape(table)) != 2 or perm != [1, 0] or vocab_size not in store.shape(table):
             continue
-        name = transpose.input[0] + UNTIED
+        name = table + UNTIED
         if name not in inits:
-            inits[name] = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(table).T), name)
-            graph.initializer.append(inits[name])
+            store.add(name, np.float32, store.shape(table)[::-1],
+                      lambda table=table: np.ascontiguousarray(store.array(table).T))
+            inits.add(name)
         node.input[1] = name
         readers = consumers[transpose.output[0]]
         readers.remove(node)
@@ -131,7 +131,7 @@ def weight_params(w: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndar
     return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
 
 
-def integer_matmuls(model, linears: list[str], ranges: dict[str, tuple[float, float]], per_channel: bool) -> int:
+def integer_matmuls(store, linears: list[str], ranges: dict[str, tuple[float, float]], per_channel: bool) -> int:
     """Rewrite each MatMul of ``linears`` (x [.., in] times a weight initializer [in, out]) in place into
 
         QuantizeLinear(x) -> MatMulInteger(x_q uint8, W_q int8) -> Cast(float) -> Mul(x_scale * w_scale)
@@ -139,19 +139,21 @@ def integer_matmuls(model, linears: list[str], ranges: dict[str, tuple[float, fl
     the form SparseML's exporter writes for DeepSparse (its MatMul-to-MatMulInteger transforms): the
     weight is an int8 constant that DeepSparse's INT8 kernels read (dense or sparse), the int32
     accumulator is rescaled once per output channel. One QuantizeLinear per activation (q/k/v share
-    one). ``ranges`` is the calibrated (min, max) of each activation. Returns the weight bytes saved.
+    one). ``ranges`` is the calibrated (min, max) of each activation. ``store`` (export/graph_tensors.py)
+    holds the graph: each weight is read here for its scales, and its int8 form is made when the graph is
+    written. Returns the weight bytes saved.
     """
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    graph = model.graph
+    graph = store.model.graph
     inits = {i.name: i for i in graph.initializer}
     readers: dict[str, int] = {}
     for node in graph.node:
         for x in node.input:
             readers[x] = readers.get(x, 0) + 1
     wanted, nodes, quantized, dropped, saved = set(linears), [], {}, set(), 0
-    zero = numpy_helper.from_array(np.array(0, np.int8), "int8_matmul.weight_zero_point")
-    new_inits = [zero]
+    zero = "int8_matmul.weight_zero_point"
+    store.add_array(np.array(0, np.int8), zero)
     for node in graph.node:
         if node.name not in wanted:
             nodes.append(node)
@@ -165,29 +167,27 @@ def integer_matmuls(model, linears: list[str], ranges: dict[str, tuple[float, fl
         if x not in quantized:
             scale, point = activation_params(*ranges[x])
             base = f"{x}.uint8"
-            new_inits += [numpy_helper.from_array(np.array(scale), f"{base}.scale"),
-                          numpy_helper.from_array(np.array(point), f"{base}.zero_point")]
+            store.add_array(np.array(scale), f"{base}.scale")
+            store.add_array(np.array(point), f"{base}.zero_point")
             nodes.append(helper.make_node("QuantizeLinear", [x, f"{base}.scale", f"{base}.zero_point"], [base],
                                           f"{base}.quantize"))
             quantized[x] = (base, scale)
         x_q, x_scale = quantized[x]
-        w = numpy_helper.to_array(inits[w_name])
-        q, w_scale = weight_params(w, per_channel)
+        _, w_scale = weight_params(store.array(w_name), per_channel)
         name = node.name
-        new_inits += [numpy_helper.from_array(q, f"{w_name}.int8"),
-                      numpy_helper.from_array((x_scale * w_scale).astype(np.float32), f"{name}.rescale")]
-        nodes += [helper.make_node("MatMulInteger", [x_q, f"{w_name}.int8", f"{x_q}.zero_point", zero.name],
+        store.add(f"{w_name}.int8", np.int8, store.shape(w_name),
+                  lambda w_name=w_name: weight_params(store.array(w_name), per_channel)[0])
+        store.add_array((x_scale * w_scale).astype(np.float32), f"{name}.rescale")
+        nodes += [helper.make_node("MatMulInteger", [x_q, f"{w_name}.int8", f"{x_q}.zero_point", zero],
                                    [f"{name}.int32"], f"{name}.integer"),
                   helper.make_node("Cast", [f"{name}.int32"], [f"{name}.float"], f"{name}.cast", to=TensorProto.FLOAT),
                   helper.make_node("Mul", [f"{name}.float", f"{name}.rescale"], [node.output[0]], f"{name}.rescale_mul")]
         if readers[w_name] == 1:
             dropped.add(w_name)
-            saved += w.nbytes - q.nbytes
+            saved += 3 * int(np.prod(store.shape(w_name)))  # float32 -> int8
     del graph.node[:]
     graph.node.extend(nodes)
-    kept = [i for i in graph.initializer if i.name not in dropped]
-    del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
+    store.remove(dropped)
     return saved
 
 
@@ -195,60 +195,64 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme
                    smoothing_strength: float | None = None, lm_head: bool = False) -> dict:
     """Quantize ``source`` (model.onnx + model.onnx_data) into ``target`` folder; returns what was done.
 
-    Activation ranges are calibrated once on the float graph (min/max over ``feeds``, ONNX Runtime);
-    SmoothQuant divides a smoothed activation's channel j by s_j, so its range after smoothing is
-    read from the same per-channel statistics. ``lm_head``: the LM head's MatMul INT8 too.
+    Activation ranges are calibrated once on the float graph (min/max over ``feeds``, ONNX Runtime reading
+    the weights file it maps); SmoothQuant divides a smoothed activation's channel j by s_j, so its range
+    after smoothing is read from the same per-channel statistics. ``lm_head``: the LM head's MatMul INT8 too.
+    The float graph is never loaded whole: the rewrite is planned on its structure and each weight is read,
+    smoothed, quantized and written in turn (export/graph_tensors.py), so memory does not grow with depth.
     """
     import onnx
 
+    from export.graph_tensors import GraphTensors
     from export.smooth import channel_ranges, smooth, smoothing_groups
 
-    model = onnx.load(str(source))
+    store = GraphTensors.open(source)
+    structure = onnx.ModelProto()
+    structure.CopyFrom(store.model)  # the float graph as stored, for calibration (no weights: a few MiB)
     if lm_head:
-        untie_lm_head(model.graph, config.vocab_size)
-    linears, others = linear_matmuls(model.graph, config.vocab_size,
+        untie_lm_head(store, config.vocab_size)
+    linears, others = linear_matmuls(store.model.graph, config.vocab_size,
                                      None if scheme.down_proj else getattr(config, "intermediate_size", None), lm_head)
     if not linears:
         raise PipelineError(f"{source} has no MatMul with a weight matrix to quantize", "re-run the export stage")
     done = {"quantized_matmuls": len(linears), "float_matmuls": len(others)}
-    nodes = {n.name: n for n in model.graph.node}
+    nodes = {n.name: n for n in store.model.graph.node}
     activations = sorted({nodes[name].input[0] for name in linears})
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as scratch:
-        stats = channel_ranges(model, activations, feeds, Path(scratch))
+        stats = channel_ranges(structure, activations, feeds, Path(scratch), weights=Path(source).parent)
+    del structure
     if smoothing_strength:
-        groups = smoothing_groups(model.graph, set(linears))
+        groups = smoothing_groups(store.model.graph, set(linears))
         maxima = {g.activation: np.maximum(-stats[g.activation][0], stats[g.activation][1]) for g in groups}
-        done["smoothing"] = smooth(model, groups, maxima, smoothing_strength)
+        done["smoothing"] = smooth(store, groups, maxima, smoothing_strength)
         for g in groups:  # X is now X / s, channel by channel
             stats[g.activation] = (stats[g.activation][0] / g.scale, stats[g.activation][1] / g.scale)
     ranges = {x: (float(low.min()), float(high.max())) for x, (low, high) in stats.items()}
-    done["float_weight_bytes_saved"] = integer_matmuls(model, linears, ranges, scheme.per_channel)
-    save_graph(model, target / "model.onnx")
+    done["float_weight_bytes_saved"] = integer_matmuls(store, linears, ranges, scheme.per_channel)
+    store.save(target / "model.onnx")
     return done
 
 
 def int8_weights(float_graph: Path, int8_graph: Path) -> dict[str, dict]:
     """Per quantized weight (by the float weight's name): its fraction of int8 zeros, and whether every
-    float zero is still 0. The int8 weights are the constant inputs of the graph's MatMulInteger nodes."""
-    import onnx
-    from onnx import numpy_helper
+    float zero is still 0. The int8 weights are the constant inputs of the graph's MatMulInteger nodes;
+    both graphs are read one weight at a time."""
+    from export.graph_tensors import GraphTensors
 
-    floats = {i.name: i for i in onnx.load(str(float_graph)).graph.initializer}
-    model = onnx.load(str(int8_graph))
-    weights = {n.input[1] for n in model.graph.node if n.op_type == "MatMulInteger"}
+    floats, ints = GraphTensors.open(float_graph), GraphTensors.open(int8_graph)
+    weights = {n.input[1] for n in ints.model.graph.node if n.op_type == "MatMulInteger"}
     result = {}
-    for init in model.graph.initializer:
-        if init.name not in weights:
-            continue
-        original = init.name[: -len(".int8")]
-        q = numpy_helper.to_array(init)
-        if original in floats:
-            w = numpy_helper.to_array(floats[original])
+    for name in (t.name for t in ints.model.graph.initializer if t.name in weights):
+        original = name[: -len(".int8")]
+        q = ints.array(name)
+        if original in floats.tensors:
+            w = floats.array(original)
         else:  # a tied head's own copy (untie_lm_head): the float graph holds the table it transposes
-            w = numpy_helper.to_array(floats[original[: -len(UNTIED)]]).T
+            w = floats.array(original[: -len(UNTIED)]).T
         result[original] = {
             "shape": list(q.shape), "dtype": str(q.dtype), "float_zeros": float((w == 0).mean()),
             "int8_zeros": float((q == 0).mean()), "pruned_zeros_kept": bool((q[w == 0] == 0).all())}
+        del q, w
     return result
 
 

@@ -106,11 +106,20 @@ def smoothing_groups(graph, matmuls: set[str]) -> list[SmoothGroup]:
     return groups
 
 
-def channel_ranges(model, names: list[str], feeds: list[dict], scratch: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-channel (min, max) of the tensors ``names`` over ``feeds``, read by ONNX Runtime from ``model``."""
+def channel_ranges(model, names: list[str], feeds: list[dict], scratch: Path,
+                   weights: Path | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel (min, max) of the tensors ``names`` over ``feeds``, read by ONNX Runtime from ``model``.
+
+    ``model`` holds its weights, or, with ``weights`` (the folder of its ``model.onnx_data``), only its
+    structure: ONNX Runtime then maps that file (a hard link beside the calibration graph, no copy) instead
+    of a second copy of the weights in memory.
+    """
+    import os
+
     import onnx
 
     from export.checks import ort_session, save_graph
+    from export.shared_weights import DATA
 
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
@@ -118,10 +127,21 @@ def channel_ranges(model, names: list[str], feeds: list[dict], scratch: Path) ->
     for name in names:
         if name not in known:
             augmented.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    path = Path(tempfile.mkdtemp(prefix="ranges-", dir=scratch)) / "model.onnx"
-    save_graph(augmented, path)
+    folder = Path(tempfile.mkdtemp(prefix="ranges-", dir=scratch))
+    if weights is None:
+        save_graph(augmented, folder / "model.onnx")
+    else:
+        if (Path(weights) / DATA).is_file():
+            try:
+                os.link(Path(weights) / DATA, folder / DATA)
+            except OSError as exc:  # another file system: ONNX Runtime refuses data outside the graph's folder
+                from pipeline.common.errors import PipelineError
+
+                raise PipelineError(f"cannot hard-link {Path(weights) / DATA} into {folder} for calibration ({exc})",
+                                    "put the run's output folder on the same file system as its artifact") from exc
+        onnx.save_model(augmented, str(folder / "model.onnx"))
     del augmented
-    session = ort_session(path)
+    session = ort_session(folder / "model.onnx", mapped=True)
     ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for feed in feeds:
         for name, value in zip(names, session.run(names, feed)):
@@ -138,37 +158,30 @@ def activation_maxima(model, names: list[str], feeds: list[dict], scratch: Path)
     return {name: np.maximum(-low, high) for name, (low, high) in channel_ranges(model, names, feeds, scratch).items()}
 
 
-def smooth(model, groups: list[SmoothGroup], maxima: dict[str, np.ndarray], strength: float) -> dict:
-    """Rescale ``model``'s initializers in place (the float function is unchanged); returns a summary."""
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
-    nodes = {n.name: n for n in model.graph.node}
-
-    def get(name):
-        return numpy_helper.to_array(inits[name])
-
-    def put(name, value):
-        inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
-
+def smooth(store, groups: list[SmoothGroup], maxima: dict[str, np.ndarray], strength: float) -> dict:
+    """Rescale the initializers of ``store`` (export/graph_tensors.py; the float function is unchanged);
+    returns a summary. Each weight is read once here for its row maxima; the rescaling is registered on the
+    store and computed when the graph is written."""
+    nodes = {n.name: n for n in store.model.graph.node}
     ratios = []
     for g in groups:
         x_max = maxima[g.activation].astype(np.float64)
-        w_max = np.max([np.abs(get(w)).max(1) for w in g.weights], axis=0).astype(np.float64)
+        w_max = np.max([np.abs(store.array(w)).max(1) for w in g.weights], axis=0).astype(np.float64)
         s = np.where((x_max > 0) & (w_max > 0),
                      np.power(np.maximum(x_max, 1e-5), strength) / np.power(np.maximum(w_max, 1e-5), 1 - strength), 1.0)
         s = np.clip(s, 1e-5, 1e5)
         g.scale = s
         for w in g.weights:
-            put(w, get(w) * s[:, None])
-        divided = get(g.divisor) / (s if g.kind == "norm" else s[None, :])
+            store.update(w, lambda value, s=s: (value * s[:, None]).astype(np.float32))
+        divide = (lambda value, s=s: (value / s).astype(np.float32)) if g.kind == "norm" else \
+            (lambda value, s=s: (value / s[None, :]).astype(np.float32))
         if g.shared:  # a private copy for this norm; the other readers keep the original
             copy = f"{g.producer}.smoothed_weight"
-            model.graph.initializer.append(numpy_helper.from_array(divided.astype(np.float32), copy))
-            inits[copy] = model.graph.initializer[-1]
+            store.add(copy, np.float32, store.shape(g.divisor),
+                      lambda divisor=g.divisor, divide=divide: divide(store.array(divisor)))
             nodes[g.producer].input[g.port] = copy
         else:
-            put(g.divisor, divided)
+            store.update(g.divisor, divide)
         ratios.append(float(x_max.max() / max(np.median(x_max), 1e-12)))
     log.info("smoothed %d activations (strength %.2f); their outlier ratio max/median was up to %.0f",
              len(groups), strength, max(ratios, default=0))

@@ -87,6 +87,7 @@ def _save(model, folder):
 
 def test_smoothing_moves_scale_into_the_weights_without_changing_the_float_function(tiny_artifact, tmp_path):
     from export.checks import onnxruntime_graph_logits
+    from export.graph_tensors import GraphTensors
     from export.smooth import activation_maxima, smooth, smoothing_groups
 
     _, folder, _ = tiny_artifact
@@ -98,7 +99,11 @@ def test_smoothing_moves_scale_into_the_weights_without_changing_the_float_funct
     assert sorted((g.kind, len(g.weights)) for g in groups) == [("norm", 2)] * 2 + [("norm", 3)] * 2
     before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     maxima = activation_maxima(model, [g.activation for g in groups], feeds, tmp_path)
-    assert smooth(model, groups, maxima, 0.5)["groups"] == 4
+    store = GraphTensors(model)
+    assert smooth(store, groups, maxima, 0.5)["groups"] == 4
+    (tmp_path / "smoothed").mkdir()
+    store.save(smoothed := tmp_path / "smoothed" / "model.onnx")
+    model = onnx.load(str(smoothed))
     after = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
     assert any(g.shared for g in groups)  # the exporter merged the all-ones norm weights: copies were made
@@ -106,7 +111,6 @@ def test_smoothing_moves_scale_into_the_weights_without_changing_the_float_funct
         assert not np.allclose(before[g.divisor], after[nodes[g.producer].input[g.port]])
         for w in g.weights:
             assert not np.allclose(before[w], after[w]) and ((before[w] == 0) == (after[w] == 0)).all()
-    smoothed = _save(model, tmp_path / "smoothed")
     np.testing.assert_allclose(onnxruntime_graph_logits(smoothed, config, ids),
                                onnxruntime_graph_logits(graph, config, ids), atol=1e-4)
 
@@ -221,7 +225,8 @@ def test_integer_matmul_form_computes_the_dequantized_product_and_keeps_zeros(tm
     output channel rounds within half its own step, and an all-zero column stays zero."""
     from onnx import TensorProto, helper
 
-    from export.checks import ort_session, save_graph
+    from export.checks import ort_session
+    from export.graph_tensors import GraphTensors
     from export.quantize import activation_params, integer_matmuls
 
     rng = np.random.default_rng(0)
@@ -235,7 +240,10 @@ def test_integer_matmul_form_computes_the_dequantized_product_and_keeps_zeros(tm
                               [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     ranges = {"x": (float(x.min()), float(x.max()))}
-    assert integer_matmuls(model, ["proj"], ranges, per_channel=True) == w.nbytes - w.size  # float weight dropped
+    store = GraphTensors(model)
+    assert integer_matmuls(store, ["proj"], ranges, per_channel=True) == w.nbytes - w.size  # float weight dropped
+    store.save(path := tmp_path / "model.onnx")
+    model = onnx.load(str(path))
     assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "MatMulInteger", "Cast", "Mul"]
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     assert "w" not in inits
@@ -248,7 +256,6 @@ def test_integer_matmul_form_computes_the_dequantized_product_and_keeps_zeros(tm
     dequantized = q * (rescale / x_scale)
     assert (np.abs(dequantized - w) <= step / 2 + 1e-7).all() and (dequantized[:, 5] == 0).all()
     onnx.checker.check_model(model)
-    save_graph(model, path := tmp_path / "model.onnx")
     got = ort_session(path).run(["y"], {"x": x})[0]
     x_q = np.clip(np.round(x / x_scale) + x_zero, 0, 255)
     want = ((x_q - x_zero) @ q.astype(np.float64)) * rescale
@@ -279,6 +286,7 @@ def test_scheme_with_down_proj_quantizes_all_seven_linears(tiny_artifact, tmp_pa
 def test_a_matmul_without_a_constant_weight_is_refused_by_name():
     from onnx import TensorProto, helper
 
+    from export.graph_tensors import GraphTensors
     from export.quantize import integer_matmuls
 
     graph = helper.make_graph([helper.make_node("MatMul", ["w", "x"], ["y"], "weight_first")], "g",
@@ -287,7 +295,7 @@ def test_a_matmul_without_a_constant_weight_is_refused_by_name():
                               [numpy_helper.from_array(np.ones((8, 8), np.float32), "w")])
     model = helper.make_model(graph)
     with pytest.raises(PipelineError, match="MatMul 'weight_first' .* cannot be written"):
-        integer_matmuls(model, ["weight_first"], {"w": (0.0, 1.0)}, per_channel=True)
+        integer_matmuls(GraphTensors(model), ["weight_first"], {"w": (0.0, 1.0)}, per_channel=True)
 
 
 @pytest.mark.parametrize("tied", [False, True])
