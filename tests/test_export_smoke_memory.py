@@ -1,4 +1,5 @@
-"""The export's smoke test runs only where the engine can hold the artifact: a skipped one is recorded, not a crash."""
+"""Engines run only where they can hold the artifact (the export's smoke test, the quantize stage's greedy check): a
+skipped one is recorded, not a crash."""
 
 import json
 from types import SimpleNamespace
@@ -8,6 +9,7 @@ import yaml
 
 from conftest import tiny_recipe_file
 from pipeline.recipe import load_recipe
+from pipeline.resources import engine_memory
 from pipeline.runner import run_recipe
 from pipeline.stages import export as export_stage
 
@@ -30,9 +32,9 @@ def test_deepsparse_needs_the_non_zeros_as_measured_at_full_7b_depth(tmp_path, s
     params = 2 * config.vocab_size * config.hidden_size + 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)  # + norms
     fake_artifact(tmp_path, config.to_dict(), params * 4)
     manifest = {"sparsity": {"overall_decoder_linears": sparsity}}
-    need = export_stage.smoke_memory(tmp_path, "deepsparse", manifest) / GiB
+    need = engine_memory(tmp_path, "deepsparse", manifest) / GiB
     assert measured_gib <= need <= 1.1 * measured_gib  # benchmarks/results/full_depth_table: DeepSparse peak RSS
-    assert export_stage.smoke_memory(tmp_path, "onnxruntime", manifest) / GiB > 25  # every weight, zeros included
+    assert engine_memory(tmp_path, "onnxruntime", manifest) / GiB > 25  # every weight, zeros included
 
 
 def test_a_smoke_test_the_machine_cannot_hold_is_skipped_and_said(tmp_path, monkeypatch):
@@ -45,4 +47,24 @@ def test_a_smoke_test_the_machine_cannot_hold_is_skipped_and_said(tmp_path, monk
     smoke = summary["export"]["smoke"]["onnxruntime"]
     assert "ids" not in smoke and smoke["skipped"].startswith("not run: onnxruntime would hold about")
     assert smoke["needed_bytes"] > smoke["available_bytes"] == GiB // 2
+    assert "not run: onnxruntime would hold" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_quantize_greedy_check_the_machine_cannot_hold_is_skipped_and_said(tmp_path, monkeypatch):
+    """The INT8 artifact is still written and checked in ONNX Runtime (mapped weights); only the engine run
+    that would hold the whole float artifact is left out, and the summary and report say so."""
+    import psutil
+
+    path = tiny_recipe_file(tmp_path, "quant", {"method": "magnitude", "sparsity": 0.5, "scope": "mlp"})
+    data = yaml.safe_load(path.read_text())
+    data["export"] = {"enabled": True, "engines": ["onnxruntime"], "max_sequence_length": 64, "smoke_test": False}
+    data["quantize"] = {"enabled": True, "num_samples": 2, "seq_len": 16, "check_tokens": 4, "perplexity": False,
+                        "agreement_windows": 0}
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=GiB // 2))
+    summary = run_recipe(load_recipe(path), progress=False, skip_preflight=True)
+    info = summary["quantize"]["engines"]["onnxruntime"]
+    assert info["greedy_vs_float"]["skipped"].startswith("not run: onnxruntime would hold about")
+    assert info["pruned_zeros_kept"] and 0 <= info["top1_agreement_vs_float"] <= 1
+    assert (tmp_path / "run" / "artifact-int8" / "onnxruntime" / "model.onnx").is_file()
     assert "not run: onnxruntime would hold" in (tmp_path / "run" / "report.md").read_text()

@@ -6,6 +6,10 @@ processes (engines run in children): their summed RSS sampled every ``interval``
 process tree's total (this process + children at the same instant). Where the reset is not possible
 (no /proc, or a kernel or sandbox that accepts the write and keeps the old mark, which the check after the
 write detects), this process's peak is the sampled one and ``exact`` is False.
+
+Anonymous memory is sampled beside RSS (this process: ``RssAnon``; children: RSS less shared pages): RSS
+also counts the pages of a mapped file (ONNX Runtime and DeepSparse map the weights file), which are page
+cache the kernel takes back under pressure, so anonymous memory is what a run needs the machine to hold.
 """
 
 from __future__ import annotations
@@ -56,11 +60,13 @@ class PeakMemory:
         self.process = psutil.Process()
         self.self_peak = self.children_peak = self.total_peak = 0
         self.children_anon_peak = 0  # children's RSS less file-backed pages (a mapped weights file is page cache)
+        self.self_anon_peak = self.anon_peak = 0  # this process's RssAnon; with the children's at the same instant
         self._stop = threading.Event()
 
     def _sample(self) -> None:
         try:
             own = self.process.memory_info().rss
+            own_anon = _status("RssAnon") or 0
             children = anon = 0
             for child in self.process.children(recursive=True):
                 try:
@@ -73,6 +79,8 @@ class PeakMemory:
         self.self_peak = max(self.self_peak, own)
         self.children_peak = max(self.children_peak, children)
         self.children_anon_peak = max(self.children_anon_peak, anon)
+        self.self_anon_peak = max(self.self_anon_peak, own_anon)
+        self.anon_peak = max(self.anon_peak, own_anon + anon)
         self.total_peak = max(self.total_peak, own + children)
 
     def _loop(self) -> None:
@@ -98,7 +106,9 @@ class PeakMemory:
     def result(self) -> dict:
         return {"peak_rss_bytes": self.total_peak, "peak_rss_self_bytes": self.self_peak,
                 "peak_rss_children_bytes": self.children_peak, "self_exact": self.exact,
-                "children_sampled_every_s": self.interval}
+                "children_sampled_every_s": self.interval,
+                "peak_anon_bytes": self.anon_peak, "peak_anon_self_bytes": self.self_anon_peak,
+                "anon_sampled_every_s": self.interval}
 
 
 def measured(block, *args, **kwargs) -> tuple[object, dict]:

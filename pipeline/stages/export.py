@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 
 from pipeline.common.outputs import read_json, write_json_atomic
-from pipeline.resources import BASE, GiB, Shapes
+from pipeline.resources import BASE, GiB, Shapes, engine_memory
 from pipeline.stages.stage import Context, Stage
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def run(ctx: Context) -> None:
     if ex.smoke_test:
         result["smoke"] = {}
         for engine in ex.engines:
-            needed, available = smoke_memory(run_dir / "artifact", engine, manifest), psutil.virtual_memory().available
+            needed, available = engine_memory(run_dir / "artifact", engine, manifest), psutil.virtual_memory().available
             if needed > available:  # an engine killed for memory would cost the export it follows
                 why = (f"not run: {engine} would hold about {needed / GiB:.1f} GiB of weights, {available / GiB:.1f} "
                        "GiB available")
@@ -122,22 +122,6 @@ def run(ctx: Context) -> None:
             result["smoke"][engine] = {"text": out["text"], "ids": out["ids"]}
             log.info("%s generated: %r", engine, out["text"])
     write_json_atomic(run_dir / "export.json", result)
-
-
-def smoke_memory(artifact: Path, engine: str, manifest: dict) -> int:
-    """About what ``engine`` holds to run ``artifact``: its weights file, less the pruned zeros of the decoder
-    linears for DeepSparse (it keeps only the non-zeros of a sparse weight: 32-layer 7B-shaped DaSS 70% measured
-    9.99 GiB, this gives 10.0; 50%: 14.80, this 15.3), plus 10% and 1 GiB."""
-    import json
-    from types import SimpleNamespace
-
-    folder = Path(artifact) / engine
-    data = sum(f.stat().st_size for f in (folder / "model.onnx", folder / "model.onnx_data") if f.is_file())
-    if engine == "deepsparse":
-        shapes = Shapes.from_config(SimpleNamespace(**json.loads((folder / "config.json").read_text())))
-        zeros = manifest["sparsity"]["overall_decoder_linears"] * shapes.layers * shapes.layer_params * 4
-        data = max(data - int(zeros), 0)
-    return int(1.1 * data) + BASE
 
 
 def logits_checks(manifest: dict) -> dict:

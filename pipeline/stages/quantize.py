@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from pipeline.common.outputs import read_json, write_json_atomic
-from pipeline.resources import BASE, Shapes
+from pipeline.resources import BASE, GiB, Shapes, engine_memory
 from pipeline.stages.stage import Context, Stage
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,24 @@ def greedy_agreement(a: list[int], b: list[int]) -> dict:
     prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     return {"tokens": max(len(a), len(b)), "equal": same, "fraction": same / max(len(a), len(b), 1),
             "common_prefix": prefix}
+
+
+def unheld_engines(source: Path, engines) -> dict[str, dict]:
+    """{engine: why its greedy check is not run} for the engines this machine cannot hold the float artifact in
+    (an engine killed for memory would cost the quantization it follows); the INT8 artifact is smaller."""
+    import psutil
+
+    from export.artifact import open_artifact
+
+    manifest, skipped = open_artifact(source), {}
+    for engine in engines:
+        needed, available = engine_memory(source, engine, manifest), psutil.virtual_memory().available
+        if needed > available:
+            skipped[engine] = {"skipped": f"not run: {engine} would hold about {needed / GiB:.1f} GiB of weights, "
+                                          f"{available / GiB:.1f} GiB available", "needed_bytes": needed,
+                               "available_bytes": available}
+            log.warning("quantize: greedy check in %s %s", engine, skipped[engine]["skipped"])
+    return skipped
 
 
 def run(ctx: Context) -> None:
@@ -37,15 +55,16 @@ def run(ctx: Context) -> None:
     windows = calibration_windows(tokenizer, cal.dataset, q.num_samples, q.seq_len, cal.seed, cal.path,
                                   ctx.bos_token_id("calibration", tokenizer)).numpy()
     prompt = tokenizer(recipe.export.smoke_prompt, return_tensors="np").input_ids
+    skipped = unheld_engines(source, recipe.export.engines) if q.check_tokens else {}
     specs = {engine: generation_spec(engine, recipe.export.smoke_prompt, q.check_tokens,
                                      min(recipe.export.max_sequence_length, 256))
-             for engine in recipe.export.engines} if q.check_tokens else {}
+             for engine in recipe.export.engines if engine not in skipped} if q.check_tokens else {}
     # the float artifact's greedy decode, before quantizing (the INT8 one is compared with it)
     greedy = {engine: {"float": run_engine(engine, source, "quantize (greedy check)", **spec)["ids"]}
               for engine, spec in specs.items()}
     # teacher-forced check: both graphs read prompt + float greedy continuation; from the prompt's last
     # position on, each position's next token is one step of the float decode (len(first) steps)
-    first = greedy[recipe.export.engines[0]]["float"] if greedy else []
+    first = next(iter(greedy.values()))["float"] if greedy else []
     check = np.concatenate([prompt, np.asarray([first[:-1]], dtype=prompt.dtype)], 1) if first else prompt
     manifest = quantize_artifact(source, target, q.scheme, windows, check,
                                  metadata={"recipe_hash": recipe.content_hash()},
@@ -58,6 +77,8 @@ def run(ctx: Context) -> None:
                                                  "int8_zeros", "pruned_zeros_kept", "quantized_matmuls", "smoothing")
                               if k in i}  # smoothing: only with smoothing_strength
                           for e, i in manifest["engines"].items()}}
+    for engine, why in skipped.items():
+        result["engines"][engine]["greedy_vs_float"] = why
     if first:
         result["top1_agreement_meaning"] = (f"fraction of the {len(first)} steps of the float artifact's greedy decode "
                                             "at which the INT8 graph picks the same token (same prefix)")
@@ -112,7 +133,8 @@ def report(summary: dict) -> list[str]:
              "| free-running greedy tokens equal to float |", "|---|---|---|---|---|---|---|"]
     for engine, info in quant["engines"].items():
         greedy = info.get("greedy_vs_float")
-        text = f"{greedy['equal']}/{greedy['tokens']} (common prefix {greedy['common_prefix']})" if greedy else "–"
+        text = ("–" if not greedy else greedy["skipped"] if "skipped" in greedy
+                else f"{greedy['equal']}/{greedy['tokens']} (common prefix {greedy['common_prefix']})")
         on_text = info.get("top1_agreement_on_text")
         on_text = f"{on_text['fraction']:.3f} of {on_text['positions']} positions" if on_text else "–"
         lines.append(f"| {engine} | {info['quantized_matmuls']} | {info['int8_zeros']:.4f} | {on_text} | "
@@ -129,8 +151,14 @@ def report(summary: dict) -> list[str]:
 
 
 def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
-    """The float graph read, the INT8 weights written (a quarter) and the calibration activations."""
-    return 2 * shapes.params * 4 + BASE, int(shapes.params * 4 * 0.6)
+    """RAM: the float graph is never held whole. Weights are read, smoothed, quantized and written one tensor at a
+    time (export/graph_tensors.py) and ONNX Runtime runs on its mapping of the weights file (page cache, given
+    back under pressure), so the peak is the largest tensor a few times over (LLaMA-2-7B shapes at 2 and 4
+    layers: 2.39 and 2.40 GiB anonymous, 2.57 GiB estimated), plus one evaluation window's logits, not the depth.
+    Disk: the INT8 weights written (a quarter of the float ones, down_proj and the embedding stay float)."""
+    largest = max(shapes.vocab, shapes.intermediate) * shapes.hidden * 4
+    window = recipe.evaluation.context_length * shapes.vocab * 4 * 3 if recipe.quantize.perplexity else 0
+    return BASE + 3 * largest + window, int(shapes.params * 4 * 0.6)
 
 
 STAGE = Stage(name="quantize", about="INT8 artifact from the float artifact",
