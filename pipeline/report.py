@@ -109,15 +109,17 @@ def _resources(resources: dict) -> list[str]:
         return []
     lines = ["", "## Resources per stage (when each last ran)", "",
              "Peak RSS: this process (kernel high-water mark, reset per stage) and the whole process tree with the "
-             "engines' child processes (sampled every 0.1 s); the estimate is the preflight's. RSS includes the "
+             "engines' child processes (sampled every 0.1 s); the estimate is the preflight's, for this process (an "
+             "engine runs in a child process, and only where the machine can hold what it loads). RSS includes the "
              "pages of a mapped weights file (page cache, given back under memory pressure); anonymous memory "
              "(sampled) is what the machine must hold.", "",
              "| stage | wall time (s) | peak RSS, tree (GiB) | this process (GiB) | children (GiB) "
-             "| peak anonymous, tree (GiB) | estimate (GiB) |",
+             "| peak anonymous, this process / tree (GiB) | estimate (GiB) |",
              "|---|---|---|---|---|---|---|"]
     for name, r in resources.items():
         seconds = f"{r['seconds']:.1f}" if r.get("seconds") is not None else "—"
         lines.append(f"| {name} | {seconds} | {_gib(r.get('peak_rss_bytes'))} | {_gib(r.get('peak_rss_self_bytes'))} "
-                     f"| {_gib(r.get('peak_rss_children_bytes'))} | {_gib(r.get('peak_anon_bytes'))} "
+                     f"| {_gib(r.get('peak_rss_children_bytes'))} | {_gib(r.get('peak_anon_self_bytes'))} / "
+                     f"{_gib(r.get('peak_anon_bytes'))} "
                      f"| {_gib(r.get('estimated_ram_bytes'))} |")
     return lines
