@@ -31,6 +31,22 @@ ALIGN = 4096
 INLINE_BELOW = 1024
 
 
+#: rows per block in :func:`by_rows`
+BLOCK_ROWS = 1024
+
+
+def by_rows(value: np.ndarray, fn: Callable[[np.ndarray, slice], np.ndarray], dtype) -> np.ndarray:
+    """``fn(value, all rows)`` cast to ``dtype``, computed a block of rows at a time: the same numbers (``fn`` is
+    elementwise within a row), without a whole-tensor temporary in fn's precision (float64 for a 500 MB head)."""
+    if value.ndim < 2:
+        return np.asarray(fn(value, slice(None))).astype(dtype)
+    out = np.empty(value.shape, dtype)
+    for start in range(0, value.shape[0], BLOCK_ROWS):
+        rows = slice(start, start + BLOCK_ROWS)
+        out[rows] = fn(value[rows], rows)
+    return out
+
+
 def _external(tensor) -> dict[str, str]:
     return {e.key: e.value for e in tensor.external_data}
 

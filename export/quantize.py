@@ -126,9 +126,16 @@ def weight_params(w: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndar
 
     Zero maps to 0 (no zero point), so a pruned weight stays exactly 0; all-zero columns get scale 1.
     """
-    peak = np.abs(w).max(0) if per_channel else np.abs(w).max(keepdims=True)
+    from export.graph_tensors import BLOCK_ROWS, by_rows
+
+    if per_channel:  # column maxima a block of rows at a time (no whole-tensor |w|)
+        peak = np.zeros(w.shape[1:], w.dtype)
+        for start in range(0, w.shape[0], BLOCK_ROWS):
+            np.maximum(peak, np.abs(w[start:start + BLOCK_ROWS]).max(0), out=peak)
+    else:
+        peak = np.abs(w).max(keepdims=True)
     scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
+    return by_rows(w, lambda part, _: np.clip(np.round(part / scale), -127, 127), np.int8), scale
 
 
 def integer_matmuls(store, linears: list[str], ranges: dict[str, tuple[float, float]], per_channel: bool) -> int:

@@ -162,6 +162,8 @@ def smooth(store, groups: list[SmoothGroup], maxima: dict[str, np.ndarray], stre
     """Rescale the initializers of ``store`` (export/graph_tensors.py; the float function is unchanged);
     returns a summary. Each weight is read once here for its row maxima; the rescaling is registered on the
     store and computed when the graph is written."""
+    from export.graph_tensors import by_rows
+
     nodes = {n.name: n for n in store.model.graph.node}
     ratios = []
     for g in groups:
@@ -172,9 +174,9 @@ def smooth(store, groups: list[SmoothGroup], maxima: dict[str, np.ndarray], stre
         s = np.clip(s, 1e-5, 1e5)
         g.scale = s
         for w in g.weights:
-            store.update(w, lambda value, s=s: (value * s[:, None]).astype(np.float32))
+            store.update(w, lambda value, s=s: by_rows(value, lambda part, rows: part * s[rows, None], np.float32))
         divide = (lambda value, s=s: (value / s).astype(np.float32)) if g.kind == "norm" else \
-            (lambda value, s=s: (value / s[None, :]).astype(np.float32))
+            (lambda value, s=s: by_rows(value, lambda part, rows: part / s[None, :], np.float32))
         if g.shared:  # a private copy for this norm; the other readers keep the original
             copy = f"{g.producer}.smoothed_weight"
             store.add(copy, np.float32, store.shape(g.divisor),
