@@ -132,3 +132,21 @@ def test_block_by_block_arithmetic_equals_the_whole_tensor_formula():
     np.testing.assert_array_equal(got_scale, scale)
     np.testing.assert_array_equal(q, np.clip(np.round(w / scale), -127, 127).astype(np.int8))
     assert q.dtype == np.int8 and (q[w == 0] == 0).all()
+
+
+def test_quantize_stage_estimate_is_within_a_quarter_of_the_measured_32_layer_peak():
+    """benchmarks/results/quantize_bounded/depth32_pipeline_summary.json: the quantize stage of the 32-layer
+    LLaMA-2-7B-shaped run (LM head INT8) held 2.20 GiB anonymous; the preflight's figure for that recipe must stay
+    within 25% of it, and must not grow with depth (the tensors, not the layers, set it)."""
+    from benchmarks.shapes import llama2_7b_config
+    from pipeline.recipe import load_recipe
+    from pipeline.resources import Shapes
+    from pipeline.stages.quantize import estimate
+
+    root = Path(__file__).resolve().parents[1]
+    summary = json.loads((root / "benchmarks/results/quantize_bounded/depth32_pipeline_summary.json").read_text())
+    measured = summary["resources"]["quantize"]["peak_anon_self_bytes"]
+    recipe = load_recipe(root / "recipes/llama2-7b-shaped-70pct.yaml")
+    ram = {depth: estimate(Shapes.from_config(llama2_7b_config(depth)), recipe)[0] for depth in (2, 32, 80)}
+    assert 0.75 * measured <= ram[32] <= 1.25 * measured, (ram[32] / 2**30, measured / 2**30)
+    assert ram[2] == ram[32] == ram[80]

@@ -152,13 +152,15 @@ def report(summary: dict) -> list[str]:
 
 def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
     """RAM: the float graph is never held whole. Weights are read, smoothed, quantized and written one tensor at a
-    time (export/graph_tensors.py) and ONNX Runtime runs on its mapping of the weights file (page cache, given
-    back under pressure), so the peak is the largest tensor a few times over (LLaMA-2-7B shapes at 2 and 4
-    layers: 2.39 and 2.40 GiB anonymous, 2.57 GiB estimated), plus one evaluation window's logits, not the depth.
-    Disk: the INT8 weights written (a quarter of the float ones, down_proj and the embedding stay float)."""
+    time, a block of rows at a time (export/graph_tensors.py), and ONNX Runtime runs on its mapping of the weights
+    file (page cache, given back under pressure), so the peak is the largest tensor read and its changed copy,
+    plus one evaluation window's logits when perplexity runs, not the depth (32-layer LLaMA-2-7B shapes, LM head
+    INT8: 2.20 GiB anonymous measured, 2.22 estimated). Disk: the INT8 weights written (a quarter of the float
+    ones; down_proj and the embedding stay float)."""
     largest = max(shapes.vocab, shapes.intermediate) * shapes.hidden * 4
-    window = recipe.evaluation.context_length * shapes.vocab * 4 * 3 if recipe.quantize.perplexity else 0
-    return BASE + 3 * largest + window, int(shapes.params * 4 * 0.6)
+    perplexity = recipe.quantize.perplexity and recipe.evaluation.enabled
+    window = recipe.evaluation.context_length * shapes.vocab * 4 * 3 if perplexity else 0
+    return BASE + int(2.5 * largest) + window, int(shapes.params * 4 * 0.6)
 
 
 STAGE = Stage(name="quantize", about="INT8 artifact from the float artifact",
