@@ -122,3 +122,13 @@ def engine_memory(artifact: Path, engine: str, manifest: dict) -> int:
         zeros = manifest["sparsity"]["overall_decoder_linears"] * shapes.layers * shapes.layer_params * 4
         data = max(data - int(zeros), 0)
     return int(1.1 * data) + BASE
+
+
+def engine_unheld(artifact: Path, engine: str, manifest: dict) -> dict | None:
+    """Why ``engine`` is not run on ``artifact`` here (it would hold more than the memory available: an engine
+    killed for memory would cost the stage it follows), or None where it fits."""
+    needed, available = engine_memory(artifact, engine, manifest), psutil.virtual_memory().available
+    if needed <= available:
+        return None
+    return {"skipped": f"not run: {engine} would hold about {needed / GiB:.1f} GiB of weights, {available / GiB:.1f} "
+                       "GiB available", "needed_bytes": needed, "available_bytes": available}

@@ -4,6 +4,7 @@ skipped one is recorded, not a crash."""
 import json
 from types import SimpleNamespace
 
+import psutil
 import pytest
 import yaml
 
@@ -11,7 +12,6 @@ from conftest import tiny_recipe_file
 from pipeline.recipe import load_recipe
 from pipeline.resources import engine_memory
 from pipeline.runner import run_recipe
-from pipeline.stages import export as export_stage
 
 GiB = 2**30
 
@@ -42,7 +42,7 @@ def test_a_smoke_test_the_machine_cannot_hold_is_skipped_and_said(tmp_path, monk
     data = yaml.safe_load(path.read_text())
     data["export"] = {"enabled": True, "engines": ["onnxruntime"], "max_sequence_length": 64, "smoke_tokens": 4}
     path.write_text(yaml.safe_dump(data))
-    monkeypatch.setattr(export_stage.psutil, "virtual_memory", lambda: SimpleNamespace(available=GiB // 2))
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=GiB // 2))
     summary = run_recipe(load_recipe(path), progress=False, skip_preflight=True)
     smoke = summary["export"]["smoke"]["onnxruntime"]
     assert "ids" not in smoke and smoke["skipped"].startswith("not run: onnxruntime would hold about")
@@ -53,8 +53,6 @@ def test_a_smoke_test_the_machine_cannot_hold_is_skipped_and_said(tmp_path, monk
 def test_a_quantize_greedy_check_the_machine_cannot_hold_is_skipped_and_said(tmp_path, monkeypatch):
     """The INT8 artifact is still written and checked in ONNX Runtime (mapped weights); only the engine run
     that would hold the whole float artifact is left out, and the summary and report say so."""
-    import psutil
-
     path = tiny_recipe_file(tmp_path, "quant", {"method": "magnitude", "sparsity": 0.5, "scope": "mlp"})
     data = yaml.safe_load(path.read_text())
     data["export"] = {"enabled": True, "engines": ["onnxruntime"], "max_sequence_length": 64, "smoke_test": False}

@@ -6,10 +6,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import psutil
-
 from pipeline.common.outputs import read_json, write_json_atomic
-from pipeline.resources import BASE, GiB, Shapes, engine_memory
+from pipeline.resources import BASE, Shapes, engine_unheld
 from pipeline.stages.stage import Context, Stage
 
 log = logging.getLogger(__name__)
@@ -109,13 +107,11 @@ def run(ctx: Context) -> None:
     if ex.smoke_test:
         result["smoke"] = {}
         for engine in ex.engines:
-            needed, available = engine_memory(run_dir / "artifact", engine, manifest), psutil.virtual_memory().available
-            if needed > available:  # an engine killed for memory would cost the export it follows
-                why = (f"not run: {engine} would hold about {needed / GiB:.1f} GiB of weights, {available / GiB:.1f} "
-                       "GiB available")
+            skipped = engine_unheld(run_dir / "artifact", engine, manifest)
+            if skipped:
                 log.warning("smoke test in %s %s; the artifact is complete (benchmark it on a larger machine)",
-                            engine, why)
-                result["smoke"][engine] = {"skipped": why, "needed_bytes": needed, "available_bytes": available}
+                            engine, skipped["skipped"])
+                result["smoke"][engine] = skipped
                 continue
             spec = generation_spec(engine, ex.smoke_prompt, ex.smoke_tokens, min(ex.max_sequence_length, 256))
             out = run_engine(engine, run_dir / "artifact", "export (smoke test)", **spec)

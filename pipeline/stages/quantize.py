@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from pipeline.common.outputs import read_json, write_json_atomic
-from pipeline.resources import BASE, GiB, Shapes, engine_memory
+from pipeline.resources import BASE, Shapes, engine_unheld
 from pipeline.stages.stage import Context, Stage
 
 log = logging.getLogger(__name__)
@@ -23,19 +23,15 @@ def greedy_agreement(a: list[int], b: list[int]) -> dict:
 
 def unheld_engines(source: Path, engines) -> dict[str, dict]:
     """{engine: why its greedy check is not run} for the engines this machine cannot hold the float artifact in
-    (an engine killed for memory would cost the quantization it follows); the INT8 artifact is smaller."""
-    import psutil
-
+    (the INT8 artifact is smaller)."""
     from export.artifact import open_artifact
 
     manifest, skipped = open_artifact(source), {}
     for engine in engines:
-        needed, available = engine_memory(source, engine, manifest), psutil.virtual_memory().available
-        if needed > available:
-            skipped[engine] = {"skipped": f"not run: {engine} would hold about {needed / GiB:.1f} GiB of weights, "
-                                          f"{available / GiB:.1f} GiB available", "needed_bytes": needed,
-                               "available_bytes": available}
-            log.warning("quantize: greedy check in %s %s", engine, skipped[engine]["skipped"])
+        why = engine_unheld(source, engine, manifest)
+        if why:
+            skipped[engine] = why
+            log.warning("quantize: greedy check in %s %s", engine, why["skipped"])
     return skipped
 
 
