@@ -61,10 +61,10 @@ def ort_session(onnx_path: Path, threads: int | None = None, mapped: bool = Fals
         options.intra_op_num_threads = threads
     if mapped:
         options.add_session_config_entry("session.disable_prepacking", "1")
-        # without these, ONNX Runtime 1.26 first reserves one anonymous block the size of every initializer (left
-        # untouched when the weights are mapped), which a kernel with heuristic overcommit refuses when the weights
-        # file is larger than the RAM: std::bad_alloc for a 27 GB graph on a 24 GiB machine
-        options.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
+        # with memory patterns, ONNX Runtime 1.26 first reserves one anonymous block the size of every initializer
+        # (left untouched when the weights are mapped), which a kernel with heuristic overcommit refuses when the
+        # weights file is larger than the RAM: std::bad_alloc for a 27 GB graph on a 24 GiB machine. Without the
+        # arena, activation buffers are given back after each run instead of kept at their peak.
         options.enable_cpu_mem_arena = options.enable_mem_pattern = False
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.shared_weights import DATA, all_tensors, point_at
+from export.shared_weights import DATA, attribute_tensors, point_at
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,10 @@ class GraphTensors:
     """The initializers (and Constant values) of ``model``, read on demand from ``base`` (its folder)."""
 
     def __init__(self, model, base: Path | None = None):
-        import onnx
-
         self.model, self.base = model, Path(base) if base is not None else None
         self.tensors = {t.name: t for t in model.graph.initializer}  # removed ones stay readable
         self._changes: dict[str, list[Callable[[np.ndarray], np.ndarray]]] = {}
         self._made: dict[str, Callable[[], np.ndarray]] = {}
-        self._onnx = onnx
 
     @classmethod
     def open(cls, graph: Path) -> "GraphTensors":
@@ -128,16 +125,18 @@ class GraphTensors:
     def save(self, graph: Path) -> int:
         """Write the graph to ``graph`` and its weights to ``model.onnx_data`` beside it, one tensor at a time
         (page-aligned offsets). Returns the bytes written to the data file. ``graph`` must not be the source."""
+        import onnx
         from onnx import helper, numpy_helper
 
         graph = Path(graph)
         if self.base is not None and graph.parent.resolve() == self.base.resolve():
             raise ValueError(f"{graph} would overwrite the weights it is read from")
-        initializers = {id(t) for t in self.model.graph.initializer}
+        tensors = [*((t, True) for t in self.model.graph.initializer),
+                   *((t, False) for t in attribute_tensors(self.model.graph))]
         written = 0
         with open(graph.parent / DATA, "wb") as out:
-            for tensor in all_tensors(self.model.graph):
-                name, is_init = tensor.name, id(tensor) in initializers
+            for tensor, is_init in tensors:
+                name = tensor.name
                 changed = is_init and (name in self._made or name in self._changes)
                 if not changed and not _external(tensor):
                     continue  # inline and untouched
@@ -151,13 +150,13 @@ class GraphTensors:
                     continue
                 offset = -(-out.tell() // ALIGN) * ALIGN
                 out.seek(offset)
-                out.write(value.tobytes())
+                out.write(value.data)  # the array's own buffer, no bytes copy
                 point_at(tensor, DATA, offset, value.nbytes)
                 written = out.tell()
                 del value
         if not written:
             (graph.parent / DATA).unlink()
-        self._onnx.save_model(self.model, str(graph))
+        onnx.save_model(self.model, str(graph))
         self.base, self._changes, self._made = graph.parent, {}, {}  # the store now reads what it wrote
         self.tensors = {t.name: t for t in self.model.graph.initializer}
         log.debug("wrote %s (%.1f MiB of weights)", graph, written / 2**20)
