@@ -4,12 +4,16 @@
 # --with-llamacpp: also build llama.cpp's Python binding (the llama.cpp peer engine; the index has it as source
 # only, so pip compiles llama.cpp: about 10-15 minutes on 2 cores). The test command uses it so that the
 # llama.cpp runner is exercised; the embedded-default run does not need it.
+# --with-openvino: also OpenVINO (the openvino / openvino-sparse engines; a 60 MB binary wheel, no build). The test
+# command uses it too.
 set -euo pipefail
 WITH_LLAMACPP=0
+WITH_OPENVINO=0
 for arg in "$@"; do
   case "$arg" in
     --with-llamacpp) WITH_LLAMACPP=1 ;;
-    *) echo "install.sh: unknown option $arg (known: --with-llamacpp)" >&2; exit 2 ;;
+    --with-openvino) WITH_OPENVINO=1 ;;
+    *) echo "install.sh: unknown option $arg (known: --with-llamacpp, --with-openvino)" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")"
@@ -26,4 +30,7 @@ if [ "$WITH_LLAMACPP" = 1 ]; then
   # pinned set already satisfies its other requirements (numpy, jinja2, typing-extensions), so pip keeps them
   CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/python -m pip install -q --disable-pip-version-check \
     llama-cpp-python==0.3.36 diskcache==5.6.3
+fi
+if [ "$WITH_OPENVINO" = 1 ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check openvino==2026.4.1 openvino-telemetry==2025.2.0
 fi

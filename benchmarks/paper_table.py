@@ -13,6 +13,11 @@ reproduced at smaller cost on LLaMA-2-7B-shaped models with random weights at a 
         --gguf q4_0 q8_0
     python -m benchmarks.paper_table run runs/int8 --engines deepsparse llamacpp --modes decode
 
+    # OpenVINO (dense and sparse INT8, sparse weights decompression on and off) beside DeepSparse and llama.cpp
+    python -m benchmarks.paper_table build runs/ov --depths 2 4 --no-equal-speed --int8 --gguf q4_0 \
+        --pruned-graphs deepsparse onnxruntime
+    python -m benchmarks.paper_table run runs/ov --engines deepsparse openvino openvino-sparse llamacpp --modes decode
+
     # --int8 int8 int8-head int8-all-head: NAME-int8-head has the LM head INT8 too (quantize.lm_head),
     # NAME-int8-all-head down_proj as well (scheme w8a8-static-all)
 
@@ -76,8 +81,9 @@ def quantize_sibling(target: Path, tokenizer, calib, variant: str = "int8") -> N
 
 def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_positions: int,
           equal_speed_depth: int | None = None, names: list[str] | None = None, equal_speed: bool = True,
-          int8: tuple[str, ...] = (), gguf: tuple[str, ...] = ()) -> None:
-    """Every artifact of the plan, and the INT8 and GGUF siblings asked for; what exists is kept."""
+          int8: tuple[str, ...] = (), gguf: tuple[str, ...] = (), pruned_graphs: tuple[str, ...] = ("deepsparse",)) -> None:
+    """Every artifact of the plan, and the INT8 and GGUF siblings asked for; what exists is kept. A dense artifact has
+    both graphs, a pruned one ``pruned_graphs`` (the onnxruntime graph too for ONNX Runtime and OpenVINO)."""
     from benchmarks.llamacpp import DESCRIPTION
     from export.artifact import MANIFEST, export_artifact
     from export.gguf_writer import write_gguf
@@ -103,7 +109,7 @@ def build(out: Path, depths: list[int], calib_samples: int, calib_len: int, max_
                 if method != "none":
                     prune_model(model, make_method(method), SparsitySpec.parse(sparsity), calib,
                                 scope="attention+mlp", progress=False)
-                engines = ("deepsparse", "onnxruntime") if method == "none" else ("deepsparse",)
+                engines = ("deepsparse", "onnxruntime") if method == "none" else pruned_graphs
                 manifest = export_artifact(model, tokenizer, target, engines, max_positions=max_positions, metadata={
                     "method": method, "requested_sparsity": sparsity, "scope": "attention+mlp", "depth": depth,
                     "shape": "llama2-7b", "weights": "random (seed 0)"})
@@ -156,6 +162,9 @@ def main() -> None:
                         "INT8), int8-head (and the LM head, quantize.lm_head), int8-all-head (and down_proj)")
     b.add_argument("--gguf", nargs="+", default=[], choices=["f32", "f16", "q8_0", "q4_0"],
                    help="also write the dense model of each depth as GGUF (depthN/gguf-TYPE) for the llamacpp engine")
+    b.add_argument("--pruned-graphs", nargs="+", choices=["deepsparse", "onnxruntime"], default=["deepsparse"],
+                   help="graphs a pruned artifact is exported with (the dense ones have both); onnxruntime is the "
+                        "graph ONNX Runtime and OpenVINO run")
     r = sub.add_parser("run", help="benchmark every artifact under OUT, interleaved, and write the report there")
     r.add_argument("out", type=Path)
     add_settings_arguments(r, extrapolate_to_layers=LLAMA2_7B_LAYERS)
@@ -164,7 +173,7 @@ def main() -> None:
     if args.what == "build":
         build(args.out, args.depths, args.calib_samples, args.calib_len, args.max_positions, args.equal_speed_depth,
               args.names, not args.no_equal_speed, () if args.int8 is None else tuple(args.int8 or ["int8"]),
-              tuple(args.gguf))
+              tuple(args.gguf), tuple(args.pruned_graphs))
     else:
         run(args.out, settings_from_arguments(args), "python -m benchmarks.paper_table " + " ".join(sys.argv[1:]))
 

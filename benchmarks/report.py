@@ -13,7 +13,8 @@ from pipeline.common.outputs import figure_png, write_bytes_atomic, write_text_a
 
 PAPER = {"machine": "24-core Intel Xeon Platinum 8160, LLaMA-2-7B, DeepSparse",
          "tokens_per_s": {None: 3.05, 0.5: 5.64, 0.7: 8.27}}
-ENGINE_NAMES = {"deepsparse": "DeepSparse", "onnxruntime": "ONNX Runtime", "pytorch": "PyTorch", "llamacpp": "llama.cpp"}
+ENGINE_NAMES = {"deepsparse": "DeepSparse", "onnxruntime": "ONNX Runtime", "pytorch": "PyTorch", "llamacpp": "llama.cpp",
+                "openvino": "OpenVINO", "openvino-sparse": "OpenVINO, sparse weights asked"}
 
 
 def _layers(n: int) -> str:

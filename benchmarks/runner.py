@@ -113,6 +113,10 @@ def check_machine(settings: BenchmarkSettings) -> None:
     for engine in settings.engines:
         check_engine(engine)
     check_threads(settings.threads)
+    if "openvino-sparse" in settings.engines:  # asked on a CPU without AMX: one line, and the run goes on dense
+        from export.openvino_graph import warn_if_no_amx
+
+        warn_if_no_amx()
 
 
 def run_benchmark(artifacts: list[dict], settings: BenchmarkSettings, out: Path, progress: bool = True,

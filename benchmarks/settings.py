@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipeline.common.errors import PipelineError
 
-Engine = Literal["deepsparse", "onnxruntime", "pytorch", "llamacpp"]
+Engine = Literal["deepsparse", "onnxruntime", "pytorch", "llamacpp", "openvino", "openvino-sparse"]
 Mode = Literal["decode", "prefill"]
 
 

@@ -5,6 +5,8 @@
                                versions, sizes and sha256 of every file, export time, checks
       deepsparse/              model.onnx (DeepSparse-shaped graph, internal KV cache) + config + tokenizer
       onnxruntime/             model.onnx (Optimum's standard with-past graph) + config + tokenizer
+      openvino/                (when asked) openvino_model.xml/.bin: the onnxruntime graph as OpenVINO IR
+                               + config + tokenizer (export/openvino_graph.py)
 
 Why two graphs: DeepSparse accepts only its own input names (``positions``, ``causal_mask``) and a
 cache holding every attention head; ONNX Runtime's ``ORTModelForCausalLM`` feeds Optimum's names
@@ -13,6 +15,7 @@ subfolder loads as is:
 
     deepsparse.TextGeneration(model_path="ARTIFACT/deepsparse")
     optimum.onnxruntime.ORTModelForCausalLM.from_pretrained("ARTIFACT/onnxruntime")
+    openvino.Core().compile_model("ARTIFACT/openvino/openvino_model.xml", "CPU")  # the KV cache as inputs
 
 Weights: the DeepSparse graph always keeps them in ``model.onnx_data`` (DeepSparse rewrites
 ``model.onnx`` in place with static shapes when it loads; our loaders hand it a scratch copy of
@@ -49,7 +52,9 @@ from pipeline.common.outputs import StagingDir, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("deepsparse", "onnxruntime")
+ENGINES = ("deepsparse", "onnxruntime", "openvino")
+#: the ONNX graphs (OpenVINO's IR is made from the onnxruntime one)
+ONNX_GRAPHS = ("deepsparse", "onnxruntime")
 MANIFEST = "manifest.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 #: max |logit difference| between an exported graph and PyTorch (float32) accepted at export time
@@ -114,9 +119,21 @@ def preflight_export(model, target: Path, engines: tuple[str, ...], disk: int | 
     unknown = set(engines) - set(ENGINES)
     if unknown or not engines:
         raise PipelineError(f"unknown export engine(s) {sorted(unknown) or engines}", f"choose from {', '.join(ENGINES)}")
+    if "openvino" in engines:
+        check_openvino_engines(engines)
     if "deepsparse" in engines:
         quirks_for(model.config)  # an architecture the patches do not cover
     check_disk(Path(target), disk or estimated_bytes(sum(p.numel() for p in model.parameters()), engines))
+
+
+def check_openvino_engines(engines) -> None:
+    """OpenVINO's IR is made from the onnxruntime graph, and needs OpenVINO installed."""
+    from export.openvino_graph import openvino
+
+    if "onnxruntime" not in engines:
+        raise PipelineError("export engine openvino converts the onnxruntime graph, which is not exported",
+                            "add onnxruntime to export.engines")
+    openvino()
 
 
 def _export_deepsparse(model, folder: Path, max_positions: int) -> None:
@@ -156,7 +173,7 @@ def artifact_manifest(folder: Path, metadata: dict | None, model_type: str, engi
     }
 
 
-def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = ENGINES, max_positions: int = 2048,
+def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = ONNX_GRAPHS, max_positions: int = 2048,
                     metadata: dict | None = None, external_data: bool = False, check_prompt: str = "The quick brown fox",
                     share: bool = True) -> dict:
     """Export ``model`` (pruned or not) for each engine into ``target``, atomically. Returns the manifest.
@@ -178,7 +195,7 @@ def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = E
     try:
         with StagingDir(target) as tmp:
             engine_info = {}
-            for engine in engines:
+            for engine in (e for e in engines if e in ONNX_GRAPHS):
                 folder = tmp / engine
                 folder.mkdir()
                 t0 = time.time()
@@ -230,6 +247,11 @@ def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = E
                                             "export with export.share_weights: false and report this as a bug")
                     engine_info["onnxruntime"].update(external_data=True, logits_max_abs_diff_vs_pytorch=diff)
                 engine_info["onnxruntime"]["shared_weights"] = shared
+            if "openvino" in engines:
+                from export.openvino_graph import write_folder
+
+                log.info("converting the onnxruntime graph to OpenVINO IR")
+                engine_info["openvino"] = write_folder(tmp, prompt.numpy(), reference, LOGITS_ATOL)  # vs PyTorch
             manifest = artifact_manifest(tmp, metadata, model.config.model_type, engine_info,
                                          {n: w.numel() for n, w in weights.items()}, time.time() - started)
             write_json_atomic(tmp / MANIFEST, manifest)
@@ -257,7 +279,8 @@ def open_artifact(folder: Path, engine: str | None = None, verify_checksums: boo
         if name not in manifest.get("engines", {}):
             raise PipelineError(f"the artifact {folder} was not exported for {name}", f"export it with engines: [{name}]")
         sub = folder / name
-        for required in ("model.onnx", "config.json", *TOKENIZER_FILES):
+        graph_file = "openvino_model.xml" if name == "openvino" else "model.onnx"
+        for required in (graph_file, "config.json", *TOKENIZER_FILES):
             if not (sub / required).is_file():
                 raise PipelineError(f"the artifact is missing {name}/{required}", "re-run the export stage")
     for rel, info in manifest.get("files", {}).items():
@@ -273,7 +296,7 @@ def open_artifact(folder: Path, engine: str | None = None, verify_checksums: boo
             raise PipelineError(f"{rel} does not match its sha256 in the manifest (corrupt)", "re-run the export stage")
     import onnx
 
-    for name in engines:
+    for name in (e for e in engines if e in ONNX_GRAPHS):
         try:
             onnx.load(str(folder / name / "model.onnx"), load_external_data=False)
         except Exception as exc:  # protobuf raises DecodeError and friends

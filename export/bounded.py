@@ -232,8 +232,9 @@ def disk_needed(params: int, template_params: int, engines: tuple[str, ...], sha
     plus the template's own export while it exists."""
     from export.artifact import estimated_bytes
 
-    copies = 1 if share and len(engines) == 2 else len(engines)
-    return int(params * 4 * copies * 1.02) + estimated_bytes(template_params, engines)
+    graphs = tuple(e for e in engines if e != "openvino")  # OpenVINO's IR: one more float32 copy
+    copies = (1 if share and len(graphs) == 2 else len(graphs)) + ("openvino" in engines)
+    return int(params * 4 * copies * 1.02) + estimated_bytes(template_params, graphs)
 
 
 def fits_whole(params: int) -> bool:
@@ -251,12 +252,16 @@ def export_checkpoint_artifact(folder: Path, tokenizer, target: Path, engines: t
     from transformers import AutoConfig
 
     from export.depth import layers_alike
-    from export.artifact import (DEEPSPARSE_DATA_TAIL, MANIFEST, artifact_manifest, check_disk, export_artifact,
-                                 pad_external_data)
+    from export.artifact import (DEEPSPARSE_DATA_TAIL, MANIFEST, ONNX_GRAPHS, artifact_manifest, check_disk,
+                                 check_openvino_engines, export_artifact, pad_external_data)
     from pipeline.core.checkpoint import Checkpoint, skeleton, tied_names
     from pipeline.core.models import decoder_layers
 
     folder, target = Path(folder), Path(target)
+    openvino = "openvino" in engines
+    if openvino:
+        check_openvino_engines(engines)
+    engines = tuple(e for e in engines if e in ONNX_GRAPHS)  # OpenVINO's IR is made from the deep onnxruntime graph
     config = AutoConfig.from_pretrained(folder)
     depth = config.num_hidden_layers
     if not layers_alike(config):
@@ -268,7 +273,8 @@ def export_checkpoint_artifact(folder: Path, tokenizer, target: Path, engines: t
     checkpoint.check_against(shell, tied_names(shell))
     total = sum(p.numel() for p in shell.parameters())
     layer_params = sum(p.numel() for p in decoder_layers(shell)[0].parameters())
-    check_disk(target, disk_needed(total, total - (depth - TEMPLATE_LAYERS) * layer_params, engines, share))
+    check_disk(target, disk_needed(total, total - (depth - TEMPLATE_LAYERS) * layer_params,
+                                   engines + (("openvino",) if openvino else ()), share))
     layer_prefix = f"{next(n for n, m in shell.named_modules() if m is decoder_layers(shell))}."
     linears = [name for name, module in shell.named_modules()
                if name.startswith(layer_prefix) and module.__class__.__name__ == "Linear"]
@@ -321,12 +327,22 @@ def export_checkpoint_artifact(folder: Path, tokenizer, target: Path, engines: t
                         "hard_link": True, "appended_bytes": appended}
                 engine_info[engine] = info
         shutil.rmtree(tmp / "template")
-        if fits_whole(total):
+        whole = fits_whole(total)
+        if whole:
             _check_whole(folder, tokenizer, tmp, engine_info, config, check_prompt)
         else:
             for info in engine_info.values():
                 info["logits_check"] = (f"not run at full depth: it needs about {CHECK_COPIES * total * 4 / 2**30:.1f} "
                                         "GiB; the 2-layer template's graphs were checked against PyTorch")
+        if openvino:  # checked against the onnxruntime graph, itself checked against PyTorch above
+            from export.checks import onnxruntime_graph_logits
+            from export.openvino_graph import write_folder
+
+            from export.artifact import LOGITS_ATOL
+
+            prompt = tokenizer(check_prompt, return_tensors="np").input_ids
+            reference = onnxruntime_graph_logits(tmp / "onnxruntime" / "model.onnx", config, prompt) if whole else None
+            engine_info["openvino"] = write_folder(tmp, prompt, reference, LOGITS_ATOL, versus="onnxruntime")
         sizes = {n: int(np.prod(checkpoint.shapes[f"{n}.weight"])) for n in linears}
         manifest = artifact_manifest(tmp, metadata, config.model_type, engine_info, sizes, time.time() - started,
                                      bounded_memory={"template_layers": TEMPLATE_LAYERS, "depth": depth,

@@ -1,4 +1,4 @@
-"""Greedy generation with an artifact in DeepSparse or ONNX Runtime, each in a child process.
+"""Greedy generation with an artifact in DeepSparse, ONNX Runtime or OpenVINO, each in a child process.
 
 A DeepSparse compile or run that fails is a C++ assertion that kills its process; no
 try/except can catch it. So every engine run happens in a child (``python -m
@@ -95,12 +95,58 @@ def _generate_onnxruntime(folder: str, prompt: str, max_new_tokens: int, threads
             "generated": len(new), "compile_seconds": compile_s}
 
 
+def _generate_openvino(folder: str, prompt: str, max_new_tokens: int, threads: int | None = None,
+                       sparse: bool = False) -> dict:
+    """Greedy decoding in OpenVINO's CPU plugin: the artifact's IR or ONNX Runtime graph (export/openvino_graph.py),
+    the KV cache fed back as inputs, as Optimum's runtime does; stops at the end-of-sequence token like generate.
+    ``sparse``: ask for the sparse weights decompression (on only where the CPU and the artifact allow it)."""
+    import numpy as np
+    from transformers import AutoConfig, AutoTokenizer
+
+    from export import openvino_graph as ovg
+    from export.checks import onnxruntime_graph_feed
+
+    root = Path(folder)
+    source = ovg.graph_file(root).parent
+    config, tokenizer = AutoConfig.from_pretrained(source), AutoTokenizer.from_pretrained(source)
+    path = ovg.artifact_sparse_path(root, sparse)
+    t0 = time.perf_counter()
+    compiled = ovg.compile_model(ovg.openvino_model(root), threads, path)
+    request = compiled.create_infer_request()
+    names = {i.any_name for i in compiled.inputs}
+    compile_s = time.perf_counter() - t0
+    prompt_ids = tokenizer(prompt, return_tensors="np").input_ids
+    feed = onnxruntime_graph_feed(names, config, prompt_ids)
+    eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    seen, new = prompt_ids.shape[1], []
+    t0 = time.perf_counter()
+    for _ in range(max_new_tokens):
+        out = request.infer(feed)
+        token = int(np.asarray(out["logits"])[0, -1].argmax())
+        new.append(token)
+        if token in eos:
+            break
+        feed = {"input_ids": np.array([[token]], np.int64), "attention_mask": np.ones((1, seen + 1), np.int64)}
+        if "position_ids" in names:
+            feed["position_ids"] = np.array([[seen]], np.int64)
+        for i in range(config.num_hidden_layers):
+            for kind in ("key", "value"):
+                feed[f"past_key_values.{i}.{kind}"] = np.asarray(out[f"present.{i}.{kind}"])
+        seen += 1
+    seconds = time.perf_counter() - t0
+    return {"ids": new, "text": tokenizer.decode(new, skip_special_tokens=True), "seconds": seconds,
+            "generated": len(new), "compile_seconds": compile_s, "graph": str(ovg.graph_file(root).relative_to(root)),
+            "kernels": ovg.kernels(compiled), "sparse_weights": path.as_dict()}
+
+
 def _child_main(spec: dict) -> dict:
     engine = spec.pop("engine")
     if engine == "deepsparse":
         return _generate_deepsparse(**spec)
     if engine == "onnxruntime":
         return _generate_onnxruntime(**spec)
+    if engine == "openvino":
+        return _generate_openvino(**spec)
     if engine == "abort":  # for tests: an engine that dies like a failed C++ assertion
         print("Assertion at src/lib/engine/simulated.cpp:1", file=sys.stderr, flush=True)
         os.abort()
@@ -118,8 +164,9 @@ def generation_spec(engine: str, prompt: str, max_new_tokens: int, sequence_leng
 
 
 def run_engine(engine: str, artifact: Path | str, stage: str, timeout: float = 1800, **spec) -> dict:
-    """Run ``engine`` on ``artifact/engine`` in a child process; returns its result dict."""
-    folder = Path(artifact) / engine if engine != "abort" else Path(artifact)
+    """Run ``engine`` on ``artifact/engine`` in a child process (OpenVINO: on the artifact, whose IR or ONNX Runtime
+    graph it reads); returns its result dict."""
+    folder = Path(artifact) / engine if engine in ("deepsparse", "onnxruntime") else Path(artifact)
     payload = {"engine": engine, **({"folder": str(folder)} if engine != "abort" else {}), **spec}
     return run_child("export.engines", payload, f"{engine} on {folder}", stage, timeout)
 

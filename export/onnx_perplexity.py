@@ -1,5 +1,6 @@
-"""Perplexity of an artifact's graph, computed in ONNX Runtime, with the same windows and loss as
-pipeline/core/evaluate.py (it is reused: the session is wrapped as a module that returns logits).
+"""Perplexity of an artifact's graph, computed in ONNX Runtime (or, for ``openvino``, in OpenVINO on the IR or the
+ONNX Runtime graph), with the same windows and loss as pipeline/core/evaluate.py (it is reused: the session is
+wrapped as a module that returns logits).
 
 This is how the INT8 artifact's perplexity is measured: the INT8 graph itself, not a PyTorch imitation.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,23 +19,34 @@ from pipeline.core.evaluate import perplexity
 
 
 class OnnxLogits(nn.Module):
-    """``model(input_ids=...).logits`` of one graph of an artifact (prefill with an empty cache)."""
+    """``model(input_ids=...).logits`` of one graph of an artifact (prefill with an empty cache); ``openvino``: the
+    artifact's OpenVINO model (export/openvino_graph.py) in OpenVINO's CPU plugin."""
 
     def __init__(self, folder: Path, engine: str):
         super().__init__()
         from transformers import AutoConfig
 
-        self.config = AutoConfig.from_pretrained(folder / engine)
         self.engine = engine
-        self.session = ort_session(folder / engine / "model.onnx", mapped=True)  # evaluation, not timing
-        self.names = {i.name for i in self.session.get_inputs()}
+        if engine == "openvino":
+            from export import openvino_graph as ovg
+
+            self.config = AutoConfig.from_pretrained(ovg.graph_file(folder).parent)
+            compiled = ovg.compile_model(ovg.openvino_model(folder))
+            self.names = {i.any_name for i in compiled.inputs}
+            request = compiled.create_infer_request()
+            self.run = lambda feed: np.asarray(request.infer(feed)["logits"])
+        else:
+            self.config = AutoConfig.from_pretrained(folder / engine)
+            session = ort_session(folder / engine / "model.onnx", mapped=True)  # evaluation, not timing
+            self.names = {i.name for i in session.get_inputs()}
+            self.run = lambda feed: session.run(["logits"], feed)[0]
         self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)  # evaluate() asks for a device
 
     def forward(self, input_ids: torch.Tensor, use_cache: bool = False):
         ids = input_ids.cpu().numpy()
         feed = (deepsparse_graph_feed(self.config, ids) if self.engine == "deepsparse"
                 else onnxruntime_graph_feed(self.names, self.config, ids))
-        return SimpleNamespace(logits=torch.from_numpy(self.session.run(["logits"], feed)[0]))
+        return SimpleNamespace(logits=torch.from_numpy(self.run(feed)))
 
 
 def artifact_perplexity(folder: Path, tokens: torch.Tensor, context_length: int, max_windows: int | None = None,
@@ -60,4 +73,5 @@ def top1_agreement(reference: Path, candidate: Path, tokens: torch.Tensor, conte
         del model
     same, total = int((picks[0] == picks[1]).sum()), picks[0].numel()
     return {"fraction": same / total, "positions": total, "windows": batches.shape[0],
-            "context_length": context_length, "graph": engine, "run_in": "onnxruntime"}
+            "context_length": context_length, "graph": engine,
+            "run_in": "openvino" if engine == "openvino" else "onnxruntime"}

@@ -284,8 +284,10 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
     original = open_artifact(source)
     started = time.time()
     with StagingDir(target) as tmp:
-        engines = {}
+        engines, int8_logits = {}, {}
         for engine, info in original["engines"].items():
+            if engine == "openvino":  # made from the INT8 onnxruntime graph below
+                continue
             t0 = time.time()
             folder = tmp / engine
             shutil.copytree(source / engine, folder, ignore=shutil.ignore_patterns("model.onnx", "model.onnx_data"))
@@ -298,6 +300,7 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
                 pad_external_data(folder)
             logits_of = deepsparse_graph_logits if engine == "deepsparse" else onnxruntime_graph_logits
             before, after = logits_of(graph, config, check_ids), logits_of(folder / "model.onnx", config, check_ids)
+            int8_logits[engine] = after
             weights = int8_weights(graph, folder / "model.onnx")
             lost = sorted(name for name, w in weights.items() if not w["pruned_zeros_kept"])
             if lost:
@@ -311,6 +314,10 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
                 "top1_agreement_vs_float": float((after.argmax(-1) == before.argmax(-1))[..., check_from:].mean()),
                 "int8_zeros": float(sum(w["int8_zeros"] * np.prod(w["shape"]) for w in weights.values()) / total),
                 "pruned_zeros_kept": True}
+        if "openvino" in original["engines"]:  # the INT8 onnxruntime graph in OpenVINO, against ONNX Runtime
+            from export.openvino_graph import write_folder
+
+            engines["openvino"] = write_folder(tmp, check_ids, int8_logits["onnxruntime"], versus="onnxruntime")
         files = file_table(tmp)
         manifest = {**{k: v for k, v in original.items() if k not in ("files", "engines", "export_seconds")},
                     **(metadata or {}), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -186,8 +186,10 @@ class QuantizeSection(_Section):
 
 class ExportSection(_Section):
     enabled: bool = False
-    engines: list[Literal["deepsparse", "onnxruntime"]] = Field(default_factory=lambda: ["deepsparse", "onnxruntime"],
-                                                                min_length=1)
+    engines: list[Literal["deepsparse", "onnxruntime", "openvino"]] = Field(
+        default_factory=lambda: ["deepsparse", "onnxruntime"], min_length=1,
+        description="graphs written: deepsparse/, onnxruntime/ (ONNX), openvino/ (the onnxruntime graph as OpenVINO IR; "
+                    "needs onnxruntime listed and the openvino extra installed)")
     max_sequence_length: int = Field(2048, gt=1, description="longest prompt + generation DeepSparse will serve")
     external_data: bool = Field(False, description="always write weights to model.onnx_data (automatic above 2 GB)")
     share_weights: bool = Field(True, description="with both engines, one weights file for both graphs (the ONNX "
@@ -198,6 +200,23 @@ class ExportSection(_Section):
     smoke_test: bool = Field(True, description="after export, generate a few tokens with each engine (child processes)")
     smoke_prompt: str = "The Python language is"
     smoke_tokens: int = Field(16, gt=0)
+
+    @field_validator("engines")
+    @classmethod
+    def _openvino_from_onnxruntime(cls, value):
+        if "openvino" in value and "onnxruntime" not in value:
+            raise ValueError("openvino is converted from the onnxruntime graph, which is not exported — fix: add "
+                             "onnxruntime to export.engines")
+        return value
+
+
+def exported_graph(engine: str) -> str | None:
+    """The exported graph a benchmark engine runs (benchmarks/engines: ENGINES); None for PyTorch (it rebuilds the
+    model) and llama.cpp (it runs the GGUF files the benchmark stage writes)."""
+    from benchmarks.engines import ENGINES
+
+    graph = ENGINES[engine].graph
+    return graph if graph in ("deepsparse", "onnxruntime") else None
 
 
 #: the ``benchmark.compare`` entry that means this run's own unpruned model (a folder named so: ``./dense``)
@@ -253,10 +272,13 @@ class Recipe(_Section):
             if bench.sequence_length > self.export.max_sequence_length:
                 raise ValueError(f"benchmark.sequence_length {bench.sequence_length} exceeds export.max_sequence_length "
                                  f"{self.export.max_sequence_length}: lower it or export a longer graph")
-            missing = sorted({e for e in bench.engines if e not in ("pytorch", "llamacpp")} - set(self.export.engines))
+            missing = sorted(e for e in set(bench.engines)
+                             if exported_graph(e) and exported_graph(e) not in self.export.engines)
             if missing:
-                raise ValueError(f"benchmark.engines has {missing} but export.engines does not export a graph for it: "
-                                 "add it to export.engines or drop it from benchmark.engines")
+                graphs = sorted({exported_graph(e) for e in missing})
+                raise ValueError(f"benchmark.engines has {missing} but export.engines does not export the graph it "
+                                 f"runs ({', '.join(graphs)}): add {', '.join(graphs)} to export.engines or drop "
+                                 f"{', '.join(missing)} from benchmark.engines")
         return self
 
     def run_dir(self, base: Path | None = None) -> Path:

@@ -116,7 +116,10 @@ def engine_memory(artifact: Path, engine: str, manifest: dict) -> int:
     from types import SimpleNamespace
 
     folder = Path(artifact) / engine
-    data = sum(f.stat().st_size for f in (folder / "model.onnx", folder / "model.onnx_data") if f.is_file())
+    if engine == "openvino" and not folder.is_dir():  # it reads the onnxruntime graph where no IR was exported
+        folder = Path(artifact) / "onnxruntime"
+    data = sum(f.stat().st_size for f in (folder / "model.onnx", folder / "model.onnx_data",
+                                          folder / "openvino_model.bin") if f.is_file())
     if engine == "deepsparse":
         shapes = Shapes.from_config(SimpleNamespace(**json.loads((folder / "config.json").read_text())))
         zeros = manifest["sparsity"]["overall_decoder_linears"] * shapes.layers * shapes.layer_params * 4

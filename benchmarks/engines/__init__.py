@@ -29,6 +29,8 @@ class EngineFacts:
     exploits_sparsity: bool
 
 
+OPENVINO_INSTALL = "pip install 'dass-pipeline[openvino]' (openvino==2026.4.1; or ./install.sh --with-openvino)"
+
 ENGINES: dict[str, EngineFacts] = {
     "deepsparse": EngineFacts("deepsparse", "pip install deepsparse==1.8.0 (x86-64 Linux, Python 3.8-3.11)",
                               "deepsparse", "benchmarks.engines.deepsparse_runner", True),
@@ -39,6 +41,11 @@ ENGINES: dict[str, EngineFacts] = {
     "llamacpp": EngineFacts("llama_cpp", "pip install 'dass-pipeline[llamacpp]' (llama-cpp-python; pip builds "
                             "llama.cpp from source, about 15-25 minutes on 2 cores)", "llamacpp",
                             "benchmarks.engines.llamacpp_runner", False),
+    # OpenVINO's CPU plugin on the ONNX Runtime graph (or the artifact's IR, export/openvino_graph.py); the sparse
+    # variant asks for its sparse weights decompression (INT8 MatMuls on CPUs with AMX; reported off elsewhere)
+    "openvino": EngineFacts("openvino", OPENVINO_INSTALL, "onnxruntime", "benchmarks.engines.openvino_runner", False),
+    "openvino-sparse": EngineFacts("openvino", OPENVINO_INSTALL, "onnxruntime", "benchmarks.engines.openvino_runner",
+                                   True),
 }
 
 
@@ -82,7 +89,8 @@ def check_threads(threads: int | None) -> None:
 
 
 def graph_folder(spec: MeasureSpec) -> Path:
-    """The folder the engine reads: its graph subfolder, or (PyTorch) any subfolder with config.json."""
+    """The folder the engine reads: its graph subfolder, or (PyTorch) any subfolder with config.json. (OpenVINO
+    reads the artifact itself: its IR, else this ONNX Runtime graph; export/openvino_graph.py.)"""
     facts = ENGINES[spec.engine]
     root = Path(spec.artifact)
     if facts.graph:

@@ -70,8 +70,10 @@ def run(ctx: Context) -> None:
               "quantize_seconds": manifest["quantize_seconds"],
               "bytes": sum(f["bytes"] for f in manifest["files"].values()),
               "engines": {e: {k: i[k] for k in ("logits_max_abs_diff_vs_float", "top1_agreement_vs_float",
-                                                 "int8_zeros", "pruned_zeros_kept", "quantized_matmuls", "smoothing")
-                              if k in i}  # smoothing: only with smoothing_strength
+                                                 "int8_zeros", "pruned_zeros_kept", "quantized_matmuls", "smoothing",
+                                                 "weights", "logits_max_abs_diff_vs_onnxruntime",
+                                                 "top1_agreement_vs_onnxruntime")
+                              if k in i}  # smoothing: only with smoothing_strength; the last three: openvino
                           for e, i in manifest["engines"].items()}}
     for engine, why in skipped.items():
         result["engines"][engine]["greedy_vs_float"] = why
@@ -99,13 +101,20 @@ def run(ctx: Context) -> None:
             for name, folder in (("float", source), ("int8", target))}}
         log.info("perplexity of the %s graph: float %.3f, INT8 %.3f", graph,
                  result["perplexity"]["float"]["perplexity"], result["perplexity"]["int8"]["perplexity"])
+        if "openvino" in recipe.export.engines:  # the same protocol, the graphs as OpenVINO runs them
+            result["perplexity_openvino"] = {"dataset": ev.dataset, "graph": "openvino", **{
+                name: artifact_perplexity(folder, tokens, ev.context_length, ev.max_windows, "openvino", ctx.progress,
+                                          bos) for name, folder in (("float", source), ("int8", target))}}
+            log.info("perplexity in OpenVINO: float %.3f, INT8 %.3f",
+                     result["perplexity_openvino"]["float"]["perplexity"],
+                     result["perplexity_openvino"]["int8"]["perplexity"])
     for engine, ids in greedy.items():
         ids["int8"] = run_engine(engine, target, "quantize (greedy check)", **specs[engine])["ids"]
         result["engines"][engine]["greedy_vs_float"] = greedy_agreement(ids["float"], ids["int8"])
-        log.info("%s: INT8 picks the float greedy token at %.0f%% of %d steps (same prefix); free-running, the two "
-                 "decodes are equal at %d of %d positions", engine,
-                 100 * result["engines"][engine]["top1_agreement_vs_float"], len(first),
-                 result["engines"][engine]["greedy_vs_float"]["equal"], len(ids["float"]))
+        top1 = result["engines"][engine].get("top1_agreement_vs_float")  # none for openvino (made from onnxruntime's)
+        log.info("%s: %sfree-running, the two decodes are equal at %d of %d positions", engine,
+                 f"INT8 picks the float greedy token at {100 * top1:.0f}% of {len(first)} steps (same prefix); "
+                 if top1 is not None else "", result["engines"][engine]["greedy_vs_float"]["equal"], len(ids["float"]))
     write_json_atomic(run_dir / "quantize.json", result)
 
 
@@ -133,6 +142,12 @@ def report(summary: dict) -> list[str]:
                 else f"{greedy['equal']}/{greedy['tokens']} (common prefix {greedy['common_prefix']})")
         on_text = info.get("top1_agreement_on_text")
         on_text = f"{on_text['fraction']:.3f} of {on_text['positions']} positions" if on_text else "–"
+        if engine == "openvino":  # its IR was made from the INT8 onnxruntime graph and checked against it
+            w = info["weights"]
+            lines.append(f"| openvino (the onnxruntime graph) | {w['int8_weights']} | {w['zeros_in_checked_weights']:.4f} | "
+                         f"{on_text} | – | {info.get('logits_max_abs_diff_vs_onnxruntime', float('nan')):.3f} vs "
+                         f"ONNX Runtime's INT8 graph | {text} |")
+            continue
         lines.append(f"| {engine} | {info['quantized_matmuls']} | {info['int8_zeros']:.4f} | {on_text} | "
                      f"{info['top1_agreement_vs_float']:.3f} | {info['logits_max_abs_diff_vs_float']:.3f} | {text} |")
     lines += ["", "Top-1 on text: both graphs read the same evaluation windows (run in ONNX Runtime); at each "
@@ -143,6 +158,10 @@ def report(summary: dict) -> list[str]:
         lines += ["", f"Perplexity of the {qp['graph']} graphs ({qp['dataset']}, {qp['int8']['windows']} windows of "
                   f"{qp['int8']['context_length']} tokens, ONNX Runtime): float {qp['float']['perplexity']:.3f}, "
                   f"INT8 {qp['int8']['perplexity']:.3f}."]
+    ov = quant.get("perplexity_openvino")
+    if ov:
+        lines += ["", f"The same in OpenVINO (CPU plugin; the INT8 graph as OpenVINO runs it, INT8 kernels): float "
+                  f"{ov['float']['perplexity']:.3f}, INT8 {ov['int8']['perplexity']:.3f}."]
     return lines
 
 
