@@ -143,6 +143,27 @@ def _llamacpp_table(results: dict) -> list[str]:
     return lines
 
 
+def _openvino_table(results: dict) -> list[str]:
+    """OpenVINO with its sparse weights decompression asked against without, on the same artifact: whether the
+    sparse path ran (and why not), which kernels the MatMuls ran, and the tokens/s ratio of the same rounds."""
+    rows = results["summary"].get("openvino_sparse") or []
+    if not rows:
+        return []
+    m = results["machine"]
+    ov = m.get("openvino-sparse") or m.get("openvino") or {}
+    lines = ["## OpenVINO: sparse weights decompression asked vs not, same artifact", "",
+             f"OpenVINO {ov.get('version', '?')} on `{ov.get('device', '?')}`; AMX: {ov.get('amx')}; CPU plugin "
+             f"capabilities {', '.join(ov.get('capabilities', []))}.", "",
+             "| mode | artifact | sparse path | MatMul kernels (sparse asked) | MatMuls INT8 / sparse | ratio |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        kernels = "; ".join(f"{k} x{n}" for k, n in (r.get("kernels") or {}).items())
+        reason = (r.get("sparse_weights") or {}).get("reason", "?")
+        lines.append(f"| {r['mode']} | {r['artifact']} | {reason} | {kernels} | {r.get('int8_matmuls')} / "
+                     f"{r.get('sparse_matmuls')} | {_ratio(r)} |")
+    return lines
+
+
 def _fit_table(results: dict) -> list[str]:
     rows = results["summary"].get("extrapolation") or []
     if not rows:
@@ -357,11 +378,16 @@ def render(results: dict, command: str | None = None) -> str:
               "prefill = the prompt into an empty cache; batch 1, float32"]
     if m.get("llamacpp"):
         lines.append(f"- llama.cpp reports: `{m['llamacpp'].get('system_info')}`")
+    ov = m.get("openvino") or m.get("openvino-sparse")
+    if ov:
+        lines.append(f"- OpenVINO {ov.get('version')} reports: `{ov.get('device')}`, capabilities "
+                     f"{', '.join(ov.get('capabilities', []))}; AMX {ov.get('amx')} (its sparse INT8 kernels need it)")
     if results.get("partial"):
         lines += ["", f"**Partial results: {results['partial']}.** Figures below use what was measured."]
     for f in results.get("failures", []):
         lines += [f"- failed: {f['engine']} {f['mode']} on {f['artifact']} (round {f['round']}): {f['error']}"]
     for block in (_paper_table(results), _fit_table(results), _equal_speed(results), _llamacpp_table(results),
+                  _openvino_table(results),
                   _cells_table(results, "decode"), _cells_table(results, "prefill")):
         if block:
             lines += [""] + block

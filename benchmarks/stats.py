@@ -7,7 +7,8 @@
 - ``summarize``: every cell (artifact x engine x mode), speedups over the dense artifact of the same
   depth in the same engine (ratio of medians, and the range of the per-round paired ratios, since
   rounds interleave dense and sparse), DeepSparse-sparse over ONNX-Runtime-dense, the extrapolation, and
-  each ONNX artifact's tokens/s over the dense model's GGUF in llama.cpp (``vs_llamacpp``).
+  each ONNX artifact's tokens/s over the dense model's GGUF in llama.cpp (``vs_llamacpp``), and OpenVINO with its
+  sparse weights decompression asked over without it, on the same artifact (``openvino_sparse``).
 """
 
 from __future__ import annotations
@@ -71,10 +72,27 @@ def summarize(results: dict, target_layers: int | None = None) -> dict:
                 ratio = paired_ratio(cells, (key, engine, mode), (ref, peer, mode))
                 if ratio:
                     speedups.append({"artifact": key, "dense": ref, "engine": engine, "mode": mode, "vs": peer, **ratio})
-    summary = {"cells": table, "speedups": speedups, "vs_llamacpp": vs_llamacpp(results, cells)}
+    summary = {"cells": table, "speedups": speedups, "vs_llamacpp": vs_llamacpp(results, cells),
+               "openvino_sparse": openvino_sparse(cells)}
     if target_layers:
         summary["extrapolation"] = _extrapolation(table, target_layers)
     return summary
+
+
+def openvino_sparse(cells: dict) -> list[dict]:
+    """Per artifact and mode measured by both ``openvino`` and ``openvino-sparse``: tokens/s with the sparse weights
+    decompression asked over without (paired by round), whether it was on (and why not), and the MatMul kernels
+    each ran (the last measurement's; the CPU plugin chooses the same ones every round)."""
+    rows = []
+    for (key, engine, mode) in sorted(cells):
+        if engine != "openvino-sparse" or (key, "openvino", mode) not in cells:
+            continue
+        sparse, dense = cells[(key, engine, mode)][-1], cells[(key, "openvino", mode)][-1]
+        rows.append({"artifact": key, "mode": mode, **paired_ratio(cells, (key, engine, mode), (key, "openvino", mode)),
+                     "sparse_weights": sparse.get("sparse_weights"), "kernels": sparse.get("kernels"),
+                     "kernels_dense": dense.get("kernels"), "int8_matmuls": sparse.get("int8_matmuls"),
+                     "sparse_matmuls": sparse.get("sparse_matmuls")})
+    return rows
 
 
 def vs_llamacpp(results: dict, cells: dict | None = None) -> list[dict]:

@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "process so that an engine crash becomes a clear error.")
     gen.add_argument("artifact", help="artifact folder written by the export stage")
     gen.add_argument("prompt", help="the prompt text")
-    gen.add_argument("--engine", choices=["deepsparse", "onnxruntime", "both"], default="both")
+    gen.add_argument("--engine", choices=["deepsparse", "onnxruntime", "openvino", "both"], default="both",
+                     help="both: every graph the artifact has; openvino runs its IR, else its onnxruntime graph")
     gen.add_argument("--max-new-tokens", type=int, default=32)
     gen.add_argument("--sequence-length", type=int, default=256, help="DeepSparse: prompt + generation capacity")
     gen.add_argument("--external-kv-cache", action="store_true", help="DeepSparse: keep the KV cache outside the engine")
@@ -142,7 +143,9 @@ def _generate(args) -> int:
     from export.artifact import open_artifact
     from export.engines import generation_spec, run_engine
 
-    manifest = open_artifact(args.artifact, None if args.engine == "both" else args.engine, args.verify)
+    # OpenVINO reads the artifact's IR, else its onnxruntime graph (export/openvino_graph.py)
+    graph = "onnxruntime" if args.engine == "openvino" else None if args.engine == "both" else args.engine
+    manifest = open_artifact(args.artifact, graph, args.verify)
     engines = list(manifest["engines"]) if args.engine == "both" else [args.engine]
     for engine in engines:
         spec = generation_spec(engine, args.prompt, args.max_new_tokens, args.sequence_length,

@@ -192,3 +192,110 @@ def test_openvino_perplexity_follows_the_protocol_and_equals_onnxruntime_on_the_
     int8 = artifact_perplexity(root / "int8", tokens, 64, 3, "openvino", progress=False)
     assert int8["perplexity"] == pytest.approx(
         artifact_perplexity(root / "int8", tokens, 64, 3, "onnxruntime", progress=False)["perplexity"], rel=1e-3)
+
+
+def test_report_puts_sparse_asked_beside_not_asked_on_the_same_artifact(tmp_path):
+    """run_benchmark with fake OpenVINO timings (sparse asked = 2x faster on the pruned INT8 artifact, as on an AMX
+    CPU): the summary pairs the two engines round by round and the report names the sparse path and the kernels."""
+    from benchmarks.report import write_report
+    from benchmarks.runner import run_benchmark
+    from benchmarks.settings import BenchmarkSettings
+
+    arts = [{"key": k, "name": k, "path": f"/fake/{k}", "method": m, "requested_sparsity": s, "sparsity": s or 0.0,
+             "layers": 2, "graphs": ["onnxruntime"]} for k, m, s in (("dense-int8", "none+int8", None),
+                                                                     ("dass-70-int8", "dass+int8", 0.7))]
+
+    def fake(spec):
+        sparse = spec.engine == "openvino-sparse" and "dass" in spec.artifact
+        ms = 10.0 / (2 if sparse else 1)
+        path = {"asked": spec.engine == "openvino-sparse", "rate": 0.68 if sparse else None,
+                "reason": "on: rate 0.68" if sparse else "off: not asked", "on": sparse}
+        kernel = "brgemm_avx512_amx_sparse_I8" if sparse else "brgemm_avx512_amx_I8"
+        return {"ms_median": ms, "ms_mean": ms, "iterations": 5, "tokens_per_s": 1000 / ms,
+                "kernels": {f"FullyConnected: {kernel} (u8)": 12}, "int8_matmuls": 12, "sparse_matmuls": 12 * sparse,
+                "sparse_weights": path, "machine": {"version": "2026.4.1", "device": "Fake Xeon", "amx": True,
+                                                    "capabilities": ["INT8", "BF16"]}}
+
+    settings = BenchmarkSettings(engines=["openvino", "openvino-sparse"], modes=["decode"], repeats=2,
+                                 warmup_seconds=0, seconds=1)
+    results = run_benchmark(arts, settings, tmp_path, progress=False, measure_fn=fake)
+    rows = {r["artifact"]: r for r in results["summary"]["openvino_sparse"]}
+    assert rows["dass-70-int8"]["ratio"] == pytest.approx(2.0) and rows["dense-int8"]["ratio"] == pytest.approx(1.0)
+    assert rows["dass-70-int8"]["per_round"]["n"] == 2 and rows["dass-70-int8"]["sparse_matmuls"] == 12
+    write_report(results, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "## OpenVINO: sparse weights decompression asked vs not, same artifact" in report
+    assert "| decode | dass-70-int8 | on: rate 0.68 | FullyConnected: brgemm_avx512_amx_sparse_I8 (u8) x12 | 12 / 12 | 2.00x" \
+        in report
+    assert "OpenVINO 2026.4.1 reports: `Fake Xeon`" in report
+
+
+@needs_openvino
+def test_a_recipe_exports_quantizes_and_benchmarks_in_openvino(workspace):
+    """The whole pipeline on the tiny model with OpenVINO: ARTIFACT/openvino and ARTIFACT-int8/openvino written and
+    checked, the smoke and greedy checks decoded by OpenVINO, the perplexity of both graphs in OpenVINO, both
+    OpenVINO engines benchmarked, and (on a CPU without AMX) the sparse path refused in one line."""
+    import json
+
+    from conftest import run_cli, write_recipe
+
+    path = write_recipe(workspace, "ok-openvino", export__enabled=True, export__engines=["onnxruntime", "openvino"],
+                        export__max_sequence_length=128, export__smoke_tokens=8, quantize__enabled=True,
+                        quantize__num_samples=4, quantize__seq_len=32, quantize__check_tokens=8,
+                        quantize__agreement_windows=1, benchmark__enabled=True,
+                        benchmark__engines=["openvino", "openvino-sparse"], benchmark__modes=["decode"],
+                        benchmark__sequence_length=64, benchmark__warmup_seconds=0.2, benchmark__seconds=0.5,
+                        benchmark__repeats=1)
+    proc = run_cli("run", str(path), "--no-progress", cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    out = workspace / "runs" / "ok-openvino"
+    for artifact in ("artifact", "artifact-int8"):
+        assert (out / artifact / "openvino" / "openvino_model.xml").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    smoke = summary["export"]["smoke"]
+    assert smoke["openvino"]["ids"] == smoke["onnxruntime"]["ids"] and len(smoke["openvino"]["ids"]) == 8
+    quant = summary["quantize"]
+    assert quant["engines"]["openvino"]["weights"]["int8_weights"] == 12
+    assert quant["engines"]["openvino"]["greedy_vs_float"]["tokens"] == 8
+    assert quant["engines"]["openvino"]["top1_agreement_on_text"]["run_in"] == "openvino"
+    ov, ort = quant["perplexity_openvino"], quant["perplexity"]
+    assert ov["float"]["perplexity"] == pytest.approx(ort["float"]["perplexity"], rel=1e-4)
+    assert ov["int8"]["perplexity"] == pytest.approx(ort["int8"]["perplexity"], rel=1e-2)
+    results = json.loads((out / "benchmark" / "results.json").read_text())
+    assert not results["failures"]
+    assert {(c["artifact"], c["engine"]) for c in results["summary"]["cells"]} == {
+        (a, e) for a in ("ok-openvino", "ok-openvino-dense", "ok-openvino-int8") for e in ("openvino", "openvino-sparse")}
+    assert {m["int8_matmuls"] for m in results["measurements"] if m["artifact"] == "ok-openvino-int8"} == {12}
+    report = (out / "report.md").read_text()
+    assert "The same in OpenVINO" in report and "openvino (the onnxruntime graph)" in report
+    warning = f"openvino-sparse: sparse weights decompression {ovg.NO_AMX}"
+    assert proc.stderr.count(warning) == (0 if ovg.has_amx(ovg.cpu_flags()) else 1), proc.stderr
+
+
+def test_openvino_missing_is_refused_before_any_weights_load(workspace, tmp_path):
+    """An OpenVINO export where `import openvino` fails: one line naming the install option, from the config-only
+    check, before the model loads; nothing written."""
+    import os
+
+    from conftest import run_cli, write_recipe
+    from test_bad_inputs import assert_one_clear_line
+
+    fake = tmp_path / "no-openvino" / "openvino"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('simulated: OpenVINO is not installed')\n")
+    path = write_recipe(workspace, "no-openvino", export__enabled=True,
+                        export__engines=["deepsparse", "onnxruntime", "openvino"])
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(fake.parent) + (os.pathsep + previous if previous else "")
+    try:
+        proc = run_cli("run", str(path), cwd=workspace, log_dir=tmp_path / "logs")
+    finally:
+        if previous is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = previous
+    line = assert_one_clear_line(proc, "the openvino engine needs OpenVINO, which is not installed", tmp_path / "logs")
+    assert "pip install 'dass-pipeline[openvino]'" in line and "./install.sh --with-openvino" in line
+    log = sorted((tmp_path / "logs").glob("pipeline-*.log"))[-1].read_text()
+    assert "loading model" not in log and "calibration:" not in log
+    assert not (workspace / "runs" / "no-openvino").exists()

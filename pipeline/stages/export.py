@@ -15,7 +15,12 @@ SECTIONS = ("model", "calibration", "prune", "export")
 
 
 def check_config(ctx: Context, config) -> None:
-    """A DeepSparse export of a family its graph does not cover is refused from config.json, before weights load."""
+    """A DeepSparse export of a family its graph does not cover is refused from config.json, before weights load; so
+    is an OpenVINO IR where OpenVINO is not installed."""
+    if "openvino" in ctx.recipe.export.engines:
+        from export.artifact import check_openvino_engines
+
+        check_openvino_engines(tuple(ctx.recipe.export.engines))
     if "deepsparse" in ctx.recipe.export.engines:
         from export.deepsparse_families import check_context, quirks_for
 
@@ -125,6 +130,11 @@ def logits_checks(manifest: dict) -> dict:
     (a bounded-memory export of a model too large to hold whole: its 2-layer template was)."""
     checks = {}
     for engine, info in manifest["engines"].items():
+        if engine == "openvino":  # made from the onnxruntime graph and checked against PyTorch or that graph
+            checks[engine] = next((f"{info[k]:.2e} vs {k.rsplit('_', 1)[1]}" for k in
+                                   ("logits_max_abs_diff_vs_pytorch", "logits_max_abs_diff_vs_onnxruntime") if k in info),
+                                  info.get("logits_check", "not run"))
+            continue
         diff = info["logits_max_abs_diff_vs_pytorch"]
         checks[engine] = diff if diff is not None else (
             f"not run at full depth; 2-layer template {info['template_logits_max_abs_diff_vs_pytorch']:.2e}")
@@ -153,10 +163,13 @@ def report(summary: dict) -> list[str]:
         text = smoke.get("text", smoke.get("skipped", "–")).replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {engine} | {diff_text(diff)} | {text} |")
     return lines + ["", "Load it with `deepsparse.TextGeneration(model_path=\"<artifact>/deepsparse\")` or "
-                    "`ORTModelForCausalLM.from_pretrained(\"<artifact>/onnxruntime\")`, or `pipeline generate <artifact> \"prompt\"`."]
+                    "`ORTModelForCausalLM.from_pretrained(\"<artifact>/onnxruntime\")`"
+                    + (" or `openvino.Core().compile_model(\"<artifact>/openvino/openvino_model.xml\", \"CPU\")`"
+                       if "openvino" in ex["logits_max_abs_diff"] else "")
+                    + ", or `pipeline generate <artifact> \"prompt\"`."]
 
 
-STAGE = Stage(name="export", about="ONNX artifact for DeepSparse and ONNX Runtime, smoke generation",
+STAGE = Stage(name="export", about="ONNX artifact for DeepSparse and ONNX Runtime (and OpenVINO IR), smoke generation",
               sections=SECTIONS, outputs=("artifact", "export.json"), reads=("prune",),
               applies=lambda r: r.export.enabled, model="saved",
               check_config=check_config, check=check, estimate=estimate, run=run, summary=summary, report=report)
