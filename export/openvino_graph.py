@@ -2,16 +2,19 @@
 
 OpenVINO reads the ONNX Runtime graph (Optimum's with-past graph, the KV cache as inputs and outputs) with its
 ONNX front end; ``save_ir`` writes it as OpenVINO IR (``ARTIFACT/openvino/openvino_model.xml`` + ``.bin``, weights
-in float32 as exported, never compressed to float16). An INT8 artifact's graph holds QuantizeLinear /
-DequantizeLinear pairs on activations and int8 weights behind DequantizeLinear (export/quantize.py); OpenVINO
-turns them into FakeQuantize and int8 constants, which its low-precision transformations run as INT8 MatMuls
-(``kernels`` names what the CPU plugin chose for each). The int8 constants are the ONNX file's values, so pruned
-zeros stay exactly zero (``weights_kept`` checks every one).
+in float32 as exported, never compressed to float16). An INT8 artifact's graph holds DeepSparse's INT8 form,
+QuantizeLinear -> MatMulInteger -> Cast -> Mul (export/quantize.py), which OpenVINO's front end would compute in
+float32; ``dequantized_matmuls`` rewrites it into QuantizeLinear -> DequantizeLinear -> MatMul with the int8 weight
+behind DequantizeLinear (the same numbers: ONNX Runtime gives identical logits for both forms), which OpenVINO turns
+into FakeQuantize and int8 constants that its low-precision transformations run as INT8 MatMuls (``kernels`` names
+what the CPU plugin chose for each: ``brgemm_avx512_I8`` on AVX-512 VNNI). The int8 constants are the ONNX file's
+values, so pruned zeros stay exactly zero (``weights_kept`` checks every one).
 
 Sparse weights decompression (``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE``): the CPU plugin packs the non-zeros of
 INT8 MatMul weights whose share of zeros exceeds the rate and runs them with AMX sparse kernels
 (``brgemm_avx512_amx_sparse_I8``). It needs AMX (Sapphire Rapids or later) and INT8 weights; ``sparse_path``
-decides from the CPU and the artifact and says why when the path is off, and the run goes on dense.
+decides from the CPU and the artifact whether to set it, and says why not when it does not, and the run goes on
+dense; whether the plugin then ran sparse kernels is read from the kernels (``sparse_kernels``).
 """
 
 from __future__ import annotations
@@ -166,7 +169,8 @@ def openvino_model(folder: Path):
             except OSError:  # another file system: a symbolic link serves OpenVINO as well
                 os.symlink(data.resolve(), scratch / data.name)
         model = read_model(scratch / "model.onnx")
-        # OpenVINO maps external data lazily: every weight is read before the links go
+        # every constant's data is resolved while the links exist (OpenVINO maps external data files; a mapping
+        # outlives the name it was opened by)
         for op in model.get_ordered_ops():
             if op.get_type_name() == "Constant":
                 op.get_data()

@@ -299,3 +299,23 @@ def test_openvino_missing_is_refused_before_any_weights_load(workspace, tmp_path
     log = sorted((tmp_path / "logs").glob("pipeline-*.log"))[-1].read_text()
     assert "loading model" not in log and "calibration:" not in log
     assert not (workspace / "runs" / "no-openvino").exists()
+
+
+@needs_openvino
+def test_the_sparse_rate_property_is_the_cpu_plugins_own(artifacts):
+    """The property the sparse path sets is one the CPU plugin knows (a wrong name fails to compile) and reads back;
+    the INT8 MatMuls then run sparse kernels on an AMX CPU, and dense INT8 ones elsewhere."""
+    from transformers import AutoConfig
+
+    from export.checks import onnxruntime_graph_feed
+
+    _, _, root = artifacts
+    forced = ovg.SparsePath(True, 0.48, "set for this test")
+    compiled = ovg.compile_model(ovg.openvino_model(root / "int8"), 1, forced)
+    assert float(compiled.get_property(ovg.SPARSE_RATE_PROPERTY)) == pytest.approx(0.48)
+    config = AutoConfig.from_pretrained(root / "int8" / "onnxruntime")
+    ovg.logits(compiled, onnxruntime_graph_feed({i.any_name for i in compiled.inputs}, config, np.array([[3, 4, 5]])))
+    found = ovg.kernels(compiled)
+    assert ovg.int8_kernels(found) == 12
+    if not ovg.has_amx(ovg.cpu_flags()):
+        assert ovg.sparse_kernels(found) == 0, found
