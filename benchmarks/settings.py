@@ -24,7 +24,9 @@ class BenchmarkSettings(BaseModel):
 
     engines: list[Engine] = Field(default_factory=lambda: ["deepsparse", "onnxruntime", "pytorch"], min_length=1,
                                   description="engines that measure each artifact")
-    modes: list[Mode] = Field(default_factory=lambda: ["decode", "prefill"], min_length=1)
+    modes: list[Mode] = Field(default_factory=lambda: ["decode", "prefill"], min_length=1,
+                              description="decode: one new token after sequence_length - 1 cached tokens; prefill: "
+                                          "prefill_length prompt tokens into an empty cache (batch 1)")
     sequence_length: int = Field(512, gt=1, description="context: decode runs with sequence_length - 1 cached tokens")
     prefill_length: int = Field(64, gt=0, description="prompt tokens of a prefill measurement")
     threads: Optional[int] = Field(None, gt=0, description="engine threads; null: all cores")

@@ -32,27 +32,38 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
+    """The model to prune (pipeline/core/models.py); GLU families only."""
+
     source: str = Field(description="hub id, local folder, or package:NAME for a model shipped in a Python package")
     gguf_file: Optional[str] = Field(None, description="a .gguf file inside source (dequantized on load)")
-    dtype: Literal["float32", "float16", "bfloat16"] = "float16"
-    revision: Optional[str] = None
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float16", description="the dtype the model is held in; pruning maths runs in float32, one layer at a time")
+    revision: Optional[str] = Field(None, description="a hub branch, tag or commit of source; null: the default branch")
     trust_remote_code: bool = Field(False, description="run the model repository's own Python code (only for sources you trust)")
     allow_pickle: bool = Field(False, description="allow pickled (.bin/.pt) weights, which can run code when loaded")
 
 
 class CalibrationSection(_Section):
-    dataset: DatasetName = "c4"
+    """The text the pruning statistics come from (pipeline/core/data.py)."""
+
+    dataset: DatasetName = Field("c4", description="c4 (train shard 0, as Wanda / SparseGPT), wikitext2, file (path), "
+                                                   "or embedded (Python's pydoc text: its first half)")
     path: Optional[str] = Field(None, description="file for 'file'; local mirror folder for c4 / wikitext2")
-    num_samples: int = Field(128, gt=0)
-    seq_len: int = Field(2048, gt=1)
-    seed: int = 0
+    num_samples: int = Field(128, gt=0, description="calibration windows")
+    seq_len: int = Field(2048, gt=1, description="tokens per calibration window")
+    seed: int = Field(0, description="seed of the random window positions")
     bos_per_window: BosPerWindow = Field("auto", description=BOS_HELP)
 
 
 class PruneSection(_Section):
-    method: Literal["dass", "wanda", "sparsegpt", "magnitude", "none"] = "dass"
-    sparsity: Union[float, str] = 0.5
-    scope: Literal["mlp", "attention+mlp"] = "mlp"
+    """Which weights are zeroed, and how they are chosen (pipeline/core/prune/)."""
+
+    method: Literal["dass", "wanda", "sparsegpt", "magnitude", "none"] = Field(
+        "dass", description="pruning rule; none keeps the model dense (a dense baseline run)")
+    sparsity: Union[float, str] = Field(0.5, description="a fraction in (0, 1) of each projection's weights, or an N:M "
+                                                         "pattern such as 2:4 or 4:8")
+    scope: Literal["mlp", "attention+mlp"] = Field("mlp", description="the projections pruned: the MLP's gate/up/down, "
+                                                                       "or also q/k/v/o")
     alpha: float = Field(0.5, ge=0.0, description="DaSS exponent on the intermediate activation norm")
     ignore: list[str] = Field(default_factory=list, description="glob patterns of projections kept dense")
     device: str = Field("cpu", description="compute device for the layer being pruned (cpu, cuda, cuda:0)")
@@ -101,11 +112,14 @@ class PruneSection(_Section):
 
 
 class EvaluationSection(_Section):
-    enabled: bool = True
-    dataset: DatasetName = "wikitext2"
-    path: Optional[str] = None
-    context_length: int = Field(2048, gt=1)
-    max_windows: Optional[int] = Field(None, gt=0)
+    """Perplexity of the dense and pruned models (pipeline/core/evaluate.py)."""
+
+    enabled: bool = Field(True, description="measure perplexity (stages baseline and evaluate)")
+    dataset: DatasetName = Field("wikitext2", description="wikitext2 (test split), c4 (first 1100 validation documents), "
+                                                          "file (path), or embedded (the pydoc text's second half)")
+    path: Optional[str] = Field(None, description="file for 'file'; local mirror folder for c4 / wikitext2")
+    context_length: int = Field(2048, gt=1, description="tokens per window (the paper: 2048 for every model)")
+    max_windows: Optional[int] = Field(None, gt=0, description="score only the first windows; null: the whole text")
     bos_per_window: BosPerWindow = Field("auto", description=BOS_HELP)
     dense_baseline: bool = Field(True, description="also measure the unpruned model")
     device: str = Field("cpu", description="where the whole model runs for perplexity (cpu, cuda)")
@@ -156,10 +170,10 @@ class AccuracySection(_Section):
 class QuantizeSection(_Section):
     """INT8 quantization of the exported artifact (export/quantize.py): RUN/artifact-int8 beside RUN/artifact."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="write RUN/artifact-int8 (needs export.enabled)")
     scheme: str = Field("w8a8-static", description="w8a8-static: int8 weights (symmetric, per channel), uint8 activations (static) in q/k/v/o/gate/up; w8a8-static-all: down_proj too")
     num_samples: int = Field(16, gt=0, description="calibration windows for the activation ranges (calibration text)")
-    seq_len: int = Field(128, gt=1)
+    seq_len: int = Field(128, gt=1, description="tokens per activation-range calibration window")
     smoothing_strength: Optional[float] = Field(
         0.5, gt=0, lt=1, description="SmoothQuant migration strength (export/smooth.py): moves activation outliers "
                                      "of the norm outputs into the weights before INT8; null: no smoothing")
@@ -185,7 +199,9 @@ class QuantizeSection(_Section):
 
 
 class ExportSection(_Section):
-    enabled: bool = False
+    """The deployable ONNX artifact (export/artifact.py): RUN/artifact."""
+
+    enabled: bool = Field(False, description="export the pruned model to RUN/artifact")
     engines: list[Literal["deepsparse", "onnxruntime", "openvino"]] = Field(
         default_factory=lambda: ["deepsparse", "onnxruntime"], min_length=1,
         description="graphs written: deepsparse/, onnxruntime/ (ONNX), openvino/ (the onnxruntime graph as OpenVINO IR; "
@@ -198,8 +214,8 @@ class ExportSection(_Section):
                                                    "trace 2 layers, copy the layer graph, write the weights tensor by "
                                                    "tensor (export/bounded.py); false traces the whole model")
     smoke_test: bool = Field(True, description="after export, generate a few tokens with each engine (child processes)")
-    smoke_prompt: str = "The Python language is"
-    smoke_tokens: int = Field(16, gt=0)
+    smoke_prompt: str = Field("The Python language is", description="prompt of the smoke test")
+    smoke_tokens: int = Field(16, gt=0, description="tokens the smoke test generates")
 
     @field_validator("engines")
     @classmethod
@@ -226,7 +242,7 @@ DENSE = "dense"
 class BenchmarkSection(BenchmarkSettings):
     """Tokens/s of the artifact (benchmarks/runner.py): the benchmark settings, plus what only a recipe says."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="measure tokens/s (needs export.enabled)")
     compare: list[str] = Field(default_factory=lambda: [DENSE],
                                description=f"artifacts benchmarked interleaved with this one: '{DENSE}' (this run's "
                                            "unpruned model, exported to RUN/artifact-dense), other run folders or "
@@ -245,8 +261,11 @@ class BenchmarkSection(BenchmarkSettings):
 
 
 class Recipe(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    description: str = ""
+    """A whole recipe: its name, the model, and one section per concern."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the run's name (letters, digits, . _ -); "
+                                                                        "the default run folder is runs/<name>")
+    description: str = Field("", description="free text for the reader of the recipe; the run does not use it")
     output_dir: Optional[str] = Field(None, description="run folder; default runs/<name>")
     model: ModelSection
     calibration: CalibrationSection = Field(default_factory=CalibrationSection)
