@@ -4,7 +4,7 @@ per-layer allocations compared on one statistics pass.
 The paper's Table 1 itself (methods x sparsity patterns) is the tool's own command, one resumable run per cell:
 
     pipeline sweep recipes/smollm2-embedded.yaml --grid prune.method=dass,wanda,magnitude,sparsegpt \
-        --grid prune.sparsity=0.5,2:4,4:8 --set export.enabled=false ... (README "Perplexity")
+        --grid prune.sparsity=0.5,2:4,4:8 --set export.enabled=false ... (docs/measurements.md, "Perplexity")
 
 This script covers what that sweep does not, in one process (the model loaded once and restored from its
 dense weights before every pruning; its rows use the same calibration windows, pruning and perplexity code):
@@ -82,7 +82,7 @@ def main() -> None:
         parser.error("--weights must be fp32 or wBgG, e.g. w4g128")
     if args.weights == "fp32" and set(args.allocations.split(",")) <= {"uniform"}:
         parser.error("fp32 weights with uniform allocation is the paper's Table 1: run it as `pipeline sweep "
-                     "recipes/smollm2-embedded.yaml --grid prune.method=... --grid prune.sparsity=...` (README "
+                     "recipes/smollm2-embedded.yaml --grid prune.method=... --grid prune.sparsity=...` (docs/measurements.md "
                      "\"Perplexity\"); this script adds --weights wBgG or --allocations with owl / sensitivity")
     scopes = args.scope.split(",")
     if not scopes or set(scopes) - {"mlp", "attention+mlp"} or len(set(scopes)) != len(scopes):

@@ -49,7 +49,7 @@ def linear_matmuls(graph, vocab_size: int, intermediate_size: int | None = None,
     Left in float32: activation x activation MatMuls (attention scores), the LM head (a vocab-sized
     weight) unless ``lm_head``, and, with ``intermediate_size``, down_proj (its weight is
     [intermediate, hidden] as a MatMul operand). down_proj's input — act(gate) * up — has outliers
-    that one per-tensor activation range cannot hold, smoothed or not (README, "INT8").
+    that one per-tensor activation range cannot hold, smoothed or not (docs/int8.md).
     A head tied to the embedding reads a Transpose, not an initializer: :func:`untie_lm_head` first.
     """
     shapes = {init.name: tuple(init.dims) for init in graph.initializer}

@@ -20,7 +20,7 @@ EPILOG = """examples:
   pipeline benchmark runs/a runs/b --out runs/ab   tokens/s of two runs' artifacts side by side
   pipeline report runs/smollm2-embedded            regenerate report.md and plots from the run's JSON
 
-A recipe is a YAML file: model, calibration, prune, evaluation (see recipes/ and README.md).
+A recipe is a YAML file: model, calibration, prune, evaluation (see recipes/ and docs/recipe-reference.md).
 Outputs go to the recipe's output_dir (default runs/<name>): pruned/ (safetensors, tokenizer,
 sparsity.json), perplexity.json, summary.json, report.md, artifact/ (export), benchmark/ (benchmark).
 Running the same recipe again resumes: complete stages whose recipe sections are unchanged are

@@ -3,7 +3,7 @@ estimate, pipeline/stages/).
 
 Estimates come from the model's config alone (read before the weights load), so a 7B run on a
 machine that is too small stops in seconds with the numbers instead of hours in. They are upper
-bounds, not exact figures; README "Measured" compares them with measured peaks.
+bounds, not exact figures; docs/measurements.md compares them with measured peaks.
 """
 
 from __future__ import annotations

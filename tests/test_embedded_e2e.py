@@ -22,7 +22,7 @@ def test_embedded_recipe_prunes_and_perplexity_rises_plausibly(tmp_path):
 
     dense = summary["perplexity"]["dense"]["perplexity"]
     pruned = summary["perplexity"]["pruned"]["perplexity"]
-    assert 5 < dense < 40, dense  # 12.08 at 512 tokens (README); a little higher at 256
+    assert 5 < dense < 40, dense  # 12.08 at 512 tokens (docs/measurements.md); a little higher at 256
     assert dense * 1.05 < pruned < dense * 3, (dense, pruned)  # 50% MLP sparsity hurts, but not to nonsense
 
     out = tmp_path / "run" / "pruned"
@@ -40,7 +40,7 @@ def test_embedded_recipe_prunes_and_perplexity_rises_plausibly(tmp_path):
     for engine in ("deepsparse", "onnxruntime"):
         info = quant["engines"][engine]
         assert info["pruned_zeros_kept"] and info["quantized_matmuls"] == 30 * 6 and info["int8_zeros"] > 0.3
-        assert info["greedy_vs_float"]["tokens"] == 8  # free-running: measured and reported (README)
+        assert info["greedy_vs_float"]["tokens"] == 8  # free-running: measured and reported (docs/int8.md)
         assert info["smoothing"]["groups"] == 60  # SmoothQuant on both norms of each of the 30 layers
         # teacher-forced, 8 steps of the float greedy decode: the INT8 graph mostly picks the same token (MatMulInteger
         # form: 0.625 in the DeepSparse graph, 0.875 in ONNX Runtime's here; each graph is calibrated on its own, and

@@ -1,4 +1,4 @@
-"""The coverage table of README ("Families"), cell by cell: each family's tiny random model is pruned (DaSS 2:4 on
+"""The coverage table of docs/families.md, cell by cell: each family's tiny random model is pruned (DaSS 2:4 on
 attention + MLP), exported as both graphs, and greedy-decoded in DeepSparse (its internal KV cache, prefill of 4
 and single steps) and ONNX Runtime; both must give PyTorch's tokens. LLaMA is covered by tests/test_engines.py,
 pruning of every family by tests/test_sequential.py, incremental decoding of the DeepSparse graph in ONNX Runtime

@@ -45,8 +45,8 @@ def run(ctx: Context) -> None:
     metadata = {"recipe": {k: v for k, v in recipe.model_dump(mode="json").items() if k in ("name", *SECTIONS)},
                 "method": "none", "requested_sparsity": None, "scope": None, "dense_of": recipe.name}
     manifest = export_model(ctx, "dense", ctx.run_dir / OUTPUT, metadata)
-    log.info("dense artifact: %s, %.1f MiB", ctx.run_dir / OUTPUT,
-             sum(f["bytes"] for f in manifest["files"].values()) / 2**20)
+    log.info("dense artifact: %s, %.1f MiB on disk", ctx.run_dir / OUTPUT,  # a hard-linked weights file once
+             (manifest.get("disk_bytes") or sum(f["bytes"] for f in manifest["files"].values())) / 2**20)
 
 
 def summary(recipe, run_dir: Path) -> dict:

@@ -55,7 +55,7 @@ def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
     factor (two in^2 float64 matrices) and the rewritten copies (SparseGPT).
 
     Measured on one LLaMA-2-7B-shaped layer (float16 model, SparseGPT, 8 x 512 tokens): 4.60 GiB peak RSS
-    against 4.45 GiB estimated here (README "Measured")."""
+    against 4.45 GiB estimated here (docs/measurements.md, "Pruning cost")."""
     cal = recipe.calibration
     model = model_bytes(shapes, recipe)
     held = (model - shapes.layers * shapes.layer_params * dtype_bytes(recipe)) if streams(recipe) else model
