@@ -7,32 +7,13 @@ calibration runs (pipeline/stages/export.py, check_config).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pipeline.common.errors import PipelineError
+from pipeline.core.families import DeepSparseQuirks as ArchitectureQuirks
+from pipeline.core.families import deepsparse_model_types
 
-
-@dataclass(frozen=True)
-class ArchitectureQuirks:
-    """What differs between the LLaMA-like architectures the DeepSparse graph covers. The rest is read from the
-    model itself: q/k norms (``self_attn.q_norm``), soft-capping (config), per-layer local rotary (Gemma 3)."""
-
-    embedding_scale: bool = False  # Gemma, Gemma 2 multiply embeddings by sqrt(hidden_size) in the model's forward
-    sandwich_norms: bool = False  # Gemma 2/3: a norm after attention and one on each side of the MLP
-    fused_qkv: bool = False  # Phi-3: one qkv_proj, split into q, k, v
-
-
-#: model_type -> quirks. An architecture not listed here is refused with a clear error.
-ARCHITECTURES: dict[str, ArchitectureQuirks] = {
-    "llama": ArchitectureQuirks(),  # LLaMA 2 and 3.x (rope scaling comes with the model's rotary module)
-    "mistral": ArchitectureQuirks(),
-    "qwen2": ArchitectureQuirks(),  # Qwen2 and Qwen2.5
-    "qwen3": ArchitectureQuirks(),  # q/k norms
-    "gemma": ArchitectureQuirks(embedding_scale=True),
-    "gemma2": ArchitectureQuirks(embedding_scale=True, sandwich_norms=True),  # + attention / final soft-capping
-    "gemma3_text": ArchitectureQuirks(sandwich_norms=True),  # + q/k norms, local rotary on sliding layers
-    "phi3": ArchitectureQuirks(fused_qkv=True),  # Phi-3 and Phi-4-mini (partial rotary)
-}
+#: model_type -> quirks, from the family registry (pipeline/core/families.py). A family not listed is refused with a
+#: clear error.
+ARCHITECTURES: dict[str, ArchitectureQuirks] = deepsparse_model_types()
 
 
 def quirks_for(config) -> ArchitectureQuirks:
@@ -42,7 +23,7 @@ def quirks_for(config) -> ArchitectureQuirks:
         raise PipelineError(
             f"the DeepSparse export covers {', '.join(sorted(ARCHITECTURES))}, not {model_type!r}",
             "export for ONNX Runtime only (export.engines: [onnxruntime]) or add the architecture to "
-            "export/deepsparse_families.py:ARCHITECTURES (and its patches to export/deepsparse_graph.py)",
+            "pipeline/core/families.py (deepsparse=...) and its patches to export/deepsparse_graph.py",
         )
     return ARCHITECTURES[model_type]
 

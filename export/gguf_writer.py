@@ -34,12 +34,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.common.errors import PipelineError
+from pipeline.core.families import gguf_model_types
 from pipeline.common.outputs import StagingDir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
-ARCHITECTURES = ("llama", "mistral")  # transformers model_type values written as llama.cpp's "llama"
+ARCHITECTURES = gguf_model_types()  # model_type values written as llama.cpp's "llama" (pipeline/core/families.py)
 GRAPH = "llamacpp"  # the folder (and engine) name
 MODEL_FILE = "model.gguf"
 DESCRIPTION = "gguf.json"

@@ -17,14 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from benchmarks.settings import BenchmarkSettings
 from export.schemes import check_scheme
 from pipeline.common.errors import PipelineError
+from pipeline.core.families import FAMILIES
 from pipeline.core.prune.sparsity import SparsitySpec
 
 DatasetName = Literal["c4", "wikitext2", "file", "embedded"]
 #: pipeline/core/window_protocol.py: auto = BOS per window for the Gemma family, one token stream otherwise
 BosPerWindow = Union[Literal["auto"], bool]
 BOS_HELP = ("each window starts with the tokenizer's BOS (true), or is cut from one token stream as Wanda / "
-            "SparseGPT do (false); auto: true for the Gemma family (gemma, gemma2, gemma3, gemma3_text), false "
-            "otherwise")
+            "SparseGPT do (false); auto: true for the Gemma family ("
+            + ", ".join(name for name, family in FAMILIES.items() if family.bos_per_window) + "), false otherwise")
 
 
 class _Section(BaseModel):

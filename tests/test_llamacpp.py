@@ -276,3 +276,40 @@ def test_runner_returns_tokens_per_s_like_the_other_engines(written, mode):
     assert result["gguf_type"] == "q8_0" and result["iterations"] >= 3
     step = 1 if mode == "decode" else 16
     assert result["tokens_per_s"] == pytest.approx(step * 1000.0 / result["ms_median"])
+
+
+
+#: the tiny models of the families the registry says the GGUF writer writes (pipeline/core/families.py: gguf)
+GGUF_FAMILY_MODELS = [tiny for f in __import__("pipeline.core.families", fromlist=["FAMILIES"]).FAMILIES.values()
+                      if f.gguf for tiny in f.tested_as]
+#: of those, the configs llama.cpp's llama graph cannot express, refused up front with the reason
+GGUF_REFUSED = {"reglu": "hidden_act=relu", "llama3": "rope_scaling"}
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("tiny", GGUF_FAMILY_MODELS)
+def test_gguf_writer_covers_the_registrys_families(tiny, tmp_path):
+    """Each family the registry marks gguf: its f32 file gives PyTorch's logits in llama.cpp, or (a config the
+    llama graph cannot express) it is refused before any weight is read, naming what."""
+    from conftest import tiny_model
+
+    from export.gguf_writer import check_gguf_config, write_gguf
+
+    tokenizer = bpe_tokenizer()
+    config = tiny_model(tiny).config
+    config.vocab_size = len(tokenizer)
+    torch.manual_seed(1)
+    model = type(tiny_model(tiny))(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    if tiny in GGUF_REFUSED:
+        with pytest.raises(PipelineError, match=GGUF_REFUSED[tiny]):
+            check_gguf_config(config, ["f32"])
+        return
+    write_gguf(model, tokenizer, tmp_path / "f32", "f32", f"tiny-{tiny}", source="test")
+    tokens = ids()
+    with torch.no_grad():
+        want = model(torch.tensor([tokens])).logits[0].numpy()
+    assert _relative(_llama_cpp_logits(tmp_path / "f32", tokens), want) < 1e-4

@@ -10,7 +10,7 @@ Two protocols:
   Gemma checkpoints need it: without a BOS the model is far off its training distribution (a Gemma 3
   checkpoint measured perplexity 376 on the stream protocol and 72 with a BOS per window, issue 18).
 
-``auto`` picks BOS per window for the families listed in ``BOS_PER_WINDOW_FAMILIES`` (by the config's
+``auto`` picks BOS per window for the families whose entry in pipeline/core/families.py says so (by the config's
 ``model_type``) and the stream protocol for every other one. Torch-free: the recipe layer may read it.
 """
 
@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-#: model_type values whose checkpoints expect a BOS at the start of every sequence.
-BOS_PER_WINDOW_FAMILIES = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text"})
+from pipeline.core.families import bos_per_window_family
 
 Setting = Union[Literal["auto"], bool]
 
@@ -27,7 +26,7 @@ Setting = Union[Literal["auto"], bool]
 def bos_per_window(setting: Setting, model_type: str | None) -> bool:
     """The recipe's ``bos_per_window`` (auto / true / false) resolved for a model family."""
     if setting == "auto":
-        return model_type in BOS_PER_WINDOW_FAMILIES
+        return bos_per_window_family(model_type)
     return bool(setting)
 
 
