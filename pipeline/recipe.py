@@ -18,6 +18,7 @@ from benchmarks.settings import BenchmarkSettings
 from export.schemes import check_scheme
 from pipeline.common.errors import PipelineError
 from pipeline.core.families import FAMILIES
+from pipeline.core.prune.options import DassOptions, SparseGPTOptions
 from pipeline.core.prune.sparsity import SparsitySpec
 
 DatasetName = Literal["c4", "wikitext2", "file", "embedded"]
@@ -56,31 +57,58 @@ class CalibrationSection(_Section):
     bos_per_window: BosPerWindow = Field("auto", description=BOS_HELP)
 
 
+#: (method, key): parameters older recipes gave flat in prune, now under prune.<method>
+LEGACY_METHOD_KEYS = (("dass", "alpha"), ("sparsegpt", "block_size"), ("sparsegpt", "dampening_frac"))
+
+
 class PruneSection(_Section):
     """Which weights are zeroed, and how they are chosen (pipeline/core/prune/)."""
 
     method: Literal["dass", "wanda", "sparsegpt", "magnitude", "none"] = Field(
-        "dass", description="pruning rule; none keeps the model dense (a dense baseline run)")
+        "dass", description="pruning rule; none keeps the model dense (a dense baseline run); its parameters are "
+                            "prune.<method>")
     sparsity: Union[float, str] = Field(0.5, description="a fraction in (0, 1) of each projection's weights, or an N:M "
                                                          "pattern such as 2:4 or 4:8")
     scope: Literal["mlp", "attention+mlp"] = Field("mlp", description="the projections pruned: the MLP's gate/up/down, "
                                                                        "or also q/k/v/o")
-    alpha: float = Field(0.5, ge=0.0, description="DaSS exponent on the intermediate activation norm")
     ignore: list[str] = Field(default_factory=list, description="glob patterns of projections kept dense")
     device: str = Field("cpu", description="compute device for the layer being pruned (cpu, cuda, cuda:0)")
     sequential: bool = Field(True, description="each layer calibrated on the pruned outputs before it")
     streaming: bool = Field(True, description="a safetensors source is pruned one decoder layer at a time, read "
                                               "from its shards and written back as shards (memory flat in depth); "
                                               "GGUF and pickled sources always load whole")
-    block_size: int = Field(128, gt=0, description="SparseGPT: input columns reconstructed together")
-    dampening_frac: float = Field(0.01, gt=0, description="SparseGPT: damping added to diag(X^T X), as a fraction "
-                                                          "of its mean")
+    dass: DassOptions = Field(default_factory=DassOptions, description=DassOptions.__doc__)
+    sparsegpt: SparseGPTOptions = Field(default_factory=SparseGPTOptions, description=SparseGPTOptions.__doc__)
     allocation: Literal["uniform", "owl", "sensitivity"] = Field(
         "uniform", description="per-layer sparsity: uniform (the paper), owl (outlier-weighed) or sensitivity "
                                "(estimated pruning error); the overall sparsity stays the requested one")
     owl_lambda: float = Field(0.08, ge=0, description="OWL: layer sparsities lie in sparsity +- owl_lambda")
     owl_m: float = Field(5.0, gt=0, description="OWL: an outlier is a Wanda metric above owl_m x the layer's mean")
     sensitivity_band: float = Field(0.08, ge=0, description="sensitivity: layer sparsities lie in sparsity +- this")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_keys_in_their_section(cls, data):
+        """The flat keys of older recipes (prune.alpha, prune.block_size, prune.dampening_frac) are read as
+        prune.dass.alpha / prune.sparsegpt.*; one key given both ways is refused."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for method, key in LEGACY_METHOD_KEYS:
+            if key in data:
+                section = data.get(method)
+                section = dict(section) if isinstance(section, dict) else {}
+                if key in section:
+                    raise ValueError(f"{key} is given twice, as prune.{key} and prune.{method}.{key} — fix: keep "
+                                     f"prune.{method}.{key} only")
+                section[key] = data.pop(key)
+                data[method] = section
+        return data
+
+    def method_options(self) -> dict:
+        """The chosen method's parameters (prune.<method>), {} for a method without any."""
+        options = getattr(self, self.method, None)
+        return options.model_dump() if isinstance(options, BaseModel) else {}
 
     @field_validator("sparsity")
     @classmethod

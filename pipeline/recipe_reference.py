@@ -55,12 +55,25 @@ def _cell(text: str | None) -> str:
     return " ".join((text or "").split()).replace("|", "\\|")
 
 
-def section_table(model: type[BaseModel], prefix: str) -> list[str]:
-    lines = ["| key | type | default | what it does |", "|---|---|---|---|"]
+def _is_section(annotation) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def section_rows(model: type[BaseModel], prefix: str) -> list[str]:
+    """One row per key; a nested section (a method's parameters: prune.dass) as a row, then its keys."""
+    lines = []
     for name, field in model.model_fields.items():
-        lines.append(f"| `{prefix}{name}` | {type_name(field.annotation)} | {default_text(field)} | "
-                     f"{_cell(field.description)} |")
+        if _is_section(field.annotation):
+            lines.append(f"| `{prefix}{name}` | section | | {_cell(field.description)} |")
+            lines += section_rows(field.annotation, f"{prefix}{name}.")
+        else:
+            lines.append(f"| `{prefix}{name}` | {type_name(field.annotation)} | {default_text(field)} | "
+                         f"{_cell(field.description)} |")
     return lines
+
+
+def section_table(model: type[BaseModel], prefix: str) -> list[str]:
+    return ["| key | type | default | what it does |", "|---|---|---|---|", *section_rows(model, prefix)]
 
 
 def sections() -> list[tuple[str, type[BaseModel]]]:
@@ -69,15 +82,14 @@ def sections() -> list[tuple[str, type[BaseModel]]]:
             if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)]
 
 
-def schema_keys() -> list[str]:
-    """Every dotted key of the schema: ``name``, ``model.source``, ..."""
+def schema_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema: ``name``, ``model.source``, ``prune.dass.alpha``, ..."""
     keys = []
-    for name, field in Recipe.model_fields.items():
-        kind = field.annotation
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
-            keys += [f"{name}.{sub}" for sub in kind.model_fields]
+    for name, field in model.model_fields.items():
+        if _is_section(field.annotation):
+            keys += schema_keys(field.annotation, f"{prefix}{name}.")
         else:
-            keys.append(name)
+            keys.append(f"{prefix}{name}")
     return keys
 
 

@@ -7,10 +7,12 @@ from pipeline.stages import STAGES
 
 
 def render_report(summary: dict) -> str:
+    # the method's parameters (prune.<method>); summaries written before had only DaSS's alpha, flat
+    options = summary.get("method_options") or ({"alpha": summary["alpha"]} if summary.get("alpha") is not None else {})
     lines = [f"# Run `{summary['recipe']}`", "",
              f"- model: `{summary['model']}`",
              f"- method: **{summary['method']}**, sparsity **{summary['sparsity']}**, scope {summary['scope']}"
-             + (f", alpha {summary['alpha']}" if summary.get("alpha") is not None else "")]
+             + "".join(f", {key} {value}" for key, value in options.items())]
     if summary.get("seconds") is not None:
         lines.append(f"- whole run: {summary['seconds']:.1f} s")
     lines += summary_block(summary)

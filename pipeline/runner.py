@@ -61,7 +61,7 @@ def collect_summary(recipe: Recipe, run_dir: Path, stages: list[Stage], status: 
     p = recipe.prune
     summary: dict = {"recipe": recipe.name, "recipe_hash": recipe.content_hash(), "model": recipe.model.source,
                      "method": p.method, "sparsity": str(p.sparsity), "scope": p.scope,
-                     "alpha": p.alpha if p.method == "dass" else None, "stages": status}
+                     "method_options": p.method_options(), "stages": status}
     for stage in stages:
         for key, value in (stage.summary(recipe, run_dir) or {}).items():
             if isinstance(value, dict) and isinstance(summary.get(key), dict):

@@ -26,7 +26,7 @@ def test_llama2_recipes_follow_the_paper_cpu_experiment():
         r = load_recipe(root / f"llama2-7b-{pct}pct.yaml")
         assert r.model.source == "meta-llama/Llama-2-7b-hf"
         assert r.prune.method == "dass" and r.prune.spec.fraction == pytest.approx(fraction)
-        assert r.prune.scope == "attention+mlp" and r.prune.alpha == 0.5
+        assert r.prune.scope == "attention+mlp" and r.prune.dass.alpha == 0.5
         assert (r.calibration.dataset, r.calibration.num_samples, r.calibration.seq_len) == ("c4", 128, 2048)
         assert r.evaluation.context_length == 2048 and "Table 6" in (root / f"llama2-7b-{pct}pct.yaml").read_text()
     assert load_recipe(root / "llama2-7b-dense.yaml").prune.method == "none"
@@ -47,7 +47,7 @@ def test_llama2_table1_recipe_follows_the_paper_perplexity_protocol():
 def test_defaults_are_the_papers():
     r = parse_recipe(MINIMAL)
     assert (r.calibration.dataset, r.calibration.num_samples, r.calibration.seq_len) == ("c4", 128, 2048)
-    assert r.prune.method == "dass" and r.prune.alpha == 0.5
+    assert r.prune.method == "dass" and r.prune.dass.alpha == 0.5
 
 
 def _error(patch: dict) -> str:

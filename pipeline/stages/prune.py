@@ -20,7 +20,7 @@ def method_of(recipe):
     from pipeline.core.prune.methods import make_method
 
     p = recipe.prune
-    return make_method(p.method, alpha=p.alpha, block_size=p.block_size, dampening_frac=p.dampening_frac)
+    return make_method(p.method, p.method_options())
 
 
 def check(ctx: Context) -> None:

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal, Mapping
 
 import torch
 
+from pipeline.core.prune.options import MethodOptions, NoOptions
 from pipeline.core.prune.sparsity import Axis, SparsitySpec
 
 MLP_ROLES = ("gate", "up", "down")
@@ -31,6 +32,11 @@ ATTENTION_ROLES = ("q", "k", "v", "o")
 class PruningMethod(ABC):
     name: ClassVar[str]
     statistic: ClassVar[Literal["input_norms", "input_gram"] | None]
+    Options: ClassVar[type[MethodOptions]] = NoOptions  # its parameters (pipeline/core/prune/options.py)
+
+    def __init__(self, **options):
+        """``options``: the fields of the method's own ``Options`` model, validated by it."""
+        self.options = self.Options(**options)
 
     @property
     def needs_calibration(self) -> bool:

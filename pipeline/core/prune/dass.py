@@ -18,15 +18,14 @@ from typing import Mapping
 import torch
 
 from pipeline.core.prune.base import ScoringMethod
+from pipeline.core.prune.options import DassOptions
 from pipeline.core.prune.sparsity import Axis
 from pipeline.core.prune.wanda import wanda_score
 
 
 class DaSS(ScoringMethod):
     name = "dass"
-
-    def __init__(self, alpha: float = 0.5):
-        self.alpha = alpha
+    Options = DassOptions
 
     def axis(self, role: str) -> Axis:
         return "column" if role in ("gate", "up") else "row"
@@ -37,6 +36,6 @@ class DaSS(ScoringMethod):
     def score(self, role: str, weight: torch.Tensor, stats: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if role in ("gate", "up"):
             # ||y_i||^alpha == (sum y_i^2)^(alpha / 2): the norm of the channel row i produces.
-            channel = stats["down"].pow(self.alpha / 2).to(weight.dtype).unsqueeze(1)
+            channel = stats["down"].pow(self.options.alpha / 2).to(weight.dtype).unsqueeze(1)
             return weight.abs() * channel
         return wanda_score(weight, stats[role])

@@ -1,25 +1,30 @@
-"""The pruning methods by recipe name."""
+"""The pruning methods by recipe name: one table; each method takes its own parameter model's fields."""
 
 from __future__ import annotations
+
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ValidationError
 
 from pipeline.common.errors import PipelineError
 from pipeline.core.prune.base import PruningMethod
 from pipeline.core.prune.dass import DaSS
 from pipeline.core.prune.magnitude import Magnitude
+from pipeline.core.prune.options import METHOD_NAMES, OPTIONS
 from pipeline.core.prune.sparsegpt import SparseGPT
 from pipeline.core.prune.wanda import Wanda
 
-METHOD_NAMES = ("dass", "wanda", "sparsegpt", "magnitude")
+METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (DaSS, Wanda, SparseGPT, Magnitude)}
 
 
-def make_method(name: str, alpha: float = 0.5, block_size: int = 128, dampening_frac: float = 0.01) -> PruningMethod:
-    """The method ``name``; ``alpha`` is DaSS's exponent, ``block_size`` and ``dampening_frac`` SparseGPT's."""
-    if name == "dass":
-        return DaSS(alpha=alpha)
-    if name == "wanda":
-        return Wanda()
-    if name == "sparsegpt":
-        return SparseGPT(block_size=block_size, dampening_frac=dampening_frac)
-    if name == "magnitude":
-        return Magnitude()
-    raise PipelineError(f"unknown pruning method {name!r}", f"use one of: {', '.join(METHOD_NAMES)}")
+def make_method(name: str, options: Mapping[str, Any] | BaseModel | None = None, **keywords) -> PruningMethod:
+    """The method ``name`` with its parameters (``prune.<name>`` of the recipe, or keywords: ``alpha=0.5``)."""
+    if name not in METHODS:
+        raise PipelineError(f"unknown pruning method {name!r}", f"use one of: {', '.join(METHOD_NAMES)}")
+    given = options.model_dump() if isinstance(options, BaseModel) else dict(options or {})
+    try:
+        return METHODS[name](**given, **keywords)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PipelineError(f"prune.{name}: {problems}",
+                            f"keys of prune.{name}: {', '.join(OPTIONS[name].model_fields) or 'none'}") from None

@@ -28,6 +28,7 @@ import torch
 
 from pipeline.common.errors import PipelineError
 from pipeline.core.prune.base import ReconstructingMethod
+from pipeline.core.prune.options import SparseGPTOptions
 from pipeline.core.prune.sparsity import Axis, SparsitySpec
 
 log = logging.getLogger(__name__)
@@ -124,17 +125,14 @@ class SparseGPT(ReconstructingMethod):
     """Needs ``X^T X`` per distinct projection input and rewrites the weights it keeps."""
 
     name = "sparsegpt"
-
-    def __init__(self, block_size: int = 128, dampening_frac: float = 0.01):
-        self.block_size = block_size
-        self.dampening_frac = dampening_frac
+    Options = SparseGPTOptions
 
     def axis(self, role: str) -> Axis:
         return "row"  # N:M groups along the input dimension
 
     def prepare(self, gram: torch.Tensor, name: str) -> Factor:
-        return inverse_hessian_factor(gram, self.dampening_frac, name)
+        return inverse_hessian_factor(gram, self.options.dampening_frac, name)
 
     def prune(self, role: str, weight: torch.Tensor, prepared: Factor, sparsity: SparsitySpec,
               name: str = "") -> torch.Tensor:
-        return sparsegpt_prune(weight, prepared, sparsity, self.block_size)
+        return sparsegpt_prune(weight, prepared, sparsity, self.options.block_size)
