@@ -33,8 +33,8 @@ SCHEMES = {
 #: schemes users ask for that the DeepSparse path does not run, and what to do instead
 NOT_RUNNABLE = {
     "w4a16": "4-bit weights have no DeepSparse kernels; the 4-bit study is simulated in PyTorch for perplexity only "
-             "(python -m benchmarks.ppl_table --weights w4g128)",
-    "w4-rtn": "4-bit weights have no DeepSparse kernels; the perplexity study: python -m benchmarks.ppl_table "
+             "(python -m scripts.ppl_table --weights w4g128)",
+    "w4-rtn": "4-bit weights have no DeepSparse kernels; the perplexity study: python -m scripts.ppl_table "
               "--weights w4g128",
     "w8a8-dynamic": "dynamic activation quantization (DynamicQuantizeLinear + MatMulInteger) is not a DeepSparse "
                     "fast path; use w8a8-static",

@@ -155,12 +155,12 @@ def test_failed_measurement_is_recorded_and_the_rest_goes_on(tmp_path):
 def test_report_has_the_paper_table_ours_and_the_plots(tmp_path):
     measure, _ = fake_measure()
     results = run_benchmark(ARTIFACTS, settings(), tmp_path, progress=False, measure_fn=measure)
-    made = write_report(results, tmp_path, command="python -m benchmarks.paper_table run X")
+    made = write_report(results, tmp_path, command="python -m scripts.paper_table run X")
     text = (tmp_path / "report.md").read_text()
     assert made == ["report.md", "tokens_by_artifact.png", "tokens_vs_sparsity.png", "speedup_vs_paper.png"]
     for name in made[1:]:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "python -m benchmarks.paper_table run X" in text
+    assert "python -m scripts.paper_table run X" in text
     table = text.split("## The paper's CPU table")[1].split("##")[0]
     dense32 = 1000 / (20 + 32 * 100)
     d70 = 1000 / (20 + 32 * 30)

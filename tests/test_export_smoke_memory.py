@@ -26,7 +26,7 @@ def fake_artifact(folder, config: dict, data_bytes: int):
 
 @pytest.mark.parametrize("sparsity,measured_gib", [(0.7, 9.99), (0.5, 14.80)])
 def test_deepsparse_needs_the_non_zeros_as_measured_at_full_7b_depth(tmp_path, sparsity, measured_gib):
-    from benchmarks.shapes import llama2_7b_config
+    from scripts.shapes import llama2_7b_config
 
     config = llama2_7b_config(32)
     params = 2 * config.vocab_size * config.hidden_size + 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)  # + norms

@@ -1,4 +1,4 @@
-"""The full-depth table (benchmarks/full_depth*.py): which cells are measured and which fitted, and the
+"""The full-depth table (scripts/full_depth*.py): which cells are measured and which fitted, and the
 arithmetic behind the 32-layer speedups, on synthetic per-depth results with known timings."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from benchmarks.full_depth import pipeline_command
-from benchmarks.full_depth_report import table, write_full_depth_report
+from scripts.full_depth import pipeline_command
+from scripts.full_depth_report import table, write_full_depth_report
 
 # ms per token = fixed + layers x per-layer, per model (the line the fit must recover)
 LINES = {"dense": (20.0, 30.0), "dass-50": (20.0, 16.0), "dass-70": (20.0, 10.0)}

@@ -138,7 +138,7 @@ def test_quantize_stage_estimate_is_within_a_quarter_of_the_measured_32_layer_pe
     """benchmarks/results/quantize_bounded/depth32_pipeline_summary.json: the quantize stage of the 32-layer
     LLaMA-2-7B-shaped run (LM head INT8) held 2.20 GiB anonymous; the preflight's figure for that recipe must stay
     within 25% of it, and must not grow with depth (the tensors, not the layers, set it)."""
-    from benchmarks.shapes import llama2_7b_config
+    from scripts.shapes import llama2_7b_config
     from pipeline.recipe import load_recipe
     from pipeline.resources import Shapes
     from pipeline.stages.quantize import estimate

@@ -1,6 +1,6 @@
-"""benchmarks/ppl_table.py's table: one line per scope, method and allocation, one column per sparsity."""
+"""scripts/ppl_table.py's table: one line per scope, method and allocation, one column per sparsity."""
 
-from benchmarks.ppl_table import table
+from scripts.ppl_table import table
 
 
 def test_each_row_lands_in_its_scope_method_and_allocation_line():

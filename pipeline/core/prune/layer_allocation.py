@@ -8,7 +8,7 @@ hooks of the pruning loop (sequential.InputStats, squared input norms once per d
 ``||x_j||^2`` of every pruned projection, and the residual stream entering the layer gives the scale
 its errors are measured against (:func:`residual_energy`). Cost: one more forward of every layer over the calibration
 windows (the pruning pass of a scoring method does two). The statistics do not depend on the target
-sparsity or the method, so one pass serves every target (benchmarks/ppl_table.py reuses it).
+sparsity or the method, so one pass serves every target (scripts/ppl_table.py reuses it).
 """
 
 from __future__ import annotations

@@ -1,27 +1,27 @@
 """The DaSS paper's CPU table (LLaMA-2-7B in DeepSparse: dense 3.05, 50% 5.64, 70% 8.27 tokens/s),
 reproduced at smaller cost on LLaMA-2-7B-shaped models with random weights at a few depths.
 
-    python -m benchmarks.paper_table build runs/paper7b --depths 1 2 3 --equal-speed-depth 2   # prune + export
-    python -m benchmarks.paper_table run runs/paper7b --repeats 3        # benchmark, fit, extrapolate, report
+    python -m scripts.paper_table build runs/paper7b --depths 1 2 3 --equal-speed-depth 2   # prune + export
+    python -m scripts.paper_table run runs/paper7b --repeats 3        # benchmark, fit, extrapolate, report
 
     # sparse + INT8: dense and DaSS 70%, float32 and INT8 (export/quantize.py), DeepSparse decode
-    python -m benchmarks.paper_table build runs/int8 --depths 1 2 --names dense dass-70 --no-equal-speed --int8
-    python -m benchmarks.paper_table run runs/int8 --engines deepsparse --modes decode
+    python -m scripts.paper_table build runs/int8 --depths 1 2 --names dense dass-70 --no-equal-speed --int8
+    python -m scripts.paper_table run runs/int8 --engines deepsparse --modes decode
 
     # ... and the engine users pick instead: the dense model as GGUF in llama.cpp, in the same interleaved run
-    python -m benchmarks.paper_table build runs/int8 --depths 2 4 --names dense dass-70 --no-equal-speed --int8 \
+    python -m scripts.paper_table build runs/int8 --depths 2 4 --names dense dass-70 --no-equal-speed --int8 \
         --gguf q4_0 q8_0
-    python -m benchmarks.paper_table run runs/int8 --engines deepsparse llamacpp --modes decode
+    python -m scripts.paper_table run runs/int8 --engines deepsparse llamacpp --modes decode
 
     # OpenVINO (dense and sparse INT8, sparse weights decompression on and off) beside DeepSparse and llama.cpp
-    python -m benchmarks.paper_table build runs/ov --depths 2 4 --no-equal-speed --int8 --gguf q4_0 \
+    python -m scripts.paper_table build runs/ov --depths 2 4 --no-equal-speed --int8 --gguf q4_0 \
         --pruned-graphs deepsparse onnxruntime
-    python -m benchmarks.paper_table run runs/ov --engines deepsparse openvino openvino-sparse llamacpp --modes decode
+    python -m scripts.paper_table run runs/ov --engines deepsparse openvino openvino-sparse llamacpp --modes decode
 
     # --int8 int8 int8-head int8-all-head: NAME-int8-head has the LM head INT8 too (quantize.lm_head),
     # NAME-int8-all-head down_proj as well (scheme w8a8-static-all)
 
-``build`` makes, for each depth, a model with LLaMA-2-7B's exact layer shapes (benchmarks/shapes.py),
+``build`` makes, for each depth, a model with LLaMA-2-7B's exact layer shapes (scripts/shapes.py),
 prunes it with DaSS at 50% and 70% (attention + MLP, like the paper's CPU experiment) and, at one
 depth, with Wanda and magnitude at 50% too (equal speed at equal sparsity), and exports
 each as an artifact (DeepSparse graph; the dense one also for ONNX Runtime). ``run`` benchmarks
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.shapes import LLAMA2_7B_LAYERS, byte_level_tokenizer, llama2_7b_config, random_model
+from scripts.shapes import LLAMA2_7B_LAYERS, byte_level_tokenizer, llama2_7b_config, random_model
 from benchmarks.settings import add_settings_arguments, settings_from_arguments
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def collect(out: Path) -> list[dict]:
 
     found = sorted({*out.glob(f"depth*/*/{MANIFEST}"), *out.glob(f"depth*/gguf-*/{DESCRIPTION}")})
     if not found:
-        raise SystemExit(f"no artifacts under {out}: run `python -m benchmarks.paper_table build {out}` first")
+        raise SystemExit(f"no artifacts under {out}: run `python -m scripts.paper_table build {out}` first")
     described = []
     for m in found:
         key = f"{m.parent.parent.name}/{m.parent.name}"
@@ -175,7 +175,7 @@ def main() -> None:
               args.names, not args.no_equal_speed, () if args.int8 is None else tuple(args.int8 or ["int8"]),
               tuple(args.gguf), tuple(args.pruned_graphs))
     else:
-        run(args.out, settings_from_arguments(args), "python -m benchmarks.paper_table " + " ".join(sys.argv[1:]))
+        run(args.out, settings_from_arguments(args), "python -m scripts.paper_table " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

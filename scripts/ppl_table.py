@@ -13,7 +13,7 @@ dense weights before every pruning; its rows use the same calibration windows, p
 are round-to-nearest quantized to 4 bits in groups of 128 (64 for SmolLM2, whose 576 is no multiple of 128)
 (simulated in PyTorch; pruned zeros kept).
 
-    python -m benchmarks.ppl_table --weights w4g64 --sparsities 0.5,2:4 --out benchmarks/results/ppl_embedded_w4.json
+    python -m scripts.ppl_table --weights w4g64 --sparsities 0.5,2:4 --out benchmarks/results/ppl_embedded_w4.json
 
 ``--allocations uniform,owl,sensitivity`` prunes each method and (unstructured) sparsity once per per-layer
 allocation scheme (pipeline/core/prune/allocation.py); the statistics the schemes need come from one pass over

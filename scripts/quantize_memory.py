@@ -1,7 +1,7 @@
 """Memory of the INT8 quantization of an artifact, as the quantize stage runs it: wall time, peak RSS (which
 counts the pages of the weights file ONNX Runtime maps) and peak anonymous memory (what the machine must hold).
 
-    python -m benchmarks.quantize_memory ARTIFACT OUT.json [--samples 16 --seq-len 128 --lm-head]
+    python -m scripts.quantize_memory ARTIFACT OUT.json [--samples 16 --seq-len 128 --lm-head]
 
 The calibration windows are the embedded text's, as in the recipes' defaults (``quantize.num_samples`` 16 x
 ``quantize.seq_len`` 128, smoothing 0.5). The INT8 artifact is written beside OUT.json and deleted afterwards

@@ -1,7 +1,7 @@
 """Per-op profile of an artifact's DeepSparse graph: ``deepsparse.debug_analysis`` on a scratch copy
 (the engine rewrites ``model.onnx`` in place), decoding one token after a filled internal KV cache.
 
-    python -m benchmarks.deepsparse_profile runs/int8/depth1/dense-int8 benchmarks/results/int8_profile/x.txt
+    python -m scripts.deepsparse_profile runs/int8/depth1/dense-int8 benchmarks/results/int8_profile/x.txt
 
 The text written is the tool's own per-layer table and breakdown, headed by the CPU, the instruction
 set DeepSparse detects and the command, and followed by a summary that answers what the table
@@ -50,7 +50,7 @@ def summarize(result: dict) -> list[str]:
         for v in li["output_dims"].values():
             size *= max(v, 1)
         groups.setdefault(layer_kind(li["name"], bool(li["kernel_dims"]), size), []).append(li)
-    lines = ["== Summary (benchmarks/deepsparse_profile.py) ==",
+    lines = ["== Summary (scripts/deepsparse_profile.py) ==",
              "kind | layers | ms | % of summed time | weight sparsity of the kernels"]
     for kind, items in sorted(groups.items()):
         ms = sum(li.get("average_run_time_in_ms", 0.0) for li in items)
@@ -77,7 +77,7 @@ def profile(artifact: Path, out: Path, sequence_length: int, iterations: int, wa
         result = json.loads(export.read_text())
     header = [f"artifact: {artifact}", f"cpu: {cpu}", f"deepsparse detects: {json.dumps(machine())}",
               f"decode: 1 token after {sequence_length - 1} cached tokens (internal KV cache), {iterations} iterations",
-              "command: python -m benchmarks.deepsparse_profile " + " ".join(sys.argv[1:]), ""]
+              "command: python -m scripts.deepsparse_profile " + " ".join(sys.argv[1:]), ""]
     text = "\n".join(header) + done.stdout + "\n" + "\n".join(summarize(result)) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, text)

@@ -14,8 +14,8 @@ Calibrating 128 x 2048 tokens through 7B on 2 CPU cores would take many hours, s
 run uses fewer samples at the full 2048-token length and the report adds what the 128-sample
 activation buffer would add (it is one float16 [samples, 2048, 4096] tensor). Target: <= 20 GiB.
 
-    python -m benchmarks.prune_cost layer
-    python -m benchmarks.prune_cost memory --samples 2
+    python -m scripts.prune_cost layer
+    python -m scripts.prune_cost memory --samples 2
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from benchmarks.shapes import llama2_7b_config, random_model
+from scripts.shapes import llama2_7b_config, random_model
 from benchmarks.runner import cpu_name
 from pipeline.core.models import decoder_layers, layer_projections
 from pipeline.core.prune.methods import make_method
@@ -142,7 +142,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(bench_memory(args)))
         return
-    cmd = [sys.executable, "-m", "benchmarks.prune_cost", "memory", "--child", "--samples", str(args.samples),
+    cmd = [sys.executable, "-m", "scripts.prune_cost", "memory", "--child", "--samples", str(args.samples),
            "--seq-len", str(args.seq_len), "--layers", str(args.layers), "--method", args.method]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:

@@ -1,4 +1,4 @@
-"""The full-depth table from benchmarks/full_depth.py's per-depth results: measured cells, the depth fit, the
+"""The full-depth table from scripts/full_depth.py's per-depth results: measured cells, the depth fit, the
 32-layer figures (measured where the artifact ran, fitted where it could not be held) and the paper's beside them.
 
 Each depth was one interleaved benchmark run, so the speedups at a depth are paired by round; figures of
@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from benchmarks.full_depth import PAPER
-from benchmarks.shapes import LLAMA2_7B_LAYERS
+from scripts.full_depth import PAPER
+from scripts.shapes import LLAMA2_7B_LAYERS
 from benchmarks.stats import depth_fit, extrapolate, summarize
 from pipeline.common.outputs import figure_png, read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 
@@ -22,10 +22,10 @@ GiB = 2**30
 
 def load(results_dir: Path) -> list[dict]:
     """Each depth's results, with ``folder`` (where its runs' summaries were copied) added."""
-    runs = [{**read_json(p, "run benchmarks.full_depth bench first"), "folder": str(p.parent)}
+    runs = [{**read_json(p, "run scripts.full_depth bench first"), "folder": str(p.parent)}
             for p in sorted(Path(results_dir).glob("depth*/results.json"), key=lambda p: (int(re.match(r"depth(\d+)", p.parent.name).group(1)), p))]
     if not runs:
-        raise SystemExit(f"no depth*/results.json under {results_dir}: run `python -m benchmarks.full_depth bench` first")
+        raise SystemExit(f"no depth*/results.json under {results_dir}: run `python -m scripts.full_depth bench` first")
     return runs
 
 
@@ -108,7 +108,7 @@ def table(runs: list[dict], results_dir: Path, target: int = LLAMA2_7B_LAYERS, d
 
 
 def runs_dense_command(t: dict) -> str:
-    return t.get("dense_run_command") or "python -m benchmarks.paper_table run ..."
+    return t.get("dense_run_command") or "python -m scripts.paper_table run ..."
 
 
 def _gib(b) -> str:
@@ -135,13 +135,13 @@ def render(t: dict, runs: list[dict]) -> str:
     st = runs[0]["settings"]
     lines = ["# The paper's CPU table at full depth (LLaMA-2-7B shapes, DeepSparse decode)", "",
              "Made by (each depth one interleaved benchmark run):", "", "```",
-             *[r["command"] for r in runs], "python -m benchmarks.full_depth report ...", "```", "",
+             *[r["command"] for r in runs], "python -m scripts.full_depth report ...", "```", "",
              f"- machine: {m0['cpu']}, {m0['cores']} cores, {m0['memory_gib']} GiB RAM; DeepSparse detects instruction "
              f"set `{ds.get('isa')}`, VNNI {ds.get('vnni')}, {ds.get('physical_cores')} physical cores",
              f"- decode: one new token with {st['sequence_length'] - 1} cached tokens, batch 1, float32, "
              f"{st['repeats']} interleaved rounds of {st['seconds']} s after {st['warmup_seconds']} s warm-up, "
              "each measurement in its own process",
-             "- models: LLaMA-2-7B's exact shapes, random float16 weights (benchmarks/shapes.py), DaSS on attention + "
+             "- models: LLaMA-2-7B's exact shapes, random float16 weights (scripts/shapes.py), DaSS on attention + "
              "MLP with 4 x 128 calibration tokens, exported by `pipeline run` (streaming prune, bounded-memory export)",
              "", f"## Tokens/s (median, min–max over rounds)", "",
              "| model | paper (24-core Xeon 8160, LLaMA-2-7B) | " +

@@ -1,7 +1,7 @@
 """The embedded SmolLM2-135M as three artifacts (dense, DaSS 50%, DaSS 70%, attention + MLP) for the
 throughput benchmark:
 
-    python -m benchmarks.embedded_artifacts runs/speed
+    python -m scripts.embedded_artifacts runs/speed
     pipeline benchmark runs/speed/dense runs/speed/dass-50 runs/speed/dass-70 --out benchmarks/results/embedded
 """
 

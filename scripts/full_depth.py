@@ -2,19 +2,19 @@
 dense fitted from depths 4, 8 and 12 where the 27 GB float32 dense model does not fit in RAM.
 
 Every artifact is made by the tool itself: a checkpoint with LLaMA-2-7B's shapes and random float16 weights
-(benchmarks/shapes.py), then ``pipeline run recipes/llama2-7b-shaped-70pct.yaml`` with overrides (streaming
+(scripts/shapes.py), then ``pipeline run recipes/llama2-7b-shaped-70pct.yaml`` with overrides (streaming
 prune, bounded-memory export of the DeepSparse graph), so each run's summary.json has the per-stage wall time
 and peak RSS. Depths are benchmarked one at a time (dense, 50% and 70% of one depth interleaved in one run)
 because the artifacts of all depths do not fit on the disk at once; ``--drop`` deletes a depth's artifacts
 after its benchmark.
 
-    python -m benchmarks.full_depth build runs/full --depth 4 --names dense dass-50 dass-70
-    python -m benchmarks.full_depth bench runs/full --depth 4 --drop          # results/depth4-dense+.../results.json
+    python -m scripts.full_depth build runs/full --depth 4 --names dense dass-50 dass-70
+    python -m scripts.full_depth bench runs/full --depth 4 --drop          # results/depth4-dense+.../results.json
     ... the same for 8 and 12; for 32: --names dass-70 (then dass-50) ...
-    python -m benchmarks.full_depth report runs/full benchmarks/results/full_depth   # table, JSON, plot
+    python -m scripts.full_depth report runs/full benchmarks/results/full_depth   # table, JSON, plot
 
 Calibration is short (4 x 128 tokens by default): it decides which weights go, not how many, and speed
-depends on how many (the paper's equal speed at equal sparsity, checked in benchmarks/paper_table.py).
+depends on how many (the paper's equal speed at equal sparsity, checked in scripts/paper_table.py).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ PAPER = {"dense": 3.05, "dass-50": 5.64, "dass-70": 8.27}
 
 
 def _checkpoint(out: Path, depth: int) -> Path:
-    from benchmarks.shapes import write_checkpoint
+    from scripts.shapes import write_checkpoint
 
     folder = out / f"checkpoint-depth{depth}"
     if not (folder / "model.safetensors.index.json").is_file():
@@ -122,7 +122,7 @@ def main() -> None:
     t.add_argument("out", type=Path)
     t.add_argument("dest", type=Path)
     t.add_argument("--dense-run", type=Path, default=None,
-                   help="a benchmark folder (benchmarks.paper_table run) of dense artifacts at several depths, "
+                   help="a benchmark folder (scripts.paper_table run) of dense artifacts at several depths, "
                         "interleaved: the dense fit comes from it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -130,9 +130,9 @@ def main() -> None:
         build(args.out, args.depth, args.names, tuple(args.calib), args.keep_checkpoint)
     elif args.what == "bench":
         bench(args.out, args.depth, settings_from_arguments(args), args.drop,
-              "python -m benchmarks.full_depth " + " ".join(sys.argv[1:]))
+              "python -m scripts.full_depth " + " ".join(sys.argv[1:]))
     else:
-        from benchmarks.full_depth_report import write_full_depth_report
+        from scripts.full_depth_report import write_full_depth_report
 
         made = write_full_depth_report(args.out / "results", args.dest, args.dense_run)
         print(f"wrote {', '.join(made)} to {args.dest}")

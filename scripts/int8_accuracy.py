@@ -3,7 +3,7 @@ float graph's: the cost in accuracy of each scheme, measured on the graphs thems
 export/onnx_perplexity.py). The defaults are recipes/smollm2-embedded.yaml's quantize and evaluation
 settings (16 x 128 calibration windows, seed 0; 512-token evaluation windows of the embedded text).
 
-    python -m benchmarks.int8_accuracy runs/embedded --schemes w8a8-static w8a8-static-all \\
+    python -m scripts.int8_accuracy runs/embedded --schemes w8a8-static w8a8-static-all \\
         --out benchmarks/results/int8_embedded_accuracy.json
 
 Each INT8 copy is written to RUN/int8-accuracy/SCHEME and removed afterwards (``--keep`` keeps them).
@@ -82,7 +82,7 @@ def main() -> None:
     strengths = [None if s.lower() == "none" else float(s) for s in args.smoothing]
     result = measure(args.run_dir, args.schemes, strengths, args.graph, args.keep,
                      tuple(head == "int8" for head in args.lm_head), max_windows=args.max_windows)
-    result["command"] = "python -m benchmarks.int8_accuracy " + " ".join(sys.argv[1:])
+    result["command"] = "python -m scripts.int8_accuracy " + " ".join(sys.argv[1:])
     write_json_atomic(args.out, result)
     for row in result["int8"]:
         print(f"{row['scheme']} smoothing {row['smoothing_strength']} LM head {'INT8' if row['lm_head'] else 'float'}: "
