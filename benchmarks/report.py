@@ -50,6 +50,9 @@ def _paper_row(sparsity) -> str:
     return f"{paper[sparsity]:.2f}" + ("" if sparsity is None else f" ({ratio:.2f}x)")
 
 
+SCOPE_LABELS = {"mlp": "MLP only", "attention+mlp": "attention + MLP"}
+
+
 def _paper_table(results: dict) -> list[str]:
     """The paper's table beside ours: DaSS dense/50%/70% in DeepSparse (decode), measured and extrapolated."""
     s = results["summary"]
@@ -63,7 +66,9 @@ def _paper_table(results: dict) -> list[str]:
     depths = sorted({a["layers"] for a in rows})
     extrap = {(e["name"], e["engine"], e["mode"]): e for e in s.get("extrapolation", [])}
     target = results["settings"].get("extrapolate_to_layers")
-    head = ["model (DaSS, attention + MLP)", f"paper: {PAPER['machine']}"]
+    scopes = sorted({a.get("scope") or "scope not recorded" for a in rows if a["method"] != "none"})
+    head = [f"model (DaSS, {', '.join(SCOPE_LABELS.get(s, s) for s in scopes) or 'dense only'}; the paper: "
+            "attention + MLP)", f"paper: {PAPER['machine']}"]
     for d in depths:
         head.append(f"ours, DeepSparse, {_layers(d)} (measured)")
     if extrap:

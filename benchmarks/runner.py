@@ -53,7 +53,7 @@ def describe_artifact(path: Path, key: str | None = None, name: str | None = Non
     model = (manifest.get("recipe") or {}).get("model", {}).get("source") or config.get("_name_or_path") or label
     return {"key": key or label, "name": name or label, "path": str(path), "method": method, "model": model,
             "requested_sparsity": requested, "sparsity": sparsity, "layers": config["num_hidden_layers"],
-            "graphs": sorted(manifest["engines"])}
+            "scope": manifest.get("scope"), "graphs": sorted(manifest["engines"])}
 
 
 def find_artifact(entry: str | Path, what: str = "artifact") -> dict:

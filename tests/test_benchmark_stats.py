@@ -249,3 +249,30 @@ def test_single_run_plot_has_a_bar_per_artifact_and_engine_with_speedups(tmp_pat
     alone = run_benchmark(arts[1:2], settings(engines=["deepsparse"], modes=["decode"], extrapolate_to_layers=None),
                           tmp_path / "alone", progress=False, measure_fn=measure)
     assert write_report(alone, tmp_path / "alone") == ["report.md", "tokens_by_artifact.png"]  # no one-point line
+
+
+def test_the_paper_table_names_the_scope_the_artifacts_were_pruned_in(tmp_path):
+    """The paper pruned attention + MLP; an MLP-only run's table says MLP only, and artifacts from before the scope
+    was recorded say so instead of guessing."""
+    measure, _ = fake_measure()
+    for scope, label in (("mlp", "DaSS, MLP only;"), ("attention+mlp", "DaSS, attention + MLP;"),
+                         (None, "DaSS, scope not recorded;")):
+        arts = [{**a, "scope": scope if a["method"] != "none" else None} for a in ARTIFACTS]
+        results = run_benchmark(arts, settings(engines=["deepsparse"], modes=["decode"], repeats=1), tmp_path,
+                                progress=False, measure_fn=measure)
+        write_report(results, tmp_path)
+        table = (tmp_path / "report.md").read_text().split("## The paper's CPU table")[1].split("##")[0]
+        assert f"| model ({label} the paper: attention + MLP) |" in table, (scope, table.splitlines()[2])
+
+
+def test_the_run_reports_throughput_names_the_artifact_of_each_speedup():
+    from pipeline.stages.benchmark import report
+
+    bench = {"tokens_per_s": {"deepsparse decode": 50.0, "deepsparse decode int8": 80.0},
+             "speedups": [{"engine": "deepsparse", "mode": "decode", "vs": "deepsparse", "dense": "run-dense",
+                           "artifact": "run", "ratio": 1.2},
+                          {"engine": "deepsparse", "mode": "decode", "vs": "deepsparse", "dense": "run-dense",
+                           "artifact": "run-int8", "ratio": 1.9}]}
+    lines = report({"benchmark": bench})
+    assert "- deepsparse decode, `run` vs deepsparse on `run-dense` (dense): **1.20x**" in lines
+    assert "- deepsparse decode, `run-int8` vs deepsparse on `run-dense` (dense): **1.90x**" in lines

@@ -120,8 +120,9 @@ def report(summary: dict) -> list[str]:
     lines = ["## Throughput", "", "Median tokens/s of this artifact (batch 1, float32; details, every "
              "measurement and plots in `benchmark/report.md`):", "", "| engine, mode | tokens/s |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in bench["tokens_per_s"].items()]
-    for x in bench["speedups"]:
-        lines.append(f"- {x['engine']} {x['mode']} vs {x['vs']} on `{x['dense']}` (dense): **{x['ratio']:.2f}x**")
+    for x in bench["speedups"]:  # which artifact: the pruned float one, or its INT8 copy
+        lines.append(f"- {x['engine']} {x['mode']}, `{x['artifact']}` vs {x['vs']} on `{x['dense']}` (dense): "
+                     f"**{x['ratio']:.2f}x**")
     for g in bench.get("llamacpp", []):
         ppl = f"perplexity {g['perplexity']:.3f}" if g["perplexity"] else "perplexity not measured"
         speed = ", ".join(f"{mode} {v:.2f} tokens/s" for mode, v in g["tokens_per_s"].items())
