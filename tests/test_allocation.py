@@ -153,18 +153,27 @@ BEFORE = {"dass": "616f275068b593f1fc1af575c5786cc78492af752f86efa46a438cde233ac
 
 
 @pytest.mark.parametrize("method", ["dass", "wanda"])
-def test_uniform_default_leaves_the_weights_byte_identical(method):
+def test_regression_pin_uniform_weights_equal_the_code_before_allocation(method):
+    """A regression pin, not a property: the digest was computed by older code with the pinned torch; a torch or
+    transformers upgrade that changes the float results changes it too (then recompute it with the old commit)."""
     ids = calibration_ids(n=3, seq_len=16, seed=4)
     plain = tiny_model("llama", seed=3)
     prune_model(plain, make_method(method), SparsitySpec.parse(0.7), ids, scope="attention+mlp", progress=False)
     assert _digest(plain) == BEFORE[method]
-    # the uniform scheme's ratios, given per layer, change nothing either
+
+
+@pytest.mark.parametrize("method", ["dass", "wanda"])
+def test_uniform_ratios_given_per_layer_prune_as_no_allocation(method):
+    """The property behind the pin: the uniform scheme's per-layer ratios give the same bytes as no allocation."""
+    ids = calibration_ids(n=3, seq_len=16, seed=4)
+    plain = tiny_model("llama", seed=3)
+    prune_model(plain, make_method(method), SparsitySpec.parse(0.7), ids, scope="attention+mlp", progress=False)
     uniform = tiny_model("llama", seed=3)
     _, ratios = allocate(uniform, "uniform", 0.7, scope="attention+mlp", ids=ids)
     assert ratios == [0.7] * 2
     prune_model(uniform, make_method(method), SparsitySpec.parse(0.7), ids, scope="attention+mlp", progress=False,
                 layer_sparsity=[SparsitySpec(fraction=r) for r in ratios])
-    assert _digest(uniform) == BEFORE[method]
+    assert _digest(uniform) == _digest(plain)
     assert parse_recipe({"name": "x", "model": {"source": "m"}}).prune.allocation == "uniform"
 
 
