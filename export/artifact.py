@@ -38,7 +38,6 @@ import numpy as np
 import torch
 
 from export.checks import (
-    deepsparse_graph_logits,
     file_table,
     onnx_weight_sparsity,
     onnxruntime_graph_logits,
@@ -46,15 +45,15 @@ from export.checks import (
 )
 from export.deepsparse_families import quirks_for
 from export.deepsparse_graph import PATCHES
+from export.graph_formats import GRAPHS, ONNX_GRAPHS, graph_logits
 from export.shared_weights import share_weights
 from pipeline.common.errors import PipelineError
 from pipeline.common.outputs import StagingDir, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("deepsparse", "onnxruntime", "openvino")
+ENGINES = tuple(GRAPHS)  # every graph an export can write (export/graph_formats.py)
 #: the ONNX graphs (OpenVINO's IR is made from the onnxruntime one)
-ONNX_GRAPHS = ("deepsparse", "onnxruntime")
 MANIFEST = "manifest.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 #: max |logit difference| between an exported graph and PyTorch (float32) accepted at export time
@@ -200,19 +199,20 @@ def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = O
                 folder.mkdir()
                 t0 = time.time()
                 log.info("exporting the %s graph", engine)
+                graph = GRAPHS[engine]
                 # The DeepSparse graph always keeps its weights in model.onnx_data: the engine rewrites
                 # model.onnx in place when it loads, so loaders give it a copy, which must be small.
-                if engine == "deepsparse" or external_data:
+                if graph.weights_always_external or external_data:
                     os.environ["FORCE_ONNX_EXTERNAL_DATA"] = "1"
                 else:
                     os.environ.pop("FORCE_ONNX_EXTERNAL_DATA", None)
-                if engine == "deepsparse":
+                if graph.internal_cache:
                     _export_deepsparse(model, folder, max_positions)
-                    pad_external_data(folder)
-                    logits = deepsparse_graph_logits(folder / "model.onnx", model.config, prompt.numpy())
                 else:
                     _export_onnxruntime(model, folder)
-                    logits = onnxruntime_graph_logits(folder / "model.onnx", model.config, prompt.numpy())
+                if graph.pads_weights_file:
+                    pad_external_data(folder)
+                logits = graph_logits(engine, folder / graph.graph_file, model.config, prompt.numpy())
                 model.config.save_pretrained(folder)
                 model.generation_config.save_pretrained(folder)
                 tokenizer.save_pretrained(folder)
@@ -228,14 +228,12 @@ def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = O
                     "external_data": (folder / "model.onnx_data").exists(),
                     "export_seconds": time.time() - t0,
                     "logits_max_abs_diff_vs_pytorch": diff,
-                    "kv_cache": "internal (DeepSparse engine)" if engine == "deepsparse" else "external (inputs/outputs)",
+                    "kv_cache": graph.kv_cache,
                     "sparsity_in_onnx": sparsity,
                 }
-                if engine == "deepsparse":
-                    engine_info[engine].update(max_sequence_length=max_positions, patches=list(PATCHES),
-                                               load='deepsparse.TextGeneration(model_path="ARTIFACT/deepsparse")')
-                else:
-                    engine_info[engine]["load"] = 'ORTModelForCausalLM.from_pretrained("ARTIFACT/onnxruntime")'
+                if graph.internal_cache:
+                    engine_info[engine].update(max_sequence_length=max_positions, patches=list(PATCHES))
+                engine_info[engine]["load"] = graph.load
             if share and len(engine_info) == 2:
                 shared = share_weights(tmp)
                 if shared and shared["hard_link"]:  # the rewritten graph must still compute the same logits
@@ -279,8 +277,7 @@ def open_artifact(folder: Path, engine: str | None = None, verify_checksums: boo
         if name not in manifest.get("engines", {}):
             raise PipelineError(f"the artifact {folder} was not exported for {name}", f"export it with engines: [{name}]")
         sub = folder / name
-        graph_file = "openvino_model.xml" if name == "openvino" else "model.onnx"
-        for required in (graph_file, "config.json", *TOKENIZER_FILES):
+        for required in (GRAPHS[name].graph_file, "config.json", *TOKENIZER_FILES):
             if not (sub / required).is_file():
                 raise PipelineError(f"the artifact is missing {name}/{required}", "re-run the export stage")
     for rel, info in manifest.get("files", {}).items():

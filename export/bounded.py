@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.graph_formats import GRAPHS, ONNX_GRAPHS
 from export.shared_weights import DATA, point_at
 from pipeline.common.errors import PipelineError
 from pipeline.common.outputs import StagingDir, write_json_atomic
@@ -232,8 +233,9 @@ def disk_needed(params: int, template_params: int, engines: tuple[str, ...], sha
     plus the template's own export while it exists."""
     from export.artifact import estimated_bytes
 
-    graphs = tuple(e for e in engines if e != "openvino")  # OpenVINO's IR: one more float32 copy
-    copies = (1 if share and len(graphs) == 2 else len(graphs)) + ("openvino" in engines)
+    graphs = tuple(e for e in engines if e in ONNX_GRAPHS)
+    converted = sum(not GRAPHS[e].traced for e in engines)  # OpenVINO's IR: one more float32 copy
+    copies = (1 if share and len(graphs) == 2 else len(graphs)) + converted
     return int(params * 4 * copies * 1.02) + estimated_bytes(template_params, graphs)
 
 
@@ -252,7 +254,7 @@ def export_checkpoint_artifact(folder: Path, tokenizer, target: Path, engines: t
     from transformers import AutoConfig
 
     from export.depth import layers_alike
-    from export.artifact import (DEEPSPARSE_DATA_TAIL, MANIFEST, ONNX_GRAPHS, artifact_manifest, check_disk,
+    from export.artifact import (DEEPSPARSE_DATA_TAIL, MANIFEST, artifact_manifest, check_disk,
                                  check_openvino_engines, export_artifact, pad_external_data)
     from pipeline.core.checkpoint import Checkpoint, skeleton, tied_names
     from pipeline.core.models import decoder_layers
@@ -294,18 +296,20 @@ def export_checkpoint_artifact(folder: Path, tokenizer, target: Path, engines: t
         engine_info, shared, digests = {}, None, {}
         count = sum(len(params[e]) for e in engines) * depth // TEMPLATE_LAYERS
         with tqdm(total=count, desc="writing weights", unit="tensor", disable=not progress) as bar:
-            for engine in ("deepsparse", "onnxruntime"):
+            for engine in ONNX_GRAPHS:
                 if engine not in engines:
                     continue
+                graph = GRAPHS[engine]
                 t0 = time.time()
                 out = tmp / engine
                 out.mkdir()
-                reuse = shared if (engine == "onnxruntime" and share) else None
+                reuse = shared if (graph.reads_shared_weights and share) else None
                 before = (tmp / "deepsparse" / DATA).stat().st_size if reuse is not None else 0
                 written = write_deep_graph(tmp / "template" / engine, out, depth, params[engine], source, digests,
                                            reuse, tmp / "deepsparse" / DATA, bar)
-                if engine == "deepsparse":
+                if graph.pads_weights_file:
                     pad_external_data(out)
+                if not graph.reads_shared_weights:  # the file the other graph's weights are found in
                     shared = written
                 for name in os.listdir(tmp / "template" / engine):
                     if name not in ("model.onnx", DATA):
@@ -358,7 +362,7 @@ def _check_whole(folder: Path, tokenizer, artifact: Path, engine_info: dict, con
     from transformers import AutoModelForCausalLM
 
     from export.artifact import LOGITS_ATOL
-    from export.checks import deepsparse_graph_logits, onnxruntime_graph_logits
+    from export.graph_formats import graph_logits
 
     model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
     prompt = tokenizer(check_prompt, return_tensors="pt").input_ids
@@ -366,8 +370,8 @@ def _check_whole(folder: Path, tokenizer, artifact: Path, engine_info: dict, con
         reference = model(input_ids=prompt, use_cache=False).logits.numpy()
     del model
     for engine, info in engine_info.items():
-        run = deepsparse_graph_logits if engine == "deepsparse" else onnxruntime_graph_logits
-        diff = float(np.abs(run(artifact / engine / "model.onnx", config, prompt.numpy()) - reference).max())
+        logits = graph_logits(engine, artifact / engine / GRAPHS[engine].graph_file, config, prompt.numpy())
+        diff = float(np.abs(logits - reference).max())
         if diff > LOGITS_ATOL:
             raise PipelineError(f"the deepened {engine} graph's logits differ from PyTorch by {diff:.2e} "
                                 f"(> {LOGITS_ATOL})", "set export.bounded_memory: false and report this as a bug")

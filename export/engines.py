@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from export.graph_formats import GRAPHS
 from pipeline.common.child import child_main, run_child
 
 
@@ -139,14 +140,14 @@ def _generate_openvino(folder: str, prompt: str, max_new_tokens: int, threads: i
             "kernels": ovg.kernels(compiled), "sparse_weights": path.as_dict()}
 
 
+#: each graph's greedy generation (export/graph_formats.py: GRAPHS), run in a child process
+GENERATORS = {"deepsparse": _generate_deepsparse, "onnxruntime": _generate_onnxruntime, "openvino": _generate_openvino}
+
+
 def _child_main(spec: dict) -> dict:
     engine = spec.pop("engine")
-    if engine == "deepsparse":
-        return _generate_deepsparse(**spec)
-    if engine == "onnxruntime":
-        return _generate_onnxruntime(**spec)
-    if engine == "openvino":
-        return _generate_openvino(**spec)
+    if engine in GENERATORS:
+        return GENERATORS[engine](**spec)
     if engine == "abort":  # for tests: an engine that dies like a failed C++ assertion
         print("Assertion at src/lib/engine/simulated.cpp:1", file=sys.stderr, flush=True)
         os.abort()
@@ -157,7 +158,7 @@ def generation_spec(engine: str, prompt: str, max_new_tokens: int, sequence_leng
                     internal_kv_cache: bool = True) -> dict:
     """The keyword arguments ``run_engine`` takes for a greedy generation with ``engine``."""
     spec = {"prompt": prompt, "max_new_tokens": max_new_tokens}
-    if engine == "deepsparse":
+    if GRAPHS[engine].internal_cache:
         # prompt_sequence_length 4: DeepSparse compiles a 4-token prefill engine besides the 1-token one
         spec.update(sequence_length=sequence_length, prompt_sequence_length=4, internal_kv_cache=internal_kv_cache)
     return spec
@@ -166,7 +167,7 @@ def generation_spec(engine: str, prompt: str, max_new_tokens: int, sequence_leng
 def run_engine(engine: str, artifact: Path | str, stage: str, timeout: float = 1800, **spec) -> dict:
     """Run ``engine`` on ``artifact/engine`` in a child process (OpenVINO: on the artifact, whose IR or ONNX Runtime
     graph it reads); returns its result dict."""
-    folder = Path(artifact) / engine if engine in ("deepsparse", "onnxruntime") else Path(artifact)
+    folder = Path(artifact) / engine if engine in GRAPHS and GRAPHS[engine].traced else Path(artifact)
     payload = {"engine": engine, **({"folder": str(folder)} if engine != "abort" else {}), **spec}
     return run_child("export.engines", payload, f"{engine} on {folder}", stage, timeout)
 

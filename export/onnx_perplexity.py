@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.checks import deepsparse_graph_feed, onnxruntime_graph_feed, ort_session
+from export.checks import ort_session
+from export.graph_formats import GRAPHS, graph_feed
 from pipeline.core.evaluate import perplexity
 
 
@@ -27,7 +28,7 @@ class OnnxLogits(nn.Module):
         from transformers import AutoConfig
 
         self.engine = engine
-        if engine == "openvino":
+        if GRAPHS[engine].in_openvino:
             from export import openvino_graph as ovg
 
             self.config = AutoConfig.from_pretrained(ovg.graph_file(folder).parent)
@@ -44,8 +45,7 @@ class OnnxLogits(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, use_cache: bool = False):
         ids = input_ids.cpu().numpy()
-        feed = (deepsparse_graph_feed(self.config, ids) if self.engine == "deepsparse"
-                else onnxruntime_graph_feed(self.names, self.config, ids))
+        feed = graph_feed(self.engine, self.names, self.config, ids)
         return SimpleNamespace(logits=torch.from_numpy(self.run(feed)))
 
 
@@ -74,4 +74,4 @@ def top1_agreement(reference: Path, candidate: Path, tokens: torch.Tensor, conte
     same, total = int((picks[0] == picks[1]).sum()), picks[0].numel()
     return {"fraction": same / total, "positions": total, "windows": batches.shape[0],
             "context_length": context_length, "graph": engine,
-            "run_in": "openvino" if engine == "openvino" else "onnxruntime"}
+            "run_in": GRAPHS[engine].runtime}

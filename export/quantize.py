@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from export.checks import deepsparse_graph_feed, file_table, onnxruntime_graph_feed, save_graph
+from export.graph_formats import GRAPHS
 from export.schemes import Scheme, check_scheme
 from pipeline.common.errors import PipelineError
 from pipeline.common.outputs import StagingDir, write_json_atomic
@@ -106,7 +107,7 @@ def untie_lm_head(store, vocab_size: int) -> None:
 
 
 def _feeds(engine: str, graph: Path, config, windows: np.ndarray) -> list[dict]:
-    if engine == "deepsparse":
+    if GRAPHS[engine].internal_cache:
         return [deepsparse_graph_feed(config, windows[i:i + 1]) for i in range(len(windows))]
     import onnx
 
@@ -277,7 +278,7 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
     from transformers import AutoConfig
 
     from export.artifact import MANIFEST, open_artifact, pad_external_data
-    from export.checks import deepsparse_graph_logits, onnxruntime_graph_logits
+    from export.graph_formats import graph_logits
 
     scheme = check_scheme(scheme_name)
     source, target = Path(source), Path(target)
@@ -286,7 +287,7 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
     with StagingDir(target) as tmp:
         engines, int8_logits = {}, {}
         for engine, info in original["engines"].items():
-            if engine == "openvino":  # made from the INT8 onnxruntime graph below
+            if not GRAPHS[engine].traced:  # OpenVINO's IR: made from the INT8 onnxruntime graph below
                 continue
             t0 = time.time()
             folder = tmp / engine
@@ -296,10 +297,10 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
             log.info("quantizing the %s graph (%s, %d calibration windows)", engine, scheme_name, len(windows))
             done = quantize_graph(graph, folder, _feeds(engine, graph, config, windows), scheme, config,
                                   smoothing_strength, lm_head)
-            if engine == "deepsparse":
+            if GRAPHS[engine].pads_weights_file:
                 pad_external_data(folder)
-            logits_of = deepsparse_graph_logits if engine == "deepsparse" else onnxruntime_graph_logits
-            before, after = logits_of(graph, config, check_ids), logits_of(folder / "model.onnx", config, check_ids)
+            before = graph_logits(engine, graph, config, check_ids)
+            after = graph_logits(engine, folder / "model.onnx", config, check_ids)
             int8_logits[engine] = after
             weights = int8_weights(graph, folder / "model.onnx")
             lost = sorted(name for name, w in weights.items() if not w["pruned_zeros_kept"])

@@ -144,7 +144,9 @@ def _generate(args) -> int:
     from export.engines import generation_spec, run_engine
 
     # OpenVINO reads the artifact's IR, else its onnxruntime graph (export/openvino_graph.py)
-    graph = "onnxruntime" if args.engine == "openvino" else None if args.engine == "both" else args.engine
+    from export.graph_formats import GRAPHS
+
+    graph = None if args.engine == "both" else GRAPHS[args.engine].made_from or args.engine
     manifest = open_artifact(args.artifact, graph, args.verify)
     engines = list(manifest["engines"]) if args.engine == "both" else [args.engine]
     for engine in engines:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from benchmarks.settings import BenchmarkSettings
+from export.graph_formats import ONNX_GRAPHS
 from export.schemes import check_scheme
 from pipeline.common.errors import PipelineError
 from pipeline.core.families import FAMILIES
@@ -261,7 +262,7 @@ def exported_graph(engine: str) -> str | None:
     from benchmarks.engines import ENGINES
 
     graph = ENGINES[engine].graph
-    return graph if graph in ("deepsparse", "onnxruntime") else None
+    return graph if graph in ONNX_GRAPHS else None
 
 
 #: the ``benchmark.compare`` entry that means this run's own unpruned model (a folder named so: ``./dense``)

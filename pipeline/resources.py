@@ -115,12 +115,15 @@ def engine_memory(artifact: Path, engine: str, manifest: dict) -> int:
     import json
     from types import SimpleNamespace
 
+    from export.graph_formats import GRAPHS
+
+    graph = GRAPHS[engine]
     folder = Path(artifact) / engine
-    if engine == "openvino" and not folder.is_dir():  # it reads the onnxruntime graph where no IR was exported
-        folder = Path(artifact) / "onnxruntime"
+    if graph.made_from and not folder.is_dir():  # OpenVINO reads the onnxruntime graph where no IR was exported
+        folder = Path(artifact) / graph.made_from
     data = sum(f.stat().st_size for f in (folder / "model.onnx", folder / "model.onnx_data",
                                           folder / "openvino_model.bin") if f.is_file())
-    if engine == "deepsparse":
+    if graph.holds_only_nonzeros:
         shapes = Shapes.from_config(SimpleNamespace(**json.loads((folder / "config.json").read_text())))
         zeros = manifest["sparsity"]["overall_decoder_linears"] * shapes.layers * shapes.layer_params * 4
         data = max(data - int(zeros), 0)

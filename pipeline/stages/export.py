@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from export.graph_formats import GRAPHS
 from pipeline.common.outputs import read_json, write_json_atomic
 from pipeline.resources import BASE, Shapes, engine_unheld
 from pipeline.stages.stage import Context, Stage
@@ -130,7 +131,7 @@ def logits_checks(manifest: dict) -> dict:
     (a bounded-memory export of a model too large to hold whole: its 2-layer template was)."""
     checks = {}
     for engine, info in manifest["engines"].items():
-        if engine == "openvino":  # made from the onnxruntime graph and checked against PyTorch or that graph
+        if GRAPHS[engine].made_from:  # OpenVINO's IR: checked against PyTorch or the graph it was made from
             checks[engine] = next((f"{info[k]:.2e} vs {k.rsplit('_', 1)[1]}" for k in
                                    ("logits_max_abs_diff_vs_pytorch", "logits_max_abs_diff_vs_onnxruntime") if k in info),
                                   info.get("logits_check", "not run"))

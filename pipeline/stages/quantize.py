@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from export.graph_formats import GRAPHS
 from pipeline.common.outputs import read_json, write_json_atomic
 from pipeline.resources import BASE, Shapes, engine_unheld
 from pipeline.stages.stage import Context, Stage
@@ -142,9 +143,10 @@ def report(summary: dict) -> list[str]:
                 else f"{greedy['equal']}/{greedy['tokens']} (common prefix {greedy['common_prefix']})")
         on_text = info.get("top1_agreement_on_text")
         on_text = f"{on_text['fraction']:.3f} of {on_text['positions']} positions" if on_text else "–"
-        if engine == "openvino":  # its IR was made from the INT8 onnxruntime graph and checked against it
+        made_from = GRAPHS[engine].made_from
+        if made_from:  # OpenVINO's IR was made from the INT8 onnxruntime graph and checked against it
             w = info["weights"]
-            lines.append(f"| openvino (the onnxruntime graph) | {w['int8_weights']} | {w['zeros_in_checked_weights']:.4f} | "
+            lines.append(f"| {engine} (the {made_from} graph) | {w['int8_weights']} | {w['zeros_in_checked_weights']:.4f} | "
                          f"{on_text} | – | {info.get('logits_max_abs_diff_vs_onnxruntime', float('nan')):.3f} vs "
                          f"ONNX Runtime's INT8 graph | {text} |")
             continue
