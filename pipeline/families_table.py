@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.common.outputs import write_text_atomic
 from pipeline.core.families import FAMILIES
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "families.md"
@@ -61,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"{DOC}: {'matches the registry' if current == wanted else 'differs: rerun without --check'}")
         return 0 if current == wanted else 1
-    tmp = DOC.with_name(DOC.name + ".tmp")
-    tmp.write_text(wanted, encoding="utf-8")
-    tmp.replace(DOC)
+    write_text_atomic(DOC, wanted)
     print(f"wrote {DOC}")
     return 0
 

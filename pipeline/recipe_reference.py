@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from pipeline.common.outputs import write_text_atomic
 from pipeline.recipe import Recipe
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "recipe-reference.md"
@@ -59,6 +60,13 @@ def _is_section(annotation) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
+TABLE_HEAD = ["| key | type | default | what it does |", "|---|---|---|---|"]
+
+
+def _row(key: str, field) -> str:
+    return f"| `{key}` | {type_name(field.annotation)} | {default_text(field)} | {_cell(field.description)} |"
+
+
 def section_rows(model: type[BaseModel], prefix: str) -> list[str]:
     """One row per key; a nested section (a method's parameters: prune.dass) as a row, then its keys."""
     lines = []
@@ -67,19 +75,17 @@ def section_rows(model: type[BaseModel], prefix: str) -> list[str]:
             lines.append(f"| `{prefix}{name}` | section | | {_cell(field.description)} |")
             lines += section_rows(field.annotation, f"{prefix}{name}.")
         else:
-            lines.append(f"| `{prefix}{name}` | {type_name(field.annotation)} | {default_text(field)} | "
-                         f"{_cell(field.description)} |")
+            lines.append(_row(f"{prefix}{name}", field))
     return lines
 
 
 def section_table(model: type[BaseModel], prefix: str) -> list[str]:
-    return ["| key | type | default | what it does |", "|---|---|---|---|", *section_rows(model, prefix)]
+    return [*TABLE_HEAD, *section_rows(model, prefix)]
 
 
 def sections() -> list[tuple[str, type[BaseModel]]]:
     """The recipe's sections: (key, model), in the schema's order."""
-    return [(name, field.annotation) for name, field in Recipe.model_fields.items()
-            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)]
+    return [(name, field.annotation) for name, field in Recipe.model_fields.items() if _is_section(field.annotation)]
 
 
 def schema_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[str]:
@@ -94,11 +100,8 @@ def schema_keys(model: type[BaseModel] = Recipe, prefix: str = "") -> list[str]:
 
 
 def render() -> str:
-    top = {name: field for name, field in Recipe.model_fields.items() if (name, field.annotation) not in sections()}
-    lines = [HEADER, "## Top level", ""]
-    lines += ["| key | type | default | what it does |", "|---|---|---|---|"]
-    lines += [f"| `{name}` | {type_name(field.annotation)} | {default_text(field)} | {_cell(field.description)} |"
-              for name, field in top.items()]
+    lines = [HEADER, "## Top level", "", *TABLE_HEAD]
+    lines += [_row(name, field) for name, field in Recipe.model_fields.items() if not _is_section(field.annotation)]
     for name, model in sections():
         lines += ["", f"## `{name}`", "", _cell(model.__doc__), "", *section_table(model, f"{name}.")]
     return "\n".join(lines) + "\n"
@@ -114,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         same = args.out.is_file() and args.out.read_text(encoding="utf-8") == text
         print(f"{args.out}: {'matches the schema' if same else 'differs from the schema: rerun without --check'}")
         return 0 if same else 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(args.out)
+    write_text_atomic(args.out, text)
     print(f"wrote {args.out}")
     return 0
 
