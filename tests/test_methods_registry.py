@@ -81,3 +81,48 @@ def test_a_method_parameter_is_read_only_by_its_method(path):
 def test_the_walk_finds_a_stray_read():
     assert parameter_reads(ast.parse("x = recipe.prune.alpha\ny = method.options.block_size\n")) == \
         [(1, "alpha"), (2, "block_size")]
+
+
+def test_the_loop_knows_no_kind_of_method():
+    """sequential.py calls ``method.prune_layer`` and never asks which kind of method it holds."""
+    tree = ast.parse(Path("pipeline/core/prune/sequential.py").read_text())
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert not names & {"ScoringMethod", "ReconstructingMethod"}
+    checks = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "isinstance"
+              and any(getattr(a, "id", "") == "method" for a in n.args)]
+    assert not checks
+
+
+def test_a_new_kind_of_method_plugs_in_through_prune_layer():
+    """A method that is neither scoring nor reconstructing (keeps the largest weight of every row, no data) runs
+    through the unchanged loop: its masks are applied and recorded."""
+    import torch
+
+    from conftest import tiny_model
+    from pipeline.core.models import decoder_layers
+    from pipeline.core.prune.base import PruningMethod, Pruned
+    from pipeline.core.prune.sequential import prune_model
+    from pipeline.core.prune.sparsity import SparsitySpec
+
+    class KeepRowMax(PruningMethod):
+        name = "keep-row-max"
+        statistic = None
+
+        def axis(self, role):
+            return "row"
+
+        def prune_layer(self, step, plan, spec, prefix):
+            for proj in plan:
+                w = proj.weight(step.layer)
+                mask = torch.zeros_like(w, dtype=torch.bool)
+                mask[torch.arange(w.shape[0]), w.abs().argmax(dim=1)] = True
+                yield Pruned(proj, mask)
+
+    model = tiny_model("llama")
+    result = prune_model(model, KeepRowMax(), SparsitySpec.parse(0.5), None, progress=False, keep_masks=True)
+    for layer in decoder_layers(model):
+        for proj in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+            assert ((proj.weight != 0).sum(dim=1) == 1).all()
+        assert (layer.self_attn.q_proj.weight != 0).all()  # scope mlp: attention untouched
+    assert len(result.masks) == 3 * len(decoder_layers(model))

@@ -1,4 +1,6 @@
-"""The pruning contract: two kinds of method, each stating the statistic of the projection inputs it needs.
+"""The pruning contract: a method states the statistic of the projection inputs it needs and prunes one
+decoder layer at a time through :meth:`PruningMethod.prune_layer`, given a :class:`LayerPass` (the loop's
+handle on that layer and its calibration windows). The loop itself (sequential.py) knows no method kind.
 
 Statistics are accumulated over every calibration token by forward hooks (pipeline/core/prune/sequential.py),
 once per *distinct* projection input: q, k and v read one tensor, gate and up read one tensor, so each
@@ -18,15 +20,47 @@ such group is summed once and every role in it gets the same statistic.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator, Literal, Mapping, Protocol
 
 import torch
+from torch import nn
 
+from pipeline.core.models import Projection
+from pipeline.core.prune.masks import select_mask
 from pipeline.core.prune.options import MethodOptions, NoOptions
 from pipeline.core.prune.sparsity import Axis, SparsitySpec
 
 MLP_ROLES = ("gate", "up", "down")
 ATTENTION_ROLES = ("q", "k", "v", "o")
+
+
+@dataclass
+class Pruned:
+    """One pruned projection: its keep-mask, and the weight to write when the method rewrote it
+    (``None``: the loop multiplies the layer's own weight by the mask)."""
+
+    proj: Projection
+    mask: torch.Tensor
+    weight: torch.Tensor | None = None
+
+
+class LayerPass(Protocol):
+    """One decoder layer being pruned, as the loop hands it to a method (pipeline/core/prune/sequential.py)."""
+
+    layer: nn.Module
+    projections: list[Projection]  # every projection of the layer, in scope or not
+    has_data: bool  # calibration windows exist (False for a method without a statistic)
+
+    def groups(self, projections: list[Projection]) -> list[list[Projection]]:
+        """``projections`` grouped by the input tensor they read."""
+
+    def collect(self, groups: list[list[Projection]], last: bool = False) -> dict[str, torch.Tensor]:
+        """The method's statistic of each group, over every window. ``last``: the method reads the dense layer
+        no more (the one-shot variant then lets this pass's outputs feed the next layer)."""
+
+    def dense_done(self) -> None:
+        """The method reads the dense layer no more; call before the first rewritten weight is yielded."""
 
 
 class PruningMethod(ABC):
@@ -46,6 +80,11 @@ class PruningMethod(ABC):
     def axis(self, role: str) -> Axis:
         """Along which axis the weights of this projection compete (see pipeline/core/prune/sparsity.py)."""
 
+    @abstractmethod
+    def prune_layer(self, step: LayerPass, plan: list[Projection], spec: SparsitySpec, prefix: str) -> Iterator[Pruned]:
+        """Prune the projections ``plan`` of ``step.layer`` to ``spec``, yielding each (in plan order). ``prefix``:
+        ``layers.{i}``, for names in messages."""
+
 
 class ScoringMethod(PruningMethod):
     statistic: ClassVar[Literal["input_norms"] | None] = "input_norms"
@@ -58,6 +97,16 @@ class ScoringMethod(PruningMethod):
     def score(self, role: str, weight: torch.Tensor, stats: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Importance of every weight of ``weight`` (higher = keep)."""
 
+    def prune_layer(self, step: LayerPass, plan: list[Projection], spec: SparsitySpec, prefix: str) -> Iterator[Pruned]:
+        """One pass gathers every needed input's statistic from the dense layer, then score + select."""
+        stats: dict[str, torch.Tensor] = {}
+        if step.has_data:
+            needed = {r for p in plan for r in self.inputs_read(p.role)}
+            stats = step.collect(step.groups([p for p in step.projections if p.role in needed]), last=True)
+        for proj in plan:
+            weight = proj.weight(step.layer)
+            yield Pruned(proj, select_mask(self.score(proj.role, weight, stats), spec, self.axis(proj.role)))
+
 
 class ReconstructingMethod(PruningMethod):
     statistic: ClassVar[Literal["input_gram"]] = "input_gram"
@@ -69,3 +118,20 @@ class ReconstructingMethod(PruningMethod):
     @abstractmethod
     def prune(self, role: str, weight: torch.Tensor, prepared: Any, sparsity: SparsitySpec, name: str) -> torch.Tensor:
         """Prune ``weight`` ([out, in], float32) in place, rewriting the kept weights; return the keep-mask."""
+
+    def prune_layer(self, step: LayerPass, plan: list[Projection], spec: SparsitySpec, prefix: str) -> Iterator[Pruned]:
+        """One pass per distinct input gathers its ``X^T X`` (the largest first, while no rewritten copy is held);
+        every projection reading it is rewritten into a side copy, so the layer stays dense until all are done."""
+        rewritten: dict[str, Pruned] = {}
+        for group in sorted(step.groups(plan), key=lambda g: -step.layer.get_submodule(g[0].path).in_features):
+            gram = step.collect([group]).pop(group[0].role)
+            prepared = self.prepare(gram, f"{prefix}.{group[0].path}")
+            del gram
+            for proj in group:
+                weight = proj.weight(step.layer).clone()
+                mask = self.prune(proj.role, weight, prepared, spec, f"{prefix}.{proj.name}")
+                rewritten[proj.name] = Pruned(proj, mask, weight)
+            del prepared
+        step.dense_done()
+        for proj in plan:
+            yield rewritten.pop(proj.name)

@@ -11,10 +11,9 @@
    the statistics of the *dense* layer; then the *pruned* layer maps the windows to the next
    layer's inputs (in place, so only one activation buffer exists). Each layer therefore sees
    the outputs of the already-pruned layers before it.
-   - scoring methods: one pass gathers every needed input's squared norms, then score + select;
-   - reconstructing methods (SparseGPT): one pass per distinct input gathers its ``X^T X``, the
-     method factorises it once and rewrites every projection reading it into a side copy; the
-     layer stays dense until all inputs are done, so one ``X^T X`` exists at a time.
+   How the statistics are gathered and the weights chosen is the method's ``prune_layer``
+   (pipeline/core/prune/base.py), given a handle on the layer and its windows; the loop applies
+   what it yields and knows no kind of method.
 
 Memory: the model stays in its load dtype on the CPU; one layer at a time is float32 on the
 compute device; activations are one ``[samples, seq_len, hidden]`` buffer in the model dtype.
@@ -32,8 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.core.models import Projection, decoder_layers, layer_projections
-from pipeline.core.prune.base import PruningMethod, ReconstructingMethod, ScoringMethod
-from pipeline.core.prune.masks import select_mask
+from pipeline.core.prune.base import PruningMethod
 from pipeline.core.prune.sparsity import SparsitySpec
 
 log = logging.getLogger(__name__)
@@ -174,6 +172,44 @@ class InputStats:
         return {p.role: self.sums[g[0].role] for g in self.groups for p in g if g[0].role in self.sums}
 
 
+class _LayerStep:
+    """The loop's :class:`pipeline.core.prune.base.LayerPass`: one layer (float32 on the compute device) and the
+    calibration windows' hidden states at its input, which ``forward(update=True)`` replaces by its outputs."""
+
+    def __init__(self, layer: nn.Module, inputs: LayerInputs | None, kwargs: dict, compute: torch.device,
+                 statistic: str | None, one_shot: bool):
+        self.layer, self.inputs, self.kwargs, self.compute = layer, inputs, kwargs, compute
+        self.statistic, self.one_shot = statistic, one_shot
+        self.projections = layer_projections(layer)
+        self.has_data = inputs is not None
+        self.advanced = False
+
+    def groups(self, projections: list[Projection]) -> list[list[Projection]]:
+        probe = self.inputs.hidden[0:1].to(self.compute, torch.float32)
+        return input_groups(self.layer, projections, probe, self.kwargs)
+
+    def forward(self, update: bool, groups: list[list[Projection]] = ()) -> dict[str, torch.Tensor]:
+        """Every window through the layer (its outputs replace the inputs when ``update``); the statistic of ``groups``."""
+        hooks = InputStats(self.layer, list(groups), self.statistic)
+        try:
+            hidden = self.inputs.hidden
+            for s in range(hidden.shape[0]):
+                out = self.layer(hidden[s : s + 1].to(self.compute, torch.float32), **self.kwargs)
+                if update:
+                    hidden[s] = _first_tensor(out)[0].to("cpu", hidden.dtype)
+        finally:
+            hooks.remove()
+        self.advanced = self.advanced or update
+        return hooks.stats()
+
+    def collect(self, groups: list[list[Projection]], last: bool = False) -> dict[str, torch.Tensor]:
+        return self.forward(update=last and self.one_shot and not self.advanced, groups=groups)
+
+    def dense_done(self) -> None:
+        if self.has_data and self.one_shot and not self.advanced:
+            self.forward(update=True)  # one-shot: the dense outputs feed the next layer
+
+
 def _in_scope(proj: Projection, scope: str, layer_index: int, ignore: list[str]) -> bool:
     if proj.kind == "attention" and scope != "attention+mlp":
         return False
@@ -226,8 +262,6 @@ def prune_model(
     just before it is pruned and stored just after, so one layer is held at a time.
     ``layer_sparsity``: one spec per decoder layer in place of ``sparsity`` (layer_allocation.py).
     """
-    if not isinstance(method, (ScoringMethod, ReconstructingMethod)):
-        raise TypeError(f"{type(method).__name__} is neither a ScoringMethod nor a ReconstructingMethod")
     compute = torch.device(device)
     layers = decoder_layers(model)
     plan = plan_projections(model, method, sparsity, scope, ignore)
@@ -248,57 +282,20 @@ def prune_model(
         store_dtype = next(layer.parameters()).dtype
         layer.to(device=compute, dtype=torch.float32)
 
-        def forward_all(update: bool, groups: list[list[Projection]] = ()) -> dict[str, torch.Tensor]:
-            """Every window through the layer (its outputs replace the inputs when ``update``); the statistic of ``groups``."""
-            hooks = InputStats(layer, list(groups), method.statistic)
-            try:
-                for s in range(inputs.hidden.shape[0]):
-                    out = layer(inputs.hidden[s : s + 1].to(compute, torch.float32), **layer_kwargs)
-                    if update:
-                        inputs.hidden[s] = _first_tensor(out)[0].to("cpu", inputs.hidden.dtype)
-            finally:
-                hooks.remove()
-            return hooks.stats()
-
-        if inputs is not None:
-            probe = inputs.hidden[0:1].to(compute, torch.float32)
-        if isinstance(method, ScoringMethod):
-            stats: dict[str, torch.Tensor] = {}
-            if inputs is not None:
-                needed = {r for p in plan[index] for r in method.inputs_read(p.role)}
-                groups = input_groups(layer, [p for p in layer_projections(layer) if p.role in needed], probe,
-                                      layer_kwargs)
-                stats = forward_all(update=not sequential, groups=groups)  # one-shot: dense outputs feed the next
-            for proj in plan[index]:
-                weight = proj.weight(layer)
-                mask = select_mask(method.score(proj.role, weight, stats), spec, method.axis(proj.role))
-                weight.mul_(mask)
-                _record(result, f"layers.{index}.{proj.name}", proj.role, weight, mask, spec,
-                        method.axis(proj.role), keep_masks)
-        else:
-            rewritten: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-            groups = input_groups(layer, plan[index], probe, layer_kwargs)
-            # the largest X^T X first, while no rewritten copy is held yet
-            for group in sorted(groups, key=lambda g: -layer.get_submodule(g[0].path).in_features):
-                gram = forward_all(update=False, groups=[group]).pop(group[0].role)
-                prepared = method.prepare(gram, f"layers.{index}.{group[0].path}")
-                del gram
-                for proj in group:
-                    weight = proj.weight(layer).clone()
-                    mask = method.prune(proj.role, weight, prepared, spec, f"layers.{index}.{proj.name}")
-                    rewritten[proj.name] = (weight, mask)
-                del prepared
-            if not sequential:
-                forward_all(update=True)  # one-shot: dense outputs feed the next layer
-            for proj in plan[index]:
-                weight, mask = rewritten.pop(proj.name)
-                proj.weight(layer).copy_(weight)
-                _record(result, f"layers.{index}.{proj.name}", proj.role, weight, mask, spec,
-                        method.axis(proj.role), keep_masks)
-                del weight
-
+        step = _LayerStep(layer, inputs, layer_kwargs if inputs is not None else {}, compute, method.statistic,
+                          one_shot=not sequential)
+        for pruned in method.prune_layer(step, plan[index], spec, f"layers.{index}"):
+            weight = pruned.proj.weight(layer)
+            if pruned.weight is None:
+                weight.mul_(pruned.mask)
+            else:
+                weight.copy_(pruned.weight)
+            _record(result, f"layers.{index}.{pruned.proj.name}", pruned.proj.role, weight, pruned.mask, spec,
+                    method.axis(pruned.proj.role), keep_masks)
+            del pruned
+        step.dense_done()
         if inputs is not None and sequential:
-            forward_all(update=True)  # pruned outputs feed the next layer
+            step.forward(update=True)  # pruned outputs feed the next layer
         layer.to(device="cpu", dtype=store_dtype)
         if store is not None:
             store.store(index)
