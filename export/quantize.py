@@ -122,8 +122,19 @@ def activation_params(low: float, high: float) -> tuple[np.float32, np.uint8]:
     return np.float32(scale), np.uint8(np.clip(np.round(-low / scale), 0, 255))
 
 
+#: the int8 weights' largest magnitude: 63, not 127. ONNX Runtime's uint8 x int8 MatMulInteger kernels on x86 CPUs
+#: without VNNI (AVX2, AVX-512 without VNNI) multiply with vpmaddubsw, which adds each pair of adjacent products in
+#: a saturating int16: 2 x 255 x 127 = 64770 overflows it, and the product comes out wrong (measured on an AVX2-only
+#: EPYC: 3 of 40 outputs of one MatMul off by up to 0.78, top-1 of the INT8 graph 81% of the float graph's). With
+#: weights in [-63, 63] no pair exceeds 2 x 255 x 63 = 32130, so the artifact computes the same on every x86 CPU,
+#: in every engine (ONNX Runtime's own quantizer calls this reduce_range). Both graphs use it, so that they
+#: share one weights file.
+WEIGHT_MAX = 63
+
+
 def weight_params(w: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """int8 symmetric weights of ``w`` [in, out] and their scales ([out] per channel, else one).
+    """int8 symmetric weights of ``w`` [in, out] in [-WEIGHT_MAX, WEIGHT_MAX] and their scales ([out] per channel,
+    else one).
 
     Zero maps to 0 (no zero point), so a pruned weight stays exactly 0; all-zero columns get scale 1.
     """
@@ -135,8 +146,8 @@ def weight_params(w: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndar
             np.maximum(peak, np.abs(w[start:start + BLOCK_ROWS]).max(0), out=peak)
     else:
         peak = np.abs(w).max(keepdims=True)
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    return by_rows(w, lambda part, _: np.clip(np.round(part / scale), -127, 127), np.int8), scale
+    scale = np.where(peak > 0, peak / WEIGHT_MAX, 1.0).astype(np.float32)
+    return by_rows(w, lambda part, _: np.clip(np.round(part / scale), -WEIGHT_MAX, WEIGHT_MAX), np.int8), scale
 
 
 def integer_matmuls(store, linears: list[str], ranges: dict[str, tuple[float, float]], per_channel: bool) -> int:
@@ -264,10 +275,31 @@ def int8_weights(float_graph: Path, int8_graph: Path) -> dict[str, dict]:
     return result
 
 
+def _share_int8_weights(tmp: Path, original: dict, config, check_ids: np.ndarray, int8_logits: dict) -> dict | None:
+    """One weights file for the two INT8 graphs (export/shared_weights.py); the onnxruntime graph must give the
+    same logits reading it. None when the artifact lacks one of the graphs."""
+    from export.graph_formats import graph_logits
+    from export.shared_weights import share_weights
+
+    if not {"deepsparse", "onnxruntime"} <= set(original["engines"]):
+        return None
+    shared = share_weights(tmp)
+    if shared and shared["hard_link"]:
+        after = graph_logits("onnxruntime", tmp / "onnxruntime" / "model.onnx", config, check_ids)
+        diff = float(np.abs(after - int8_logits["onnxruntime"]).max())
+        if diff > 0:
+            raise PipelineError(f"the INT8 onnxruntime graph reading the shared weights file differs from its own "
+                                f"by {diff:.2e}", "quantize with export.share_weights: false and report this as a bug")
+    return shared
+
+
 def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.ndarray, check_ids: np.ndarray,
                       metadata: dict | None = None, smoothing_strength: float | None = None,
-                      check_from: int = 0, lm_head: bool = False) -> dict:
+                      check_from: int = 0, lm_head: bool = False, share: bool = True) -> dict:
     """Quantize every graph of the artifact ``source`` into the artifact ``target`` (atomic); returns its manifest.
+
+    ``share``: when both the deepsparse and onnxruntime graphs are quantized, the onnxruntime graph reads its int8
+    weights from the deepsparse graph's weights file (a hard link, as the float artifact's graphs do).
 
     ``check_ids`` [1, T] is run through the float and INT8 graphs; ``top1_agreement_vs_float`` is the
     fraction of positions >= ``check_from`` where both pick the same next token. With ``check_ids`` =
@@ -315,6 +347,9 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
                 "top1_agreement_vs_float": float((after.argmax(-1) == before.argmax(-1))[..., check_from:].mean()),
                 "int8_zeros": float(sum(w["int8_zeros"] * np.prod(w["shape"]) for w in weights.values()) / total),
                 "pruned_zeros_kept": True}
+        shared = _share_int8_weights(tmp, original, config, check_ids, int8_logits) if share else None
+        if shared is not None:
+            engines["onnxruntime"]["shared_weights"] = shared
         if "openvino" in original["engines"]:  # the INT8 onnxruntime graph in OpenVINO, against ONNX Runtime
             from export.openvino_graph import write_folder
 

@@ -20,12 +20,12 @@ class Scheme:
 
 
 SCHEMES = {
-    "w8a8-static": Scheme("int8 symmetric per output channel", "uint8 asymmetric per tensor, static (min/max "
+    "w8a8-static": Scheme("int8 symmetric per output channel, in [-63, 63] (exact in ONNX Runtime on CPUs without VNNI)", "uint8 asymmetric per tensor, static (min/max "
                           "calibration)", True,
                           "q/k/v/o/gate/up as QuantizeLinear -> MatMulInteger -> Cast -> Mul (DeepSparse's INT8 "
                           "form) after SmoothQuant smoothing of their inputs; down_proj, attention scores, norms "
                           "float32"),
-    "w8a8-static-all": Scheme("int8 symmetric per output channel", "uint8 asymmetric per tensor, static (min/max "
+    "w8a8-static-all": Scheme("int8 symmetric per output channel, in [-63, 63] (exact in ONNX Runtime on CPUs without VNNI)", "uint8 asymmetric per tensor, static (min/max "
                               "calibration)", True,
                               "as w8a8-static, and down_proj INT8 too (its input smoothed through up_proj's "
                               "columns): every decoder linear INT8", down_proj=True),

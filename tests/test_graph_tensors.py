@@ -110,14 +110,15 @@ def test_quantizing_a_graph_holds_a_few_tensors_not_the_model(tmp_path):
     for init in graph.initializer:
         if init.name.endswith(".int8"):
             q, w = numpy_helper.to_array(init), floats[init.name[:-5]]
-            assert ((q == 0) == (w == 0)).mean() > 0.99 and (q[w == 0] == 0).all()
+            # every zero kept; of the rest, only weights within half a step (|w| < max / 126) round to 0
+            assert ((q == 0) == (w == 0)).mean() > 0.98 and (q[w == 0] == 0).all()
 
 
 def test_block_by_block_arithmetic_equals_the_whole_tensor_formula():
     """by_rows and weight_params work a block of rows at a time (BLOCK_ROWS); the numbers are those of the
     whole-tensor formula, bit for bit, across block edges."""
     from export.graph_tensors import BLOCK_ROWS, by_rows
-    from export.quantize import weight_params
+    from export.quantize import WEIGHT_MAX, weight_params
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((2 * BLOCK_ROWS + 77, 40)).astype(np.float32)
@@ -127,10 +128,10 @@ def test_block_by_block_arithmetic_equals_the_whole_tensor_formula():
     np.testing.assert_array_equal(by_rows(w, lambda part, rows: part * s[rows, None], np.float32),
                                   (w * s[:, None]).astype(np.float32))
     peak = np.abs(w).max(0)
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    scale = np.where(peak > 0, peak / WEIGHT_MAX, 1.0).astype(np.float32)
     q, got_scale = weight_params(w, per_channel=True)
     np.testing.assert_array_equal(got_scale, scale)
-    np.testing.assert_array_equal(q, np.clip(np.round(w / scale), -127, 127).astype(np.int8))
+    np.testing.assert_array_equal(q, np.clip(np.round(w / scale), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8))
     assert q.dtype == np.int8 and (q[w == 0] == 0).all()
 
 

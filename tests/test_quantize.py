@@ -49,6 +49,26 @@ def test_layout_manifest_and_every_pruned_zero_kept(int8_artifact):
     assert tail == bytes(DEEPSPARSE_DATA_TAIL)  # else DeepSparse's INT8 kernels can read past the file (SIGBUS)
 
 
+def test_the_two_int8_graphs_share_one_weights_file(int8_artifact):
+    """As in the float artifact: the onnxruntime graph reads the deepsparse graph's weights file (one inode, one
+    copy of the int8 weights on disk)."""
+    import os
+
+    from export.artifact import disk_bytes
+
+    _, folder, target, manifest = int8_artifact
+    ds, ort = target / "deepsparse" / "model.onnx_data", target / "onnxruntime" / "model.onnx_data"
+    assert os.stat(ds).st_ino == os.stat(ort).st_ino and os.stat(ds).st_nlink == 2
+    shared = manifest["engines"]["onnxruntime"]["shared_weights"]
+    assert shared["hard_link"] and shared["shared_bytes"] > 0
+    graph = onnx.load(str(target / "onnxruntime" / "model.onnx"), load_external_data=False).graph
+    int8 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
+    assert int8 and all({e.key: e.value for e in i.external_data}.get("location") == "model.onnx_data" for i in int8)
+    every_name = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    assert disk_bytes(target) == every_name - ds.stat().st_size  # the shared file counted once
+    # both engines decode the shared artifact: test_logits_and_greedy_decode_agree_with_float_in_both_engines
+
+
 def test_only_decoder_linears_are_quantized(int8_artifact):
     _, folder, _, _ = int8_artifact
     graph = onnx.load(str(folder / "deepsparse" / "model.onnx"), load_external_data=False).graph
@@ -249,7 +269,7 @@ def test_integer_matmul_form_computes_the_dequantized_product_and_keeps_zeros(tm
     assert "w" not in inits
     q = inits["w.int8"]
     assert q.dtype == np.int8 and q.shape == w.shape and (q[w == 0] == 0).all()
-    step = np.abs(w).max(0) / 127
+    step = np.abs(w).max(0) / 63  # export.quantize.WEIGHT_MAX
     rescale = inits["proj.rescale"]
     x_scale, x_zero = activation_params(*ranges["x"])
     assert rescale.shape == (8,)
@@ -261,6 +281,32 @@ def test_integer_matmul_form_computes_the_dequantized_product_and_keeps_zeros(tm
     want = ((x_q - x_zero) @ q.astype(np.float64)) * rescale
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got, x @ w, atol=0.05 * np.abs(x @ w).max())  # and close to the float product
+
+
+def test_the_int8_form_is_exact_in_onnx_runtime_at_the_extremes_on_this_cpu(tmp_path):
+    """The worst case for ONNX Runtime's uint8 x int8 kernels without VNNI: every activation at 255 and adjacent
+    weights at the same extreme, so each pair of products sums to 2 x 255 x WEIGHT_MAX. The result must equal the
+    integer arithmetic exactly on whatever CPU runs the test (with weights up to 127 it does not on an AVX2 CPU)."""
+    from onnx import TensorProto, helper
+
+    from export.checks import ort_session
+    from export.quantize import WEIGHT_MAX
+
+    assert 2 * 255 * WEIGHT_MAX <= 32767
+    k, n = 64, 8
+    q = np.empty((k, n), np.int8)
+    q[:, :4] = WEIGHT_MAX
+    q[:, 4:] = -WEIGHT_MAX
+    q[::3, 1] = 0  # pruned zeros among them
+    x = np.full((1, 3, k), 255, np.uint8)
+    x[0, 1, ::2] = 0
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 3, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 3, n])],
+                              [numpy_helper.from_array(q, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path := tmp_path / "m.onnx")
+    got = ort_session(path).run(["y"], {"x": x})[0]
+    np.testing.assert_array_equal(got, x.astype(np.int64) @ q.astype(np.int64))
 
 
 def test_scheme_with_down_proj_quantizes_all_seven_linears(tiny_artifact, tmp_path):
@@ -332,7 +378,7 @@ def test_lm_head_int8_in_both_graphs_tied_or_not(tied, tmp_path):
             n.op_type for n in graph.node if n.output[0].endswith("transposed")]
         int8 = {i.name: numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
         heads = [q for q in int8.values() if q.shape == head.shape]
-        assert len(heads) == 1 and (np.abs(heads[0]).max(0) == 127).all()  # int8, symmetric per output channel
+        assert len(heads) == 1 and (np.abs(heads[0]).max(0) == 63).all()  # int8 in [-63, 63], per output channel
         embedding = [i for i in graph.initializer if tuple(i.dims) == (96, 64)]
         assert len(embedding) == 1 and embedding[0].data_type == onnx.TensorProto.FLOAT  # the lookup stays float
         assert info["top1_agreement_vs_float"] >= 0.9, engine

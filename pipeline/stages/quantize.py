@@ -42,6 +42,7 @@ def run(ctx: Context) -> None:
     from transformers import AutoTokenizer
 
     from export.engines import generation_spec, run_engine
+    from export.artifact import disk_bytes
     from export.quantize import quantize_artifact
     from pipeline.core.data import calibration_windows, evaluation_tokens
 
@@ -66,11 +67,12 @@ def run(ctx: Context) -> None:
     manifest = quantize_artifact(source, target, q.scheme, windows, check,
                                  metadata={"recipe_hash": recipe.content_hash()},
                                  smoothing_strength=q.smoothing_strength,
-                                 check_from=prompt.shape[1] - 1 if first else 0, lm_head=q.lm_head)
+                                 check_from=prompt.shape[1] - 1 if first else 0, lm_head=q.lm_head,
+                                 share=recipe.export.share_weights)
     result = {"path": str(target), "scheme": q.scheme, "lm_head": q.lm_head, "smoothing_strength": q.smoothing_strength,
               "quantize_seconds": manifest["quantize_seconds"],
-              "bytes": sum(f["bytes"] for f in manifest["files"].values()),
-              "engines": {e: {k: i[k] for k in ("logits_max_abs_diff_vs_float", "top1_agreement_vs_float",
+              "bytes": sum(f["bytes"] for f in manifest["files"].values()), "disk_bytes": disk_bytes(target),
+              "engines": {e: {k: i[k] for k in ("logits_max_abs_diff_vs_float", "shared_weights", "top1_agreement_vs_float",
                                                  "int8_zeros", "pruned_zeros_kept", "quantized_matmuls", "smoothing",
                                                  "weights", "logits_max_abs_diff_vs_onnxruntime",
                                                  "top1_agreement_vs_onnxruntime")
@@ -130,8 +132,12 @@ def report(summary: dict) -> list[str]:
     scheme = SCHEMES.get(quant["scheme"])
     which = scheme.about if scheme else f"scheme {quant['scheme']}"
     which += "; LM head INT8 (quantize.lm_head)" if quant.get("lm_head") else "; LM head float32"
+    shared = (quant["engines"].get("onnxruntime") or {}).get("shared_weights") or {}
+    size = (f"{quant['disk_bytes'] / 2**20:.1f} MiB on disk (the two graphs share one weights file: "
+            f"{shared['shared_bytes'] / 2**20:.1f} MiB, hard-linked; {quant['bytes'] / 2**20:.1f} MiB counted per name)"
+            if shared.get("hard_link") and "disk_bytes" in quant else f"{quant['bytes'] / 2**20:.1f} MiB")
     lines = [f"## INT8 artifact ({quant['scheme']})", "",
-             f"`{quant['path']}`: {quant['bytes'] / 2**20:.1f} MiB, quantized in {quant['quantize_seconds']:.1f} s. "
+             f"`{quant['path']}`: {size}, quantized in {quant['quantize_seconds']:.1f} s. "
              f"INT8: {which}; weights {scheme.weights if scheme else 'int8'}, activations "
              f"{scheme.activations if scheme else 'uint8'}. Every pruned zero is still exactly 0.", "",
              "| engine | quantized MatMuls | INT8 zeros | top-1 on text vs float (teacher-forced) "
