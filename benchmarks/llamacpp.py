@@ -38,19 +38,27 @@ def describe_gguf(path: Path, key: str | None = None) -> dict:
     label = key or f"{info['name']}-{info['type']}"
     return {"key": label, "name": label, "path": str(path), "method": f"gguf-{info['type']}",
             "model": info.get("source") or info["name"], "requested_sparsity": None, "sparsity": 0.0,
-            "layers": config["num_hidden_layers"], "graphs": [GRAPH], "gguf_type": info["type"],
+            "layers": config["num_hidden_layers"], "graphs": [GRAPH],
+            "gguf_type": info["type"] if info["type"] != "source" else f"source {info.get('file_type', '')}".strip(),
             "bytes": info["bytes"], "perplexity": info.get("perplexity")}
 
 
 def write_ggufs(model, tokenizer, root: Path, types: list[str], name: str, source: str | None = None,
                 source_gguf: Path | None = None) -> list[Path]:
-    """``root/<type>/`` for each type (export/gguf_writer.py); returns the folders."""
-    from export.gguf_writer import write_gguf
+    """``root/<type>/`` for each type (export/gguf_writer.py; ``source``: the file the model came from, linked);
+    returns the folders."""
+    from export.gguf_writer import SOURCE, link_source_gguf, write_gguf
 
     folders = []
     for gguf_type in types:
         folder = Path(root) / gguf_type
-        write_gguf(model, tokenizer, folder, gguf_type, name, source_gguf=source_gguf, source=source)
+        if gguf_type == SOURCE:
+            if source_gguf is None:
+                raise PipelineError("benchmark.gguf_types has source, but the model was not loaded from a GGUF file",
+                                    "drop source from benchmark.gguf_types, or load the model with model.gguf_file")
+            link_source_gguf(model.config, source_gguf, folder, name, source=source)
+        else:
+            write_gguf(model, tokenizer, folder, gguf_type, name, source_gguf=source_gguf, source=source)
         folders.append(folder)
     return folders
 

@@ -1,4 +1,4 @@
-"""A LLaMA-family model (transformers) written as a GGUF file llama.cpp loads, with the ``gguf`` package.
+"""A LLaMA-family or Qwen2 model (transformers) written as a GGUF file llama.cpp loads, with the ``gguf`` package.
 
     GGUF_FOLDER/
       gguf.json               what was written: type, source, tensors by type, sha256, size
@@ -11,9 +11,11 @@ length is not a multiple of the 32-value quantization block falls back to f16. A
 written: llama.cpp reads the embedding for it, so with q4_0 the head is q4_0 too (llama.cpp's own
 ``llama-quantize`` would give it a 6-bit k-quant, which the ``gguf`` package cannot write).
 
-Tensor names and metadata follow llama.cpp's ``llama`` architecture. Query and key weights are
-permuted: transformers' rotary embedding rotates the two halves of each head, llama.cpp's ``llama``
-rotary rotates adjacent pairs, so each head's rows are reordered from (half, i) to (i, half).
+Tensor names and metadata follow the llama.cpp architecture the family registry names (pipeline/core/families.py:
+``gguf``): ``llama`` (LLaMA, Mistral) or ``qwen2``. For ``llama`` query and key weights are permuted: transformers'
+rotary embedding rotates the two halves of each head, llama.cpp's ``llama`` rotary rotates adjacent pairs, so each
+head's rows are reordered from (half, i) to (i, half); ``qwen2`` rotates halves (no permutation) and its q/k/v
+biases are written as ``attn_{q,k,v}.bias``.
 
 Tokenizer metadata (llama.cpp refuses a file without it): copied from the source GGUF when the model
 came from one (its ``tokenizer.*`` keys, exact), else built from the Hugging Face tokenizer's
@@ -34,13 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.common.errors import PipelineError
-from pipeline.core.families import gguf_model_types
+from pipeline.core.families import gguf_graph, gguf_model_types
 from pipeline.common.outputs import StagingDir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
-ARCHITECTURES = gguf_model_types()  # model_type values written as llama.cpp's "llama" (pipeline/core/families.py)
+SOURCE = "source"  # not written: the GGUF file the model was loaded from, as it came (its own quantization)
+ARCHITECTURES = gguf_model_types()  # model_type values the writer writes (pipeline/core/families.py: gguf)
 GRAPH = "llamacpp"  # the folder (and engine) name
 MODEL_FILE = "model.gguf"
 DESCRIPTION = "gguf.json"
@@ -49,21 +52,24 @@ BLOCK = 32  # values per quantization block of q8_0 and q4_0
 
 def check_gguf_config(config, types) -> None:
     """Refuse, before any weight is read, a model or type this writer cannot express."""
-    bad = sorted(set(types) - set(GGUF_TYPES))
+    bad = sorted(set(types) - set(GGUF_TYPES) - {SOURCE})
     if bad:
-        raise PipelineError(f"GGUF type(s) {bad} not supported", f"choose from {', '.join(GGUF_TYPES)}")
+        raise PipelineError(f"GGUF type(s) {bad} not supported", f"choose from {', '.join(GGUF_TYPES + (SOURCE,))}")
+    types = [t for t in types if t != SOURCE]
+    if not types:
+        return  # the source file is llama.cpp's own: nothing is written
     kind = getattr(config, "model_type", None)
     if kind not in ARCHITECTURES:
-        raise PipelineError(f"writing {kind!r} models as GGUF is not supported (only LLaMA-family: "
+        raise PipelineError(f"writing {kind!r} models as GGUF is not supported (only "
                             f"{', '.join(ARCHITECTURES)})", "drop llamacpp from benchmark.engines for this model")
     problems = []
     if getattr(config, "hidden_act", "silu") != "silu":
         problems.append(f"hidden_act={config.hidden_act} (llama.cpp's llama graph is SwiGLU)")
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+    if (getattr(config, "attention_bias", False) and not gguf_graph(kind).qkv_bias) or getattr(config, "mlp_bias", False):
         problems.append("biases on the projections")
     if getattr(config, "rope_scaling", None):
         problems.append(f"rope_scaling={config.rope_scaling}")
-    if getattr(config, "sliding_window", None):
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
         problems.append(f"sliding_window={config.sliding_window}")
     if problems:
         raise PipelineError(f"this {kind} model has {', '.join(problems)}, which the GGUF writer does not write",
@@ -79,6 +85,7 @@ def _permute(weight: np.ndarray, heads: int) -> np.ndarray:
 def _tensors(model) -> list[tuple[str, np.ndarray]]:
     """(llama.cpp name, float32 array) of every tensor, in llama.cpp's order."""
     config = model.config
+    graph = gguf_graph(config.model_type)
     state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     out = [("token_embd.weight", state["model.embed_tokens.weight"])]
@@ -89,11 +96,14 @@ def _tensors(model) -> list[tuple[str, np.ndarray]]:
     for i in range(config.num_hidden_layers):
         for hf, name in per_layer.items():
             w = state[f"model.layers.{i}.{hf}.weight"]
-            if name == "attn_q":
+            if graph.permute_qk and name == "attn_q":
                 w = _permute(w, heads)
-            elif name == "attn_k":
+            elif graph.permute_qk and name == "attn_k":
                 w = _permute(w, kv_heads)
             out.append((f"blk.{i}.{name}.weight", w))
+            bias = state.get(f"model.layers.{i}.{hf}.bias")
+            if graph.qkv_bias and name in ("attn_q", "attn_k", "attn_v") and bias is not None:
+                out.append((f"blk.{i}.{name}.bias", bias))
     out.append(("output_norm.weight", state["model.norm.weight"]))
     if not getattr(config, "tie_word_embeddings", False):
         out.append(("output.weight", state["lm_head.weight"]))
@@ -204,7 +214,7 @@ def write_gguf(model, tokenizer, folder: Path, gguf_type: str, name: str, source
     with StagingDir(folder) as tmp:
         (tmp / GRAPH).mkdir()
         path = tmp / GRAPH / MODEL_FILE
-        writer = gguf.GGUFWriter(path, arch="llama")
+        writer = gguf.GGUFWriter(path, arch=gguf_graph(model.config.model_type).arch)
         _add_hparams(writer, model.config, gguf_type, name)
         if source_gguf is not None:
             _copy_tokenizer_from_gguf(writer, Path(source_gguf))
@@ -227,6 +237,39 @@ def write_gguf(model, tokenizer, folder: Path, gguf_type: str, name: str, source
                        "gguf_package": _version("gguf")}
         write_json_atomic(tmp / DESCRIPTION, description)
     log.info("wrote %s (%s, %.1f MB)", folder / GRAPH / MODEL_FILE, gguf_type, description["bytes"] / 1e6)
+    return description
+
+
+def link_source_gguf(config, source_gguf: Path, folder: Path, name: str, source: str | None = None) -> dict:
+    """``folder/llamacpp/model.gguf`` as a hard link to (or, across file systems, a copy of) the GGUF the model was
+    loaded from: llama.cpp runs the original file with its own quantization. Returns what ``gguf.json`` records."""
+    import os
+    import shutil
+
+    from gguf import GGUFReader, LlamaFileType
+
+    source_gguf = Path(source_gguf)
+    reader = GGUFReader(source_gguf)
+    field = reader.fields.get("general.file_type")
+    file_type = LlamaFileType(int(field.contents())).name if field is not None else "unknown"
+    counts: dict[str, int] = {}
+    for tensor in reader.tensors:
+        counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
+    folder = Path(folder)
+    with StagingDir(folder) as tmp:
+        (tmp / GRAPH).mkdir()
+        path = tmp / GRAPH / MODEL_FILE
+        try:
+            os.link(source_gguf, path)
+        except OSError:
+            shutil.copyfile(source_gguf, path)
+        config.to_json_file(tmp / GRAPH / "config.json")
+        description = {"format": 1, "type": SOURCE, "file_type": file_type.removeprefix("MOSTLY_"), "name": name,
+                       "source": source, "source_file": source_gguf.name, "tokenizer": "the source GGUF's own",
+                       "tensors_by_type": counts, "bytes": path.stat().st_size, "sha256": _sha256(path),
+                       "gguf_package": _version("gguf")}
+        write_json_atomic(tmp / DESCRIPTION, description)
+    log.info("linked the source GGUF %s (%s) as %s", source_gguf.name, description["file_type"], folder / GRAPH / MODEL_FILE)
     return description
 
 

@@ -6,7 +6,7 @@ Torch-free: the recipe layer and the config-only checks read it before any weigh
 - ``bos_per_window``: what ``bos_per_window: auto`` means for it (pipeline/core/window_protocol.py);
 - ``deepsparse``: whether the DeepSparse graph covers it, and what that graph must add (export/deepsparse_graph.py);
   ``None``: ONNX Runtime only;
-- ``gguf``: whether the GGUF writer writes it as llama.cpp's ``llama`` graph (export/gguf_writer.py).
+- ``gguf``: the llama.cpp graph the GGUF writer writes it as (export/gguf_writer.py), ``None``: not written.
 
 What does not depend on the family is read from the model and its config, not from here: the projections by module
 path (pipeline/core/models.py: ROLE_PATHS, FUSED_PATHS), sliding windows and layer types (the config), q/k norms and
@@ -30,21 +30,33 @@ class DeepSparseQuirks:
 
 
 @dataclass(frozen=True)
+class GgufGraph:
+    """How the GGUF writer writes a family: llama.cpp's architecture name, and its rotary layout. llama.cpp's
+    ``llama`` graph rotates adjacent pairs (q and k rows are permuted from transformers' rotate-half order);
+    ``qwen2`` rotates halves as transformers does (no permutation) and reads the q/k/v biases."""
+
+    arch: str
+    permute_qk: bool
+    qkv_bias: bool = False
+
+
+@dataclass(frozen=True)
 class Family:
     label: str  # how a user names it
     bos_per_window: bool = False  # checkpoints expect a BOS at the start of every sequence
     deepsparse: DeepSparseQuirks | None = None
-    gguf: bool = False
+    gguf: GgufGraph | None = None
     notes: str = ""  # what the DeepSparse graph adds for it, for docs/families.md
     tested_as: tuple[str, ...] = ()  # the tiny random models that stand for it in the tests (tests/conftest.py)
 
 
 FAMILIES: dict[str, Family] = {
-    "llama": Family("LLaMA 2, LLaMA 3.x, ReLU-GLU", deepsparse=DeepSparseQuirks(), gguf=True,
-                    notes="rotary table from the model's (scaled) rotary module", tested_as=("llama", "reglu", "llama3")),
-    "mistral": Family("Mistral", deepsparse=DeepSparseQuirks(), gguf=True, notes="context ≤ its sliding window",
+    "llama": Family("LLaMA 2, LLaMA 3.x, ReLU-GLU", deepsparse=DeepSparseQuirks(),
+                    gguf=GgufGraph("llama", permute_qk=True), notes="rotary table from the model's (scaled) rotary module", tested_as=("llama", "reglu", "llama3")),
+    "mistral": Family("Mistral", deepsparse=DeepSparseQuirks(), gguf=GgufGraph("llama", permute_qk=True), notes="context ≤ its sliding window",
                       tested_as=("mistral",)),
-    "qwen2": Family("Qwen2 / Qwen2.5", deepsparse=DeepSparseQuirks(), tested_as=("qwen2",)),
+    "qwen2": Family("Qwen2 / Qwen2.5", deepsparse=DeepSparseQuirks(),
+                    gguf=GgufGraph("qwen2", permute_qk=False, qkv_bias=True), tested_as=("qwen2",)),
     "qwen3": Family("Qwen3", deepsparse=DeepSparseQuirks(), notes="q/k RMSNorm per head", tested_as=("qwen3",)),
     "gemma": Family("Gemma", bos_per_window=True, deepsparse=DeepSparseQuirks(embedding_scale=True),
                     notes="embedding scale", tested_as=("gemma",)),
@@ -77,3 +89,8 @@ def deepsparse_model_types() -> dict[str, DeepSparseQuirks]:
 
 def gguf_model_types() -> tuple[str, ...]:
     return tuple(name for name, f in FAMILIES.items() if f.gguf)
+
+
+def gguf_graph(model_type: str | None) -> GgufGraph | None:
+    known = family(model_type)
+    return known.gguf if known else None
