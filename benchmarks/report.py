@@ -13,8 +13,8 @@ from pipeline.common.outputs import figure_png, write_bytes_atomic, write_text_a
 
 PAPER = {"machine": "24-core Intel Xeon Platinum 8160, LLaMA-2-7B, DeepSparse",
          "tokens_per_s": {None: 3.05, 0.5: 5.64, 0.7: 8.27}}
-ENGINE_NAMES = {"deepsparse": "DeepSparse", "onnxruntime": "ONNX Runtime", "pytorch": "PyTorch", "llamacpp": "llama.cpp",
-                "openvino": "OpenVINO", "openvino-sparse": "OpenVINO, sparse weights asked"}
+from benchmarks.engines import ENGINE_NAMES
+from benchmarks.tradeoff import tradeoff_figure, tradeoff_table
 
 
 def _layers(n: int) -> str:
@@ -319,6 +319,9 @@ def _plots(results: dict, out: Path) -> list[str]:
     fig = tokens_by_artifact_figure(results)
     if fig is not None:
         _save(fig, out / "tokens_by_artifact.png", made)
+    fig = tradeoff_figure(results)
+    if fig is not None:
+        _save(fig, out / "tradeoff.png", made)
     decode = [c for c in s["cells"] if c["mode"] == "decode" and c["method"] in ("none", "dass")]
     deepest = max((c["layers"] for c in decode), default=0)
     if len({c["sparsity"] for c in decode if c["layers"] == deepest}) > 1:  # a line needs two x values
@@ -391,7 +394,8 @@ def render(results: dict, command: str | None = None) -> str:
         lines += ["", f"**Partial results: {results['partial']}.** Figures below use what was measured."]
     for f in results.get("failures", []):
         lines += [f"- failed: {f['engine']} {f['mode']} on {f['artifact']} (round {f['round']}): {f['error']}"]
-    for block in (_paper_table(results), _fit_table(results), _equal_speed(results), _llamacpp_table(results),
+    for block in (tradeoff_table(results), _paper_table(results), _fit_table(results), _equal_speed(results),
+                  _llamacpp_table(results),
                   _openvino_table(results),
                   _cells_table(results, "decode"), _cells_table(results, "prefill")):
         if block:

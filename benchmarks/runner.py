@@ -51,9 +51,11 @@ def describe_artifact(path: Path, key: str | None = None, name: str | None = Non
         method = f"{method}+int8"
     label = path.parent.name if path.name == "artifact" else path.name  # RUN/artifact -> RUN's name
     model = (manifest.get("recipe") or {}).get("model", {}).get("source") or config.get("_name_or_path") or label
+    from export.artifact import disk_bytes
+
     return {"key": key or label, "name": name or label, "path": str(path), "method": method, "model": model,
             "requested_sparsity": requested, "sparsity": sparsity, "layers": config["num_hidden_layers"],
-            "scope": manifest.get("scope"), "graphs": sorted(manifest["engines"])}
+            "scope": manifest.get("scope"), "graphs": sorted(manifest["engines"]), "bytes": disk_bytes(path)}
 
 
 def find_artifact(entry: str | Path, what: str = "artifact") -> dict:

@@ -57,7 +57,8 @@ def summarize(results: dict, target_layers: int | None = None) -> dict:
                       "sparsity": a["sparsity"], "engine": engine, "mode": mode,
                       "tokens_per_s": spread([m["tokens_per_s"] for m in ms]),
                       "ms_median": statistics.median(m["ms_median"] for m in ms),
-                      "tokens_per_step": ms[0]["tokens_per_s"] * ms[0]["ms_median"] / 1000.0})
+                      "tokens_per_step": ms[0]["tokens_per_s"] * ms[0]["ms_median"] / 1000.0,
+                      "peak_rss_bytes": max((m.get("peak_rss_bytes") or 0 for m in ms), default=0) or None})
     dense_at = {a["layers"]: k for k, a in artifacts.items() if a["method"] == "none"}
     speedups = []
     for key, a in artifacts.items():

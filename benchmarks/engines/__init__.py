@@ -27,26 +27,31 @@ class EngineFacts:
     graph: str | None   # the artifact (or GGUF folder) subfolder it runs (None: rebuilt from config.json)
     runner: str         # module with measure(spec) -> dict
     exploits_sparsity: bool
+    label: str          # how reports name it
 
 
 OPENVINO_INSTALL = "pip install 'dass-pipeline[openvino]' (openvino==2026.4.1; or ./install.sh --with-openvino)"
 
 ENGINES: dict[str, EngineFacts] = {
     "deepsparse": EngineFacts("deepsparse", "pip install deepsparse==1.8.0 (x86-64 Linux, Python 3.8-3.11)",
-                              "deepsparse", "benchmarks.engines.deepsparse_runner", True),
+                              "deepsparse", "benchmarks.engines.deepsparse_runner", True, "DeepSparse"),
     "onnxruntime": EngineFacts("onnxruntime", "pip install onnxruntime==1.26.0", "onnxruntime",
-                               "benchmarks.engines.onnxruntime_runner", False),
-    "pytorch": EngineFacts("torch", "pip install torch==2.13.0", None, "benchmarks.engines.pytorch_runner", False),
+                               "benchmarks.engines.onnxruntime_runner", False, "ONNX Runtime"),
+    "pytorch": EngineFacts("torch", "pip install torch==2.13.0", None, "benchmarks.engines.pytorch_runner", False, "PyTorch"),
     # the dense model as GGUF files (export/gguf_writer.py), one folder per type; the binding is an optional extra
     "llamacpp": EngineFacts("llama_cpp", "pip install 'dass-pipeline[llamacpp]' (llama-cpp-python; pip builds "
                             "llama.cpp from source, about 15-25 minutes on 2 cores)", "llamacpp",
-                            "benchmarks.engines.llamacpp_runner", False),
+                            "benchmarks.engines.llamacpp_runner", False, "llama.cpp"),
     # OpenVINO's CPU plugin on the ONNX Runtime graph (or the artifact's IR, export/openvino_graph.py); the sparse
     # variant asks for its sparse weights decompression (INT8 MatMuls on CPUs with AMX; reported off elsewhere)
-    "openvino": EngineFacts("openvino", OPENVINO_INSTALL, "onnxruntime", "benchmarks.engines.openvino_runner", False),
+    "openvino": EngineFacts("openvino", OPENVINO_INSTALL, "onnxruntime", "benchmarks.engines.openvino_runner", False,
+                            "OpenVINO"),
     "openvino-sparse": EngineFacts("openvino", OPENVINO_INSTALL, "onnxruntime", "benchmarks.engines.openvino_runner",
-                                   True),
+                                   True, "OpenVINO, sparse weights asked"),
 }
+
+
+ENGINE_NAMES = {name: facts.label for name, facts in ENGINES.items()}
 
 
 @dataclass(frozen=True)

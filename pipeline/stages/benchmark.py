@@ -76,6 +76,34 @@ def write_ggufs(ctx: Context) -> list[dict]:
     return described
 
 
+def recorded_perplexity(artifact: Path) -> dict | None:
+    """The perplexity a run recorded for one of its artifact folders (RUN/artifact, artifact-dense, artifact-int8):
+    the INT8 graph's and the float graph's as the quantize stage measured them in ONNX Runtime, else the PyTorch
+    figure of the model the float graph was exported from; None when the run recorded none."""
+    from pipeline.stages import baseline, evaluate
+
+    run_dir, kind = Path(artifact).parent, Path(artifact).name
+
+    def read(name: str) -> dict:
+        return read_json(run_dir / name, "") if (run_dir / name).is_file() else {}
+
+    graphs = read("quantize.json").get("perplexity") or {}
+    which = {"artifact-int8": "int8", "artifact": "float"}.get(kind)
+    if which in graphs:
+        return {"dataset": graphs.get("dataset"), "measured_in": graphs.get("graph"), **graphs[which]}
+    pruned, dense = read(evaluate.OUTPUT), read(baseline.OUTPUT)
+    for recorded, key in ((pruned, "pruned"), (dense, "dense")):  # a dense-only run's artifact/ is the dense model
+        if key in recorded and (kind, key) in (("artifact", "pruned"), ("artifact", "dense"), ("artifact-dense", "dense")):
+            return {"dataset": recorded.get("dataset"), "measured_in": "pytorch", **recorded[key]}
+    return None
+
+
+def _with_perplexity(described: dict) -> dict:
+    if described.get("perplexity") or "gguf_type" in described:
+        return described
+    return {**described, "perplexity": recorded_perplexity(Path(described["path"]))}
+
+
 def run(ctx: Context) -> None:
     """Benchmark this run's artifacts (the dense one first) interleaved with the compared ones;
     RUN/benchmark/{results.json, report.md, *.png} and RUN/benchmark.json."""
@@ -91,7 +119,8 @@ def run(ctx: Context) -> None:
     folder = {**FOLDERS, "dense": "artifact" if recipe.prune.method == "none" else FOLDERS["dense"]}
     mine = [describe_artifact(run_dir / folder[role], key=key, name=key) for role, key in roles.items()]
     out = run_dir / "benchmark"
-    results = run_benchmark([*ctx.prepared["benchmark"], *mine, *ggufs], recipe.benchmark.settings(), out, progress=ctx.progress,
+    artifacts = [_with_perplexity(a) for a in [*ctx.prepared["benchmark"], *mine]]
+    results = run_benchmark([*artifacts, *ggufs], recipe.benchmark.settings(), out, progress=ctx.progress,
                             command=f"pipeline run {recipe.name} (benchmark stage)")
     files = write_report(results, out)
     keys = {roles[r] for r in roles if r != "dense" or recipe.prune.method == "none"}

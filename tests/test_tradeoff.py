@@ -1,0 +1,82 @@
+"""The trade-off table and Pareto plot (benchmarks/tradeoff.py) from a hand-made benchmark result."""
+
+from benchmarks.report import write_report
+from benchmarks.stats import summarize
+from benchmarks.tradeoff import pareto_front, tradeoff_rows
+
+PPL = {"dataset": "embedded", "windows": 8, "context_length": 512}
+
+
+def _artifact(key, method, sparsity, ppl, size, graphs=("deepsparse", "onnxruntime"), **extra):
+    return {"key": key, "name": key, "path": f"/fake/{key}", "method": method, "requested_sparsity": sparsity,
+            "sparsity": sparsity or 0.0, "layers": 2, "graphs": list(graphs), "bytes": size,
+            "perplexity": {**PPL, "perplexity": ppl} if ppl else None, **extra}
+
+
+def _results():
+    arts = [_artifact("dense", "none", None, 5.0, 6 << 30),
+            _artifact("dass50", "dass", 0.5, 6.0, 6 << 30),
+            _artifact("dass50-int8", "dass+int8", 0.5, 6.2, 2 << 30),
+            _artifact("q4", "gguf-q4_0", None, 5.6, 1 << 30, graphs=("llamacpp",), gguf_type="q4_0"),
+            _artifact("q8", "gguf-q8_0", None, 5.1, 2 << 30, graphs=("llamacpp",), gguf_type="q8_0",
+                      perplexity={"dataset": "embedded", "windows": 4, "context_length": 512, "perplexity": 5.1})]
+    speed = {("dense", "deepsparse"): 3.0, ("dense", "onnxruntime"): 2.5, ("dass50", "deepsparse"): 5.0,
+             ("dass50", "onnxruntime"): 2.4, ("dass50-int8", "deepsparse"): 8.0, ("dass50-int8", "onnxruntime"): 3.0,
+             ("q4", "llamacpp"): 9.0, ("q8", "llamacpp"): 6.0}
+    measurements = [{"artifact": a, "engine": e, "mode": mode, "round": r, "tokens_per_s": tps * (1 if mode == "decode" else 30),
+                     "ms_median": 1000 / tps, "peak_rss_bytes": (1 + r) << 30}
+                    for (a, e), tps in speed.items() for mode in ("decode", "prefill") for r in (1, 2)]
+    results = {"artifacts": arts, "measurements": measurements, "failures": [], "partial": None,
+               "settings": {"sequence_length": 256, "prefill_length": 128, "threads": 2, "repeats": 2, "seconds": 5,
+                            "warmup_seconds": 1, "modes": ["decode", "prefill"], "extrapolate_to_layers": None},
+               "machine": {"cpu": "test CPU", "cores": 2, "memory_gib": 24, "platform": "linux"}}
+    results["summary"] = summarize(results)
+    return results
+
+
+def test_pareto_front_keeps_only_the_points_nothing_beats():
+    points = [(9.0, 5.6), (8.0, 6.2), (6.0, 5.1), (3.0, 5.0), (2.5, 5.0), (5.0, 6.0), (None, 4.0), (10.0, None)]
+    assert pareto_front(points) == {0, 2, 3}  # (2.5, 5.0) is beaten by (3.0, 5.0); missing values never count
+
+
+def test_rows_carry_speed_perplexity_size_and_peak_ram_and_mark_the_frontier():
+    rows = {(r["artifact"], r["engine"]): r for r in tradeoff_rows(_results())}
+    assert len(rows) == 8
+    q4 = rows[("q4", "llamacpp")]
+    assert q4["tokens_per_s"] == {"decode": 9.0, "prefill": 270.0} and q4["perplexity"] == 5.6
+    assert q4["peak_rss_bytes"] == 3 << 30 and q4["bytes"] == 1 << 30  # the largest of its rounds and modes
+    on_front = {k for k, r in rows.items() if r["frontier"]}
+    assert on_front == {("q4", "llamacpp"), ("q8", "llamacpp"), ("dense", "deepsparse")}
+    assert rows[("q8", "llamacpp")]["other_protocol"] and not q4["other_protocol"]
+    assert rows[("dass50-int8", "deepsparse")]["label"] == "dass 50% INT8"
+
+
+def test_report_has_the_table_and_the_pareto_plot(tmp_path):
+    made = write_report(_results(), tmp_path)
+    assert "tradeoff.png" in made and (tmp_path / "tradeoff.png").stat().st_size > 10_000
+    text = (tmp_path / "report.md").read_text()
+    assert "## Trade-off: speed, perplexity, size, memory" in text
+    assert "| **dense, GGUF q4_0** | llama.cpp | 9.00 | 270.00 | 5.600 | 1,024 | 3,072 |" in text
+    assert "| dass 50% INT8 | DeepSparse | 8.00 | 240.00 | 6.200 | 2,048 | 3,072 |" in text
+    assert "5.100 (other windows)" in text
+
+
+def test_each_artifact_of_a_run_gets_the_perplexity_the_run_recorded_for_it(tmp_path):
+    import json
+
+    from pipeline.stages.benchmark import recorded_perplexity
+
+    one = {"windows": 8, "context_length": 512, "tokens": 4096}
+    (tmp_path / "perplexity_dense.json").write_text(json.dumps({"dataset": "d", "dense": {"perplexity": 5.0, **one}}))
+    (tmp_path / "perplexity.json").write_text(json.dumps({"dataset": "d", "pruned": {"perplexity": 6.0, **one}}))
+    assert recorded_perplexity(tmp_path / "artifact-dense")["perplexity"] == 5.0
+    assert recorded_perplexity(tmp_path / "artifact") == {"dataset": "d", "measured_in": "pytorch", "perplexity": 6.0,
+                                                          **one}
+    assert recorded_perplexity(tmp_path / "artifact-int8") is None  # not quantized
+    (tmp_path / "quantize.json").write_text(json.dumps({"perplexity": {
+        "dataset": "d", "graph": "onnxruntime", "float": {"perplexity": 6.01, **one}, "int8": {"perplexity": 6.3, **one}}}))
+    assert recorded_perplexity(tmp_path / "artifact")["perplexity"] == 6.01  # the exported graph's own, when measured
+    assert recorded_perplexity(tmp_path / "artifact-int8")["measured_in"] == "onnxruntime"
+    (tmp_path / "perplexity.json").unlink()
+    (tmp_path / "quantize.json").unlink()
+    assert recorded_perplexity(tmp_path / "artifact")["perplexity"] == 5.0  # a dense-only run
