@@ -178,7 +178,7 @@ def _results(rows):
 
 
 def test_vs_llamacpp_pairs_rounds_and_the_report_shows_it():
-    from benchmarks.report import _llamacpp_table
+    from benchmarks.peers import llamacpp_table as _llamacpp_table
     from benchmarks.stats import summarize
 
     results = _results([("pruned", "deepsparse", 1, 30.0), ("g-q4_0", "llamacpp", 1, 20.0),

@@ -1,0 +1,50 @@
+"""The report's sections on the engines users pick instead: each artifact against the dense model's GGUFs in
+llama.cpp, and OpenVINO with its sparse weights decompression asked against without."""
+
+from __future__ import annotations
+
+from benchmarks.engines import ENGINE_NAMES
+from benchmarks.report_format import ratio, sparsity_label, tps
+
+
+def llamacpp_table(results: dict) -> list[str]:
+    """Each ONNX artifact against the dense model's GGUFs in llama.cpp: tokens/s ratio (same rounds), and the
+    GGUF's perplexity where it was measured (the artifacts' own perplexities are in the run's report.md)."""
+    rows = results["summary"].get("vs_llamacpp") or []
+    if not rows:
+        return []
+    arts = {a["key"]: a for a in results["artifacts"]}
+    cells = {(c["artifact"], c["engine"], c["mode"]): c for c in results["summary"]["cells"]}
+    lines = ["## Against llama.cpp (the dense model as GGUF)", "",
+             "Above 1x: the artifact in that engine is faster than the GGUF in llama.cpp (ratio of medians, same "
+             "interleaved rounds).", "",
+             "| mode | artifact | method | engine | tokens/s | GGUF | llama.cpp tokens/s | GGUF perplexity | ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mine, peer = cells[(r["artifact"], r["engine"], r["mode"])], cells[(r["gguf"], "llamacpp", r["mode"])]
+        ppl = (arts[r["gguf"]].get("perplexity") or {}).get("perplexity")
+        lines.append(f"| {r['mode']} | {r['artifact']} | {sparsity_label(arts[r['artifact']])} | "
+                     f"{ENGINE_NAMES[r['engine']]} | {tps(mine['tokens_per_s'])} | {r['gguf_type']} | "
+                     f"{tps(peer['tokens_per_s'])} | {f'{ppl:.3f}' if ppl else '–'} | {ratio(r)} |")
+    return lines
+
+
+def openvino_table(results: dict) -> list[str]:
+    """OpenVINO with its sparse weights decompression asked against without, on the same artifact: whether the
+    sparse path ran (and why not), which kernels the MatMuls ran, and the tokens/s ratio of the same rounds."""
+    rows = results["summary"].get("openvino_sparse") or []
+    if not rows:
+        return []
+    m = results["machine"]
+    ov = m.get("openvino-sparse") or m.get("openvino") or {}
+    lines = ["## OpenVINO: sparse weights decompression asked vs not, same artifact", "",
+             f"OpenVINO {ov.get('version', '?')} on `{ov.get('device', '?')}`; AMX: {ov.get('amx')}; CPU plugin "
+             f"capabilities {', '.join(ov.get('capabilities', []))}.", "",
+             "| mode | artifact | sparse path | MatMul kernels (sparse asked) | MatMuls INT8 / sparse | ratio |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        kernels = "; ".join(f"{k} x{n}" for k, n in (r.get("kernels") or {}).items())
+        reason = (r.get("sparse_weights") or {}).get("reason", "?")
+        lines.append(f"| {r['mode']} | {r['artifact']} | {reason} | {kernels} | {r.get('int8_matmuls')} / "
+                     f"{r.get('sparse_matmuls')} | {ratio(r)} |")
+    return lines
