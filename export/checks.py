@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from export.deepsparse_graph import head_dim
 from pipeline.common.errors import PipelineError
+from pipeline.common.outputs import sha256_file
 
 
 def digest(array: np.ndarray) -> str:
@@ -113,14 +114,6 @@ def onnxruntime_graph_logits(onnx_path: Path, config, input_ids: np.ndarray) -> 
     session = ort_session(onnx_path, mapped=True)
     feed = onnxruntime_graph_feed({i.name for i in session.get_inputs()}, config, input_ids)
     return session.run(["logits"], feed)[0]
-
-
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_table(folder: Path) -> dict[str, dict]:

