@@ -1,10 +1,11 @@
 """The report's sections on the engines users pick instead: each artifact against the dense model's GGUFs in
-llama.cpp, and OpenVINO with its sparse weights decompression asked against without."""
+llama.cpp, the crossover (from which prompt length on an artifact overtakes a GGUF), and OpenVINO with its sparse
+weights decompression asked against without."""
 
 from __future__ import annotations
 
 from benchmarks.engines import ENGINE_NAMES
-from benchmarks.report_format import ratio, sparsity_label, tps
+from benchmarks.report_format import measured_modes, prompt_length, ratio, sparsity_label, tps
 
 
 def llamacpp_table(results: dict) -> list[str]:
@@ -47,4 +48,41 @@ def openvino_table(results: dict) -> list[str]:
         reason = (r.get("sparse_weights") or {}).get("reason", "?")
         lines.append(f"| {r['mode']} | {r['artifact']} | {reason} | {kernels} | {r.get('int8_matmuls')} / "
                      f"{r.get('sparse_matmuls')} | {ratio(r)} |")
+    return lines
+
+
+def crossover(ratios: dict[str, float], settings: dict) -> str:
+    """From which measured prompt length on the ratio stays at or above 1 (the artifact is faster), from
+    ``ratios`` by mode label; decode is its own regime and does not count."""
+    by_length = sorted((prompt_length(m, settings), r) for m, r in ratios.items() if m != "decode")
+    if not by_length:
+        return "–"
+    wins = [length for i, (length, _) in enumerate(by_length) if all(r >= 1 for _, r in by_length[i:])]
+    if not wins:
+        return f"never up to {by_length[-1][0]} tokens"
+    return "at every measured length" if wins[0] == by_length[0][0] else f"from {wins[0]} tokens"
+
+
+def crossover_table(results: dict) -> list[str]:
+    """Per ONNX artifact and engine against each GGUF: the tokens/s ratio in every mode (same interleaved rounds),
+    and the prompt length from which the artifact is faster. Only with two or more prefill lengths."""
+    modes = measured_modes(results)
+    if sum(m.startswith("prefill") for m in modes) < 2:
+        return []
+    rows: dict[tuple, dict[str, float]] = {}
+    for r in results["summary"].get("vs_llamacpp") or []:
+        rows.setdefault((r["artifact"], r["engine"], r["gguf_type"]), {})[r["mode"]] = r["ratio"]
+    if not rows:
+        return []
+    arts = {a["key"]: a for a in results["artifacts"]}
+    lines = ["## Crossover: from which prompt length the artifact overtakes llama.cpp", "",
+             "Ratio of tokens/s, the artifact in its engine over the GGUF in llama.cpp (same interleaved rounds; above "
+             "1x the artifact is faster). Prefill is the compute-bound regime (a prompt of L tokens is a batch of L "
+             "rows through every linear), decode the memory-bound one.", "",
+             "| artifact | engine | GGUF | " + " | ".join(modes) + " | faster from |",
+             "|---|---|---|" + "---|" * len(modes) + "---|"]
+    for (key, engine, gguf_type), ratios in sorted(rows.items()):
+        cells = " | ".join(f"{ratios[m]:.2f}x" if m in ratios else "–" for m in modes)
+        lines.append(f"| {sparsity_label(arts[key])} | {ENGINE_NAMES[engine]} | {gguf_type} | {cells} | "
+                     f"{crossover(ratios, results['settings'])} |")
     return lines

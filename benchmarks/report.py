@@ -10,8 +10,9 @@ from pathlib import Path
 
 from benchmarks.engines import ENGINE_NAMES
 from benchmarks.paper import fit_table, paper_figures, paper_table
-from benchmarks.peers import llamacpp_table, openvino_table
-from benchmarks.report_format import layers_label, ratio, save_figure, sparsity_label, tps
+from benchmarks.peers import crossover_table, llamacpp_table, openvino_table
+from benchmarks.report_format import (layers_label, measured_modes, mode_caption, ratio, save_figure, sparsity_label,
+                                      tps)
 from benchmarks.tradeoff import tradeoff_figure, tradeoff_table
 from pipeline.common.outputs import write_text_atomic
 
@@ -79,7 +80,7 @@ def artifact_bars(results: dict) -> dict:
     cells = {(c["artifact"], c["engine"], c["mode"]): c["tokens_per_s"] for c in s["cells"]}
     speed = {(x["artifact"], x["engine"], x["mode"]): x["ratio"] for x in s["speedups"] if x["vs"] == x["engine"]}
     modes: dict[str, dict] = {}
-    for mode in results["settings"]["modes"]:
+    for mode in measured_modes(results):
         for engine in ENGINE_NAMES:
             bars = {a["key"]: {**{k: cells[(a["key"], engine, mode)][k] for k in ("median", "min", "max")},
                                "speedup": speed.get((a["key"], engine, mode))}
@@ -120,9 +121,7 @@ def tokens_by_artifact_figure(results: dict):
         ax.set_xticks(range(len(names)), [ENGINE_NAMES[e] for e in names])
         ax.set_ylabel(f"{mode} tokens/s (higher is better)")
         ax.set_ylim(0, ax.get_ylim()[1] * 1.15)  # room for the labels
-        what = (f"1 new token, {st['sequence_length'] - 1} cached" if mode == "decode"
-                else f"{st['prefill_length']}-token prompt")
-        ax.set_title(f"{mode}: {what}", fontsize=9)
+        ax.set_title(f"{mode}: {mode_caption(mode, st)}", fontsize=9)
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"Tokens/s by engine: {', '.join(data['models'])} ({layers_label(data['layers'])})\n"
                  f"{m['cpu']}, {m['cores']} cores; batch 1, threads {st['threads'] or 'all'}, "
@@ -157,7 +156,8 @@ def render(results: dict, command: str | None = None) -> str:
     lines += [f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['platform']}",
               (f"- DeepSparse detects: instruction set `{ds.get('isa')}`, VNNI {ds.get('vnni')}, "
                f"{ds.get('physical_cores')} physical cores" if ds else "- DeepSparse: not measured"),
-              f"- settings: context (sequence length) {st['sequence_length']}, prefill {st['prefill_length']} tokens, "
+              f"- settings: context (sequence length) {st['sequence_length']}, prefill "
+              f"{', '.join(map(str, sorted(set(st.get('prefill_lengths') or [st['prefill_length']]))))} tokens, "
               f"threads {st['threads'] or 'all'}, warm-up {st['warmup_seconds']} s, {st['seconds']} s per measurement, "
               f"{st['repeats']} interleaved rounds, each measurement in its own process",
               "- decode = one new token with the KV cache holding `sequence length - 1` tokens; "
@@ -173,9 +173,9 @@ def render(results: dict, command: str | None = None) -> str:
     for f in results.get("failures", []):
         lines += [f"- failed: {f['engine']} {f['mode']} on {f['artifact']} (round {f['round']}): {f['error']}"]
     for block in (tradeoff_table(results), paper_table(results), fit_table(results), _equal_speed(results),
-                  llamacpp_table(results),
+                  llamacpp_table(results), crossover_table(results),
                   openvino_table(results),
-                  _cells_table(results, "decode"), _cells_table(results, "prefill")):
+                  *(_cells_table(results, mode) for mode in measured_modes(results))):
         if block:
             lines += [""] + block
     lines += ["", "Raw measurements: `results.json`."]

@@ -53,3 +53,24 @@ def plot_context(results: dict) -> str:
     models = sorted({a.get("model") or a["name"] for a in results["artifacts"]})
     return (f"{', '.join(models)}; {m['cpu']}, {m['cores']} cores\nbatch 1, context {st['sequence_length']}, threads "
             f"{st['threads'] or 'all'}, {st['repeats']} interleaved round(s) x {st['seconds']} s")
+
+
+def prompt_length(mode: str, settings: dict) -> int | None:
+    """The prompt length of a measured mode: ``prefill-L`` -> L, ``prefill`` -> prefill_length, decode -> None."""
+    if mode.startswith("prefill-"):
+        return int(mode.split("-", 1)[1])
+    return settings["prefill_length"] if mode == "prefill" else None
+
+
+def measured_modes(results: dict) -> list[str]:
+    """The mode labels the cells hold, in the settings' order: decode, then prefill by prompt length."""
+    present = {c["mode"] for c in results["summary"]["cells"]}
+    order = {m: i for i, m in enumerate(results["settings"]["modes"])}
+    return sorted(present, key=lambda m: (order.get(m.split("-")[0], 99), prompt_length(m, results["settings"]) or 0))
+
+
+def mode_caption(mode: str, settings: dict) -> str:
+    """What one step of a mode is, for titles and column heads."""
+    if mode == "decode":
+        return f"1 new token, {settings['sequence_length'] - 1} cached"
+    return f"{prompt_length(mode, settings)}-token prompt"

@@ -93,9 +93,9 @@ def machine_info() -> dict:
 
 
 def plan(artifacts: list[dict], settings: BenchmarkSettings) -> list[tuple[str, str, str]]:
-    """(mode, engine, artifact key) for one round, artifact innermost."""
+    """(mode label, engine, artifact key) for one round, artifact innermost (labels: settings.measured_modes)."""
     steps = []
-    for mode in settings.modes:
+    for mode, _, _ in settings.measured_modes():
         for engine in settings.engines:
             graph = ENGINES[engine].graph
             if graph is None:  # PyTorch: one per depth, the dense artifact where there is one
@@ -130,6 +130,7 @@ def run_benchmark(artifacts: list[dict], settings: BenchmarkSettings, out: Path,
         raise PipelineError(f"two benchmarked artifacts share a name: {keys}", "give each artifact its own name")
     by_key = {a["key"]: a for a in artifacts}
     steps = plan(artifacts, settings)
+    modes = {label: (label, kind, length) for label, kind, length in settings.measured_modes()}
     total = len(steps) * settings.repeats
     results = {"format": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
                "settings": settings.model_dump(mode="json"), "command": command, "artifacts": artifacts, "measurements": [], "failures": [],
@@ -143,7 +144,8 @@ def run_benchmark(artifacts: list[dict], settings: BenchmarkSettings, out: Path,
                 stopped = (f"time budget of {settings.time_budget_seconds:.0f} s reached after "
                            f"{len(results['measurements'])} of {total} measurements")
                 break
-            spec = MeasureSpec.of(engine, by_key[key]["path"], mode, settings)
+            _, kind, length = modes[mode]
+            spec = MeasureSpec.of(engine, by_key[key]["path"], kind, settings, prefill_length=length)
             try:
                 m = measure_fn(spec)
             except PipelineError as exc:

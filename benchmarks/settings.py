@@ -3,7 +3,8 @@ command line and the runner (benchmarks/runner.py). Pydantic only, so that readi
 
 Modes (batch 1):
 - ``decode``: one new token with a KV cache already holding ``sequence_length - 1`` tokens.
-- ``prefill``: ``prefill_length`` prompt tokens into an empty cache.
+- ``prefill``: ``prefill_length`` prompt tokens into an empty cache; with ``prefill_lengths``, one measured mode
+  per length, named ``prefill-L`` (the compute-bound regime, where sparse kernels remove work).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class BenchmarkSettings(BaseModel):
                                           "prefill_length prompt tokens into an empty cache (batch 1)")
     sequence_length: int = Field(512, gt=1, description="context: decode runs with sequence_length - 1 cached tokens")
     prefill_length: int = Field(64, gt=0, description="prompt tokens of a prefill measurement")
+    prefill_lengths: Optional[list[int]] = Field(None, min_length=1, description="with prefill in modes: several "
+                                                 "prompt lengths, each measured as its own mode prefill-L in the same "
+                                                 "interleaved rounds (the crossover table); null: prefill_length alone")
     threads: Optional[int] = Field(None, gt=0, description="engine threads; null: all cores")
     warmup_seconds: float = Field(2.0, ge=0, description="untimed seconds before each measurement")
     seconds: float = Field(10.0, gt=0, description="timed seconds per measurement")
@@ -39,10 +43,21 @@ class BenchmarkSettings(BaseModel):
 
     @model_validator(mode="after")
     def _prefill_fits(self):
-        if "prefill" in self.modes and self.prefill_length >= self.sequence_length:
-            raise ValueError(f"prefill_length {self.prefill_length} must be below sequence_length "
-                             f"{self.sequence_length}")
+        for length in (self.prefill_lengths or [self.prefill_length]) if "prefill" in self.modes else []:
+            if not 0 < length < self.sequence_length:
+                raise ValueError(f"prefill length {length} must be between 1 and sequence_length - 1 "
+                                 f"({self.sequence_length - 1})")
         return self
+
+    def measured_modes(self) -> list[tuple[str, str, int]]:
+        """(label, mode, prompt length) of every measured mode: decode, and prefill once per length."""
+        out = []
+        for mode in self.modes:
+            if mode == "prefill" and self.prefill_lengths:
+                out += [(f"prefill-{n}", mode, n) for n in sorted(set(self.prefill_lengths))]
+            else:
+                out.append((mode, mode, self.prefill_length))
+        return out
 
     def settings(self) -> "BenchmarkSettings":
         """The settings alone (a subclass, such as the recipe's section, adds keys of its own)."""
@@ -55,7 +70,11 @@ def add_settings_arguments(parser, **defaults) -> None:
         default = defaults.get(name, field.get_default(call_default_factory=True))
         option = "--" + name.replace("_", "-")
         kind = field.annotation
-        if typing.get_origin(kind) is list:
+        listed = next((t for t in typing.get_args(kind) if typing.get_origin(t) is list), None)  # Optional[list[int]]
+        if listed is not None:
+            parser.add_argument(option, nargs="+", type=typing.get_args(listed)[0], default=default,
+                                help=field.description)
+        elif typing.get_origin(kind) is list:
             choices = typing.get_args(typing.get_args(kind)[0])
             parser.add_argument(option, nargs="+", default=default, choices=choices, help=field.description)
         else:

@@ -12,6 +12,7 @@ evaluation section's windows. Rows whose perplexity was measured on other window
 from __future__ import annotations
 
 from benchmarks.engines import ENGINE_NAMES
+from benchmarks.report_format import measured_modes, prompt_length
 
 
 def _label(a: dict) -> str:
@@ -69,11 +70,11 @@ def tradeoff_table(results: dict) -> list[str]:
     rows = tradeoff_rows(results)
     if not rows or not any(r["perplexity"] for r in rows):
         return []
-    modes = [m for m in ("decode", "prefill") if any(m in r["tokens_per_s"] for r in rows)]
+    modes = measured_modes(results)
     common = next((r["protocol"] for r in rows if r["protocol"] and not r["other_protocol"]), None)
     st = results["settings"]
-    what = {"decode": f"decode tok/s (context {st['sequence_length']})",
-            "prefill": f"prefill tok/s ({st['prefill_length']}-token prompt)"}
+    what = {m: f"decode tok/s (context {st['sequence_length']})" if m == "decode"
+            else f"prefill tok/s ({prompt_length(m, st)}-token prompt)" for m in modes}
     lines = ["## Trade-off: speed, perplexity, size, memory", "",
              "One row per artifact and engine, fastest decode first; **bold**: on the Pareto frontier of decode "
              "tokens/s against perplexity (no other row is both faster and lower). Perplexity"

@@ -202,8 +202,10 @@ def test_bad_settings_are_clear_errors(tmp_path):
         run_benchmark(ARTIFACTS, settings(threads=os.cpu_count() + 1), tmp_path, measure_fn=fake_measure()[0])
     with pytest.raises(ValidationError, match="tensorrt"):
         settings(engines=["tensorrt"])
-    with pytest.raises(ValidationError, match="prefill_length 64 must be below sequence_length 64"):
+    with pytest.raises(ValidationError, match=r"prefill length 64 must be between 1 and sequence_length - 1 \(63\)"):
         settings(prefill_length=64)
+    with pytest.raises(ValidationError, match="prefill length 128 must be"):
+        settings(prefill_lengths=[16, 128])
     assert not (tmp_path / "results.json").exists()
 
 

@@ -80,3 +80,43 @@ def test_each_artifact_of_a_run_gets_the_perplexity_the_run_recorded_for_it(tmp_
     (tmp_path / "perplexity.json").unlink()
     (tmp_path / "quantize.json").unlink()
     assert recorded_perplexity(tmp_path / "artifact")["perplexity"] == 5.0  # a dense-only run
+
+
+def test_prefill_lengths_are_measured_modes_of_one_interleaved_run_and_the_crossover_is_stated(tmp_path):
+    """Fake engines whose cost is known: llama.cpp fast per step at any length, the sparse artifact slow in decode
+    but cheaper per prompt token; the runner measures each prompt length as its own mode in every round, and the
+    report states from which length the artifact is faster."""
+    from benchmarks.peers import crossover
+    from benchmarks.runner import run_benchmark
+    from benchmarks.settings import BenchmarkSettings
+
+    arts = [_artifact("int8", "dass+int8", 0.7, 6.2, 2 << 30, graphs=("deepsparse",)),
+            _artifact("q4", "gguf-q4_0", None, 5.6, 1 << 30, graphs=("llamacpp",), gguf_type="q4_0")]
+    asked = []
+
+    def measure(spec):
+        asked.append((spec.engine, spec.mode, spec.prefill_length))
+        tokens = 1 if spec.mode == "decode" else spec.prefill_length
+        # ms per step: llama.cpp 10 + 1.0 per token; the artifact 20 + 0.5 per token -> equal at 20 tokens
+        ms = (10 + 1.0 * tokens) if spec.engine == "llamacpp" else (20 + 0.5 * tokens)
+        return {"ms_median": ms, "tokens_per_s": tokens * 1000 / ms, "peak_rss_bytes": 1 << 30}
+
+    settings = BenchmarkSettings(engines=["deepsparse", "llamacpp"], modes=["decode", "prefill"], sequence_length=512,
+                                 prefill_lengths=[64, 8, 16], repeats=2, seconds=1, warmup_seconds=0)
+    results = run_benchmark(arts, settings, tmp_path, progress=False, measure_fn=measure)
+    assert len(asked) == 2 * 2 * 4 and {(m, n) for _, m, n in asked if m == "prefill"} == {
+        ("prefill", 8), ("prefill", 16), ("prefill", 64)}
+    modes = {c["mode"] for c in results["summary"]["cells"]}
+    assert modes == {"decode", "prefill-8", "prefill-16", "prefill-64"}
+    ratios = {r["mode"]: r["ratio"] for r in results["summary"]["vs_llamacpp"]}
+    assert ratios["decode"] < 1 and ratios["prefill-8"] < 1 and ratios["prefill-16"] < 1 and ratios["prefill-64"] > 1
+    write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Crossover: from which prompt length the artifact overtakes llama.cpp" in text
+    assert "| decode | prefill-8 | prefill-16 | prefill-64 | faster from |" in text
+    assert "| from 64 tokens |" in text
+    assert "prefill 8, 16, 64 tokens" in text
+    st = results["settings"]
+    assert crossover({"prefill-8": 1.2, "prefill-16": 0.9, "prefill-64": 1.1}, st) == "from 64 tokens"
+    assert crossover({"prefill-8": 1.2, "prefill-64": 1.1}, st) == "at every measured length"
+    assert crossover({"decode": 2.0, "prefill-8": 0.5}, st) == "never up to 8 tokens"

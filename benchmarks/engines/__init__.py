@@ -68,9 +68,10 @@ class MeasureSpec:
     seconds: float
 
     @classmethod
-    def of(cls, engine: str, artifact: str, mode: str, settings: BenchmarkSettings) -> "MeasureSpec":
-        return cls(engine, str(artifact), mode, settings.sequence_length, settings.prefill_length, settings.threads,
-                   settings.warmup_seconds, settings.seconds)
+    def of(cls, engine: str, artifact: str, mode: str, settings: BenchmarkSettings,
+           prefill_length: int | None = None) -> "MeasureSpec":
+        return cls(engine, str(artifact), mode, settings.sequence_length, prefill_length or settings.prefill_length,
+                   settings.threads, settings.warmup_seconds, settings.seconds)
 
     @property
     def tokens_per_step(self) -> int:
