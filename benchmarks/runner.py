@@ -49,7 +49,8 @@ def describe_artifact(path: Path, key: str | None = None, name: str | None = Non
         method = "unknown"
     if manifest.get("quantization"):  # an INT8 artifact is never the float dense reference
         method = f"{method}+int8"
-    label = path.parent.name if path.name == "artifact" else path.name  # RUN/artifact -> RUN's name
+    run_folders = {"artifact": "", "artifact-dense": "-dense", "artifact-int8": "-int8"}  # a run's artifact folders
+    label = path.parent.name + run_folders[path.name] if path.name in run_folders else path.name
     model = (manifest.get("recipe") or {}).get("model", {}).get("source") or config.get("_name_or_path") or label
     from export.artifact import disk_bytes
 
