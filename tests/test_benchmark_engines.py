@@ -29,7 +29,7 @@ def test_each_engine_measures_decode_and_prefill(tiny_artifact, engine):
 
 def test_missing_engine_and_non_artifact_are_clear_errors(tiny_artifact, tmp_path, monkeypatch):
     _, folder, _ = tiny_artifact
-    fake = engines.EngineFacts("no_such_engine_pkg", "pip install it", "deepsparse", "x", True)
+    fake = engines.EngineFacts("no_such_engine_pkg", "pip install it", "deepsparse", "x", True, "No such engine")
     monkeypatch.setitem(engines.ENGINES, "deepsparse", fake)
     with pytest.raises(PipelineError, match="the deepsparse engine is not installed — fix: pip install it"):
         measure(MeasureSpec.of("deepsparse", folder, "decode", BenchmarkSettings()))
