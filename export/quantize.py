@@ -278,15 +278,16 @@ def int8_weights(float_graph: Path, int8_graph: Path) -> dict[str, dict]:
 def _share_int8_weights(tmp: Path, original: dict, config, check_ids: np.ndarray, int8_logits: dict) -> dict | None:
     """One weights file for the two INT8 graphs (export/shared_weights.py); the onnxruntime graph must give the
     same logits reading it. None when the artifact lacks one of the graphs."""
-    from export.graph_formats import graph_logits
+    from export.graph_formats import GRAPHS, ONNX_GRAPHS, graph_logits
     from export.shared_weights import share_weights
 
-    if not {"deepsparse", "onnxruntime"} <= set(original["engines"]):
+    if not set(ONNX_GRAPHS) <= set(original["engines"]):
         return None
+    reader = next(name for name in ONNX_GRAPHS if GRAPHS[name].reads_shared_weights)
     shared = share_weights(tmp)
     if shared and shared["hard_link"]:
-        after = graph_logits("onnxruntime", tmp / "onnxruntime" / "model.onnx", config, check_ids)
-        diff = float(np.abs(after - int8_logits["onnxruntime"]).max())
+        after = graph_logits(reader, tmp / reader / "model.onnx", config, check_ids)
+        diff = float(np.abs(after - int8_logits[reader]).max())
         if diff > 0:
             raise PipelineError(f"the INT8 onnxruntime graph reading the shared weights file differs from its own "
                                 f"by {diff:.2e}", "quantize with export.share_weights: false and report this as a bug")
