@@ -37,6 +37,7 @@ import numpy as np
 from export.checks import deepsparse_graph_feed, file_table, onnxruntime_graph_feed, save_graph
 from export.graph_formats import GRAPHS
 from export.schemes import Scheme, check_scheme
+from export.shared_calibration import SharedCalibration, activation_keys
 from pipeline.common.errors import PipelineError
 from pipeline.common.outputs import StagingDir, write_json_atomic
 
@@ -211,13 +212,15 @@ def integer_matmuls(store, linears: list[str], ranges: dict[str, tuple[float, fl
 
 
 def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme, config,
-                   smoothing_strength: float | None = None, lm_head: bool = False) -> dict:
+                   smoothing_strength: float | None = None, lm_head: bool = False,
+                   calibration: SharedCalibration | None = None) -> dict:
     """Quantize ``source`` (model.onnx + model.onnx_data) into ``target`` folder; returns what was done.
 
     Activation ranges are calibrated once on the float graph (min/max over ``feeds``, ONNX Runtime reading
     the weights file it maps); SmoothQuant divides a smoothed activation's channel j by s_j, so its range
     after smoothing is read from the same per-channel statistics. ``lm_head``: the LM head's MatMul INT8 too.
-    The float graph is never loaded whole: the rewrite is planned on its structure and each weight is read,
+    ``calibration``: ranges another graph of the same model recorded (export/shared_calibration.py); used when
+    they cover every activation here, else this graph is calibrated and its ranges are recorded there. The float graph is never loaded whole: the rewrite is planned on its structure and each weight is read,
     smoothed, quantized and written in turn (export/graph_tensors.py), so memory does not grow with depth.
     """
     import onnx
@@ -237,9 +240,18 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme
     done = {"quantized_matmuls": len(linears), "float_matmuls": len(others)}
     nodes = {n.name: n for n in store.model.graph.node}
     activations = sorted({nodes[name].input[0] for name in linears})
-    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as scratch:
-        stats = channel_ranges(structure, activations, feeds, Path(scratch), weights=Path(source).parent)
+    keys = activation_keys(store, linears) if calibration is not None else {}
+    stats = calibration.lookup(keys) if calibration is not None else None
+    done["calibration"] = "shared" if stats is not None else "own"
+    if stats is not None:
+        log.info("activation ranges: those of the graph calibrated before (same weights, same activations)")
+    if stats is None:
+        with tempfile.TemporaryDirectory(prefix=".quantize-", dir=target.parent) as scratch:
+            stats = channel_ranges(structure, activations, feeds, Path(scratch), weights=Path(source).parent)
+        if calibration is not None:
+            calibration.record(keys, stats)
     del structure
+    stats = dict(stats)  # the shared ranges stay unsmoothed
     if smoothing_strength:
         groups = smoothing_groups(store.model.graph, set(linears))
         maxima = {g.activation: np.maximum(-stats[g.activation][0], stats[g.activation][1]) for g in groups}
@@ -318,7 +330,7 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
     original = open_artifact(source)
     started = time.time()
     with StagingDir(target) as tmp:
-        engines, int8_logits = {}, {}
+        engines, int8_logits, calibration = {}, {}, SharedCalibration()
         for engine, info in original["engines"].items():
             if not GRAPHS[engine].traced:  # OpenVINO's IR: made from the INT8 onnxruntime graph below
                 continue
@@ -329,7 +341,7 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
             graph = source / engine / "model.onnx"
             log.info("quantizing the %s graph (%s, %d calibration windows)", engine, scheme_name, len(windows))
             done = quantize_graph(graph, folder, _feeds(engine, graph, config, windows), scheme, config,
-                                  smoothing_strength, lm_head)
+                                  smoothing_strength, lm_head, calibration)
             if GRAPHS[engine].pads_weights_file:
                 pad_external_data(folder)
             before = graph_logits(engine, graph, config, check_ids)

@@ -69,6 +69,35 @@ def test_the_two_int8_graphs_share_one_weights_file(int8_artifact):
     # both engines decode the shared artifact: test_logits_and_greedy_decode_agree_with_float_in_both_engines
 
 
+def test_the_second_graph_reuses_the_first_graphs_calibration(tiny_artifact, tmp_path, monkeypatch):
+    """The two graphs compute the same activations in a different float order, so ranges calibrated per graph differ
+    in their last bits, and so would the smoothed weights: the artifact could not share one weights file (it did not
+    on a real 1.5B model). Here each calibration is made to differ a little: the second graph must not calibrate,
+    and the weights file is still shared."""
+    import os
+
+    import export.smooth as smooth
+
+    calls = []
+    calibrate = smooth.channel_ranges
+
+    def noisy(*args, **kwargs):
+        calls.append(1)
+        factor = np.float32(1 + 1e-3 * len(calls))
+        return {x: (low * factor, high * factor) for x, (low, high) in calibrate(*args, **kwargs).items()}
+
+    monkeypatch.setattr(smooth, "channel_ranges", noisy)
+    _, folder, _ = tiny_artifact
+    rng = np.random.default_rng(1)
+    target = tmp_path / "artifact-int8"
+    manifest = quantize_artifact(folder, target, "w8a8-static", rng.integers(2, 96, (4, 32)),
+                                 rng.integers(2, 96, (1, 16)), smoothing_strength=0.5)
+    assert len(calls) == 1
+    assert [manifest["engines"][e]["calibration"] for e in ("deepsparse", "onnxruntime")] == ["own", "shared"]
+    ds, ort = target / "deepsparse" / "model.onnx_data", target / "onnxruntime" / "model.onnx_data"
+    assert os.stat(ds).st_ino == os.stat(ort).st_ino
+
+
 def test_only_decoder_linears_are_quantized(int8_artifact):
     _, folder, _, _ = int8_artifact
     graph = onnx.load(str(folder / "deepsparse" / "model.onnx"), load_external_data=False).graph
