@@ -13,7 +13,7 @@ from benchmarks.paper import fit_table, paper_figures, paper_table
 from benchmarks.peers import crossover_table, llamacpp_table, openvino_table
 from benchmarks.report_format import (layers_label, measured_modes, mode_caption, ratio, save_figure, sparsity_label,
                                       tps)
-from benchmarks.tradeoff import tradeoff_figure, tradeoff_table
+from benchmarks.tradeoff import tradeoff_figure, tradeoff_table, weights_table
 from pipeline.common.outputs import write_text_atomic
 
 
@@ -172,7 +172,7 @@ def render(results: dict, command: str | None = None) -> str:
         lines += ["", f"**Partial results: {results['partial']}.** Figures below use what was measured."]
     for f in results.get("failures", []):
         lines += [f"- failed: {f['engine']} {f['mode']} on {f['artifact']} (round {f['round']}): {f['error']}"]
-    for block in (tradeoff_table(results), paper_table(results), fit_table(results), _equal_speed(results),
+    for block in (tradeoff_table(results), weights_table(results), paper_table(results), fit_table(results), _equal_speed(results),
                   llamacpp_table(results), crossover_table(results),
                   openvino_table(results),
                   *(_cells_table(results, mode) for mode in measured_modes(results))):

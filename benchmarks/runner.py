@@ -53,10 +53,15 @@ def describe_artifact(path: Path, key: str | None = None, name: str | None = Non
     label = path.parent.name + run_folders[path.name] if path.name in run_folders else path.name
     model = (manifest.get("recipe") or {}).get("model", {}).get("source") or config.get("_name_or_path") or label
     from export.artifact import disk_bytes
+    from export.weight_kinds import weight_bytes_by_kind
 
+    from export.graph_formats import ONNX_GRAPHS
+
+    held = next(e for e in ONNX_GRAPHS if e in manifest["engines"])  # the first: DeepSparse's graph when there
     return {"key": key or label, "name": name or label, "path": str(path), "method": method, "model": model,
             "requested_sparsity": requested, "sparsity": sparsity, "layers": config["num_hidden_layers"],
-            "scope": manifest.get("scope"), "graphs": sorted(manifest["engines"]), "bytes": disk_bytes(path)}
+            "scope": manifest.get("scope"), "graphs": sorted(manifest["engines"]), "bytes": disk_bytes(path),
+            "weight_bytes": {"graph": held, **weight_bytes_by_kind(path / held / "model.onnx")}}
 
 
 def find_artifact(entry: str | Path, what: str = "artifact") -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from benchmarks.engines import ENGINE_NAMES
 from benchmarks.report_format import measured_modes, prompt_length
+from export.weight_kinds import KINDS
 
 
 def _label(a: dict) -> str:
@@ -89,6 +90,31 @@ def tradeoff_table(results: dict) -> list[str]:
         ppl = f"{r['perplexity']:.3f}" + (" (other windows)" if r["other_protocol"] else "") if r["perplexity"] else "–"
         lines.append(f"| {name} | {ENGINE_NAMES.get(r['engine'], r['engine'])} | {speeds} | {ppl} | "
                      f"{_mib(r['bytes'])} | {_mib(r['peak_rss_bytes'])} |")
+    return lines
+
+
+def weights_table(results: dict) -> list[str]:
+    """Bytes of each ONNX artifact's weights by kind (export/weight_kinds.py) and each GGUF's file: what a dense
+    engine holds in memory, and what a sparse one can skip (the zeros)."""
+    arts = [a for a in results["artifacts"] if a.get("weight_bytes") or "gguf_type" in a]
+    if not any(a.get("weight_bytes") for a in arts):
+        return []
+    lines = ["## Weights by kind", "",
+             "MiB of each artifact's weights (the graph named, read tensor by tensor): float and int8 matrices, zero and "
+             "non-zero; other: norms, biases, scales. A dense engine (ONNX Runtime) holds all of it; a sparse engine "
+             "(DeepSparse) can skip the zeros, so it needs at least the non-zero bytes (plus its index). A GGUF's "
+             "weights are its file (quantized blocks, zeros not stored apart).", "",
+             "| artifact | graph | float non-zero | float zeros | int8 non-zero | int8 zeros | other | total | "
+             "non-zero share |", "|---|---|---|---|---|---|---|---|---|"]
+    for a in arts:
+        w = a.get("weight_bytes")
+        if not w:
+            lines.append(f"| {_label(a)} | GGUF file | – | – | – | – | – | {_mib(a.get('bytes'))} | – |")
+            continue
+        total = sum(w[k] for k in KINDS)
+        nonzero = w["float_nonzero"] + w["int8_nonzero"] + w["other"]
+        lines.append(f"| {_label(a)} | {w['graph']} | " + " | ".join(_mib(w[k]) if w[k] else "0" for k in KINDS)
+                     + f" | {_mib(total)} | {nonzero / total:.0%} |")
     return lines
 
 

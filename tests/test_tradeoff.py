@@ -120,3 +120,42 @@ def test_prefill_lengths_are_measured_modes_of_one_interleaved_run_and_the_cross
     assert crossover({"prefill-8": 1.2, "prefill-16": 0.9, "prefill-64": 1.1}, st) == "from 64 tokens"
     assert crossover({"prefill-8": 1.2, "prefill-64": 1.1}, st) == "at every measured length"
     assert crossover({"decode": 2.0, "prefill-8": 0.5}, st) == "never up to 8 tokens"
+
+
+def test_weight_bytes_by_kind_counts_zeros_per_dtype_from_the_weights_file(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.weight_kinds import weight_bytes_by_kind
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 128)).astype(np.float32) + 10
+    w[:, ::2] = 0  # half zeros
+    q = rng.integers(1, 60, (128, 64)).astype(np.int8)
+    q[::4] = 0  # a quarter zeros
+    bias = np.zeros(64, np.float32)  # small: "other", zeros or not
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(q, "q"),
+                               numpy_helper.from_array(bias, "bias")])
+    onnx.save_model(helper.make_model(graph), str(tmp_path / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx_data", size_threshold=0)
+    assert weight_bytes_by_kind(tmp_path / "model.onnx") == {
+        "float_nonzero": 64 * 64 * 4, "float_zero": 64 * 64 * 4, "int8_nonzero": 96 * 64, "int8_zero": 32 * 64,
+        "other": 64 * 4}
+
+
+def test_report_states_weight_bytes_by_kind(tmp_path):
+    results = _results()
+    kinds = {"graph": "deepsparse", "float_nonzero": 3 << 20, "float_zero": 3 << 20, "int8_nonzero": 0, "int8_zero": 0,
+             "other": 0}
+    results["artifacts"][1]["weight_bytes"] = kinds
+    results["artifacts"][2]["weight_bytes"] = {**kinds, "float_nonzero": 1 << 20, "float_zero": 0,
+                                               "int8_nonzero": 1 << 20, "int8_zero": 1 << 20}
+    write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| dass 50% | deepsparse | 3 | 3 | 0 | 0 | 0 | 6 | 50% |" in text
+    assert "| dass 50% INT8 | deepsparse | 1 | 0 | 1 | 1 | 0 | 3 | 67% |" in text
+    assert "| dense, GGUF q4_0 | GGUF file | – | – | – | – | – | 1,024 | – |" in text
