@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.checks import deepsparse_graph_feed, file_table, onnxruntime_graph_feed, save_graph
+from export.checks import deepsparse_graph_feed, file_table, onnxruntime_graph_feed
 from export.graph_formats import GRAPHS
 from export.schemes import Scheme, check_scheme
 from export.shared_calibration import SharedCalibration, activation_keys
