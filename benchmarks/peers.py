@@ -5,7 +5,7 @@ weights decompression asked against without."""
 from __future__ import annotations
 
 from benchmarks.engines import ENGINE_NAMES
-from benchmarks.report_format import measured_modes, prompt_length, ratio, sparsity_label, tps
+from benchmarks.report_format import batch_size, measured_modes, prompt_length, ratio, sparsity_label, tps
 
 
 def llamacpp_table(results: dict) -> list[str]:
@@ -51,23 +51,29 @@ def openvino_table(results: dict) -> list[str]:
     return lines
 
 
-def crossover(ratios: dict[str, float], settings: dict) -> str:
-    """From which measured prompt length on the ratio stays at or above 1 (the artifact is faster), from
-    ``ratios`` by mode label; decode is its own regime and does not count."""
-    by_length = sorted((prompt_length(m, settings), r) for m, r in ratios.items() if m != "decode")
-    if not by_length:
-        return "–"
-    wins = [length for i, (length, _) in enumerate(by_length) if all(r >= 1 for _, r in by_length[i:])]
+def _first_win(points: list[tuple[int, float]], unit: str, every: str) -> str:
+    """From which size on (sorted ``points`` of (size, ratio)) the ratio stays at or above 1."""
+    wins = [size for i, (size, _) in enumerate(points) if all(r >= 1 for _, r in points[i:])]
     if not wins:
-        return f"never up to {by_length[-1][0]} tokens"
-    return "at every measured length" if wins[0] == by_length[0][0] else f"from {wins[0]} tokens"
+        return f"never up to {points[-1][0]} {unit}"
+    return every if wins[0] == points[0][0] else f"from {wins[0]} {unit}"
+
+
+def crossover(ratios: dict[str, float], settings: dict) -> str:
+    """From which measured prompt length, and from which batch size, on the ratio stays at or above 1 (the
+    artifact is faster), from ``ratios`` by mode label; decode (batch 1) is where both start and does not count."""
+    prompts = sorted((prompt_length(m, settings), r) for m, r in ratios.items() if prompt_length(m, settings))
+    batches = sorted((batch_size(m), r) for m, r in ratios.items() if batch_size(m))
+    parts = ([_first_win(prompts, "tokens", "at every measured length")] if prompts else []) + \
+        ([f"batch: {_first_win(batches, 'sequences', 'at every measured size')}"] if batches else [])
+    return "; ".join(parts) or "–"
 
 
 def crossover_table(results: dict) -> list[str]:
     """Per ONNX artifact and engine against each GGUF: the tokens/s ratio in every mode (same interleaved rounds),
     and the prompt length from which the artifact is faster. Only with two or more prefill lengths."""
     modes = measured_modes(results)
-    if sum(m.startswith("prefill") for m in modes) < 2:
+    if sum(m != "decode" for m in modes) < 2:
         return []
     rows: dict[tuple, dict[str, float]] = {}
     for r in results["summary"].get("vs_llamacpp") or []:
@@ -75,10 +81,11 @@ def crossover_table(results: dict) -> list[str]:
     if not rows:
         return []
     arts = {a["key"]: a for a in results["artifacts"]}
-    lines = ["## Crossover: from which prompt length the artifact overtakes llama.cpp", "",
+    lines = ["## Crossover: from which prompt length or batch size the artifact overtakes llama.cpp", "",
              "Ratio of tokens/s, the artifact in its engine over the GGUF in llama.cpp (same interleaved rounds; above "
-             "1x the artifact is faster). Prefill is the compute-bound regime (a prompt of L tokens is a batch of L "
-             "rows through every linear), decode the memory-bound one.", "",
+             "1x the artifact is faster). Decode at batch 1 is the memory-bound regime; prefill (a prompt of L tokens "
+             "is L rows through every linear) and batch-N decode (N sequences, one new token each: N rows) are the "
+             "compute-bound ones, where the zeros a sparse kernel skips are work saved.", "",
              "| artifact | engine | GGUF | " + " | ".join(modes) + " | faster from |",
              "|---|---|---|" + "---|" * len(modes) + "---|"]
     for (key, engine, gguf_type), ratios in sorted(rows.items()):

@@ -161,7 +161,10 @@ def render(results: dict, command: str | None = None) -> str:
               f"threads {st['threads'] or 'all'}, warm-up {st['warmup_seconds']} s, {st['seconds']} s per measurement, "
               f"{st['repeats']} interleaved rounds, each measurement in its own process",
               "- decode = one new token with the KV cache holding `sequence length - 1` tokens; "
-              "prefill = the prompt into an empty cache; batch 1, float32"]
+              "prefill = the prompt into an empty cache; both batch 1"
+              + (f"; batch-N = decode for N sequences at once (N = {', '.join(map(str, sorted(set(st['batch_sizes']))))}"
+                 "), each with its own cache of `sequence length - 1` tokens, tokens/s counting all N"
+                 if "batch" in st["modes"] else "")]
     if m.get("llamacpp"):
         lines.append(f"- llama.cpp reports: `{m['llamacpp'].get('system_info')}`")
     ov = m.get("openvino") or m.get("openvino-sparse")

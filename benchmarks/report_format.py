@@ -56,21 +56,29 @@ def plot_context(results: dict) -> str:
 
 
 def prompt_length(mode: str, settings: dict) -> int | None:
-    """The prompt length of a measured mode: ``prefill-L`` -> L, ``prefill`` -> prefill_length, decode -> None."""
+    """The prompt length of a measured mode: ``prefill-L`` -> L, ``prefill`` -> prefill_length, else None."""
     if mode.startswith("prefill-"):
         return int(mode.split("-", 1)[1])
     return settings["prefill_length"] if mode == "prefill" else None
 
 
+def batch_size(mode: str) -> int | None:
+    """The sequences of a measured batch mode: ``batch-N`` -> N, else None."""
+    return int(mode.split("-", 1)[1]) if mode.startswith("batch-") else None
+
+
 def measured_modes(results: dict) -> list[str]:
-    """The mode labels the cells hold, in the settings' order: decode, then prefill by prompt length."""
+    """The mode labels the cells hold, in the settings' order: decode, then prefill by prompt length, batch by size."""
     present = {c["mode"] for c in results["summary"]["cells"]}
     order = {m: i for i, m in enumerate(results["settings"]["modes"])}
-    return sorted(present, key=lambda m: (order.get(m.split("-")[0], 99), prompt_length(m, results["settings"]) or 0))
+    return sorted(present, key=lambda m: (order.get(m.split("-")[0], 99),
+                                          prompt_length(m, results["settings"]) or batch_size(m) or 0))
 
 
 def mode_caption(mode: str, settings: dict) -> str:
     """What one step of a mode is, for titles and column heads."""
     if mode == "decode":
         return f"1 new token, {settings['sequence_length'] - 1} cached"
+    if batch_size(mode):
+        return f"{batch_size(mode)} sequences x 1 new token, {settings['sequence_length'] - 1} cached each"
     return f"{prompt_length(mode, settings)}-token prompt"

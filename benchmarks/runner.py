@@ -151,7 +151,7 @@ def run_benchmark(artifacts: list[dict], settings: BenchmarkSettings, out: Path,
                            f"{len(results['measurements'])} of {total} measurements")
                 break
             _, kind, length = modes[mode]
-            spec = MeasureSpec.of(engine, by_key[key]["path"], kind, settings, prefill_length=length)
+            spec = MeasureSpec.of(engine, by_key[key]["path"], kind, settings, size=length)
             try:
                 m = measure_fn(spec)
             except PipelineError as exc:

@@ -1,10 +1,13 @@
 """The benchmark settings: one model for the recipe's ``benchmark`` section, the ``pipeline benchmark``
 command line and the runner (benchmarks/runner.py). Pydantic only, so that reading a recipe stays light.
 
-Modes (batch 1):
-- ``decode``: one new token with a KV cache already holding ``sequence_length - 1`` tokens.
+Modes:
+- ``decode``: one new token with a KV cache already holding ``sequence_length - 1`` tokens (batch 1).
 - ``prefill``: ``prefill_length`` prompt tokens into an empty cache; with ``prefill_lengths``, one measured mode
   per length, named ``prefill-L`` (the compute-bound regime, where sparse kernels remove work).
+- ``batch``: decode for N sequences at once, one measured mode ``batch-N`` per N in ``batch_sizes``: each step is
+  one new token for each of N sequences, each after ``sequence_length - 1`` cached tokens; tokens/s counts all N
+  (what a server decoding N requests together gets; each linear multiplies N rows, as a prefill of N tokens does).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.common.errors import PipelineError
 
 Engine = Literal["deepsparse", "onnxruntime", "pytorch", "llamacpp", "openvino", "openvino-sparse"]
-Mode = Literal["decode", "prefill"]
+Mode = Literal["decode", "prefill", "batch"]
 
 
 class BenchmarkSettings(BaseModel):
@@ -27,12 +30,16 @@ class BenchmarkSettings(BaseModel):
                                   description="engines that measure each artifact")
     modes: list[Mode] = Field(default_factory=lambda: ["decode", "prefill"], min_length=1,
                               description="decode: one new token after sequence_length - 1 cached tokens; prefill: "
-                                          "prefill_length prompt tokens into an empty cache (batch 1)")
+                                          "prefill_length prompt tokens into an empty cache (batch 1); batch: "
+                                          "decode of batch_sizes sequences at once")
     sequence_length: int = Field(512, gt=1, description="context: decode runs with sequence_length - 1 cached tokens")
     prefill_length: int = Field(64, gt=0, description="prompt tokens of a prefill measurement")
     prefill_lengths: Optional[list[int]] = Field(None, min_length=1, description="with prefill in modes: several "
                                                  "prompt lengths, each measured as its own mode prefill-L in the same "
                                                  "interleaved rounds (the crossover table); null: prefill_length alone")
+    batch_sizes: list[int] = Field(default_factory=lambda: [4, 16], min_length=1,
+                                   description="with batch in modes: the numbers of sequences decoded together, each "
+                                               "measured as its own mode batch-N")
     threads: Optional[int] = Field(None, gt=0, description="engine threads; null: all cores")
     warmup_seconds: float = Field(2.0, ge=0, description="untimed seconds before each measurement")
     seconds: float = Field(10.0, gt=0, description="timed seconds per measurement")
@@ -47,13 +54,18 @@ class BenchmarkSettings(BaseModel):
             if not 0 < length < self.sequence_length:
                 raise ValueError(f"prefill length {length} must be between 1 and sequence_length - 1 "
                                  f"({self.sequence_length - 1})")
+        if "batch" in self.modes and min(self.batch_sizes) < 2:
+            raise ValueError(f"batch_sizes {self.batch_sizes}: each must be 2 or more (batch 1 is the decode mode)")
         return self
 
     def measured_modes(self) -> list[tuple[str, str, int]]:
-        """(label, mode, prompt length) of every measured mode: decode, and prefill once per length."""
+        """(label, mode, size) of every measured mode: decode, prefill once per prompt length (size: the length),
+        batch once per batch size (size: the number of sequences)."""
         out = []
         for mode in self.modes:
-            if mode == "prefill" and self.prefill_lengths:
+            if mode == "batch":
+                out += [(f"batch-{n}", mode, n) for n in sorted(set(self.batch_sizes))]
+            elif mode == "prefill" and self.prefill_lengths:
                 out += [(f"prefill-{n}", mode, n) for n in sorted(set(self.prefill_lengths))]
             else:
                 out.append((mode, mode, self.prefill_length))
@@ -75,8 +87,12 @@ def add_settings_arguments(parser, **defaults) -> None:
             parser.add_argument(option, nargs="+", type=typing.get_args(listed)[0], default=default,
                                 help=field.description)
         elif typing.get_origin(kind) is list:
-            choices = typing.get_args(typing.get_args(kind)[0])
-            parser.add_argument(option, nargs="+", default=default, choices=choices, help=field.description)
+            item = typing.get_args(kind)[0]
+            if typing.get_origin(item) is Literal:  # engines, modes: their names
+                parser.add_argument(option, nargs="+", default=default, choices=typing.get_args(item),
+                                    help=field.description)
+            else:  # numbers
+                parser.add_argument(option, nargs="+", type=item, default=default, help=field.description)
         else:
             base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # Optional[int] -> int
             parser.add_argument(option, type=base, default=default, help=field.description)

@@ -12,7 +12,7 @@ evaluation section's windows. Rows whose perplexity was measured on other window
 from __future__ import annotations
 
 from benchmarks.engines import ENGINE_NAMES
-from benchmarks.report_format import measured_modes, prompt_length
+from benchmarks.report_format import batch_size, measured_modes, prompt_length
 from export.weight_kinds import KINDS
 
 
@@ -75,6 +75,7 @@ def tradeoff_table(results: dict) -> list[str]:
     common = next((r["protocol"] for r in rows if r["protocol"] and not r["other_protocol"]), None)
     st = results["settings"]
     what = {m: f"decode tok/s (context {st['sequence_length']})" if m == "decode"
+            else f"batch {batch_size(m)} decode tok/s (all sequences)" if batch_size(m)
             else f"prefill tok/s ({prompt_length(m, st)}-token prompt)" for m in modes}
     lines = ["## Trade-off: speed, perplexity, size, memory", "",
              "One row per artifact and engine, fastest decode first; **bold**: on the Pareto frontier of decode "

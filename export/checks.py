@@ -90,16 +90,17 @@ def deepsparse_graph_feed(config, input_ids: np.ndarray) -> dict[str, np.ndarray
 
 def onnxruntime_graph_feed(input_names: set[str], config, input_ids: np.ndarray, past: int = 0,
                            rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-    """Inputs of Optimum's standard with-past graph: ``input_ids`` after ``past`` cached tokens.
+    """Inputs of Optimum's standard with-past graph: ``input_ids`` [batch, q] after ``past`` cached tokens (each
+    row its own cache).
 
     The cache is zeros, or random values from ``rng`` (for timing; values do not change the cost).
     """
-    q = input_ids.shape[1]
+    rows, q = input_ids.shape
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    shape = (1, kv_heads, past, head_dim(config))
-    feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": np.ones((1, past + q), np.int64)}
+    shape = (rows, kv_heads, past, head_dim(config))
+    feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": np.ones((rows, past + q), np.int64)}
     if "position_ids" in input_names:
-        feed["position_ids"] = np.arange(past, past + q, dtype=np.int64)[None]
+        feed["position_ids"] = np.repeat(np.arange(past, past + q, dtype=np.int64)[None], rows, 0)
     for i in range(config.num_hidden_layers):
         for kind in ("key", "value"):
             name = f"past_key_values.{i}.{kind}"

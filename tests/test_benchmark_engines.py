@@ -17,10 +17,12 @@ def test_each_engine_measures_decode_and_prefill(tiny_artifact, engine):
     settings = BenchmarkSettings(sequence_length=64, prefill_length=16, warmup_seconds=0.2, seconds=1)
     decode = measure(MeasureSpec.of(engine, folder, "decode", settings))
     prefill = measure(MeasureSpec.of(engine, folder, "prefill", settings))
-    for r in (decode, prefill):
+    batch = measure(MeasureSpec.of(engine, folder, "batch", settings, size=4))  # 4 sequences, one new token each
+    for r in (decode, prefill, batch):
         assert r["iterations"] >= 3 and r["ms_median"] > 0
     assert decode["tokens_per_s"] == pytest.approx(1000 / decode["ms_median"])
     assert prefill["tokens_per_s"] == pytest.approx(16 * 1000 / prefill["ms_median"])
+    assert batch["tokens_per_s"] == pytest.approx(4 * 1000 / batch["ms_median"])
     if engine == "deepsparse":
         assert decode["kv_cache"] == "internal" and decode["fraction_of_supported_ops"] == 1.0
         assert decode["machine"]["isa"]

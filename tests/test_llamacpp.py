@@ -259,7 +259,38 @@ def test_llama_cpp_perplexity_matches_pytorch(written):
 
 
 @needs_llama_cpp
-@pytest.mark.parametrize("mode", ["decode", "prefill"])
+def test_batched_decode_gives_each_sequence_its_own_next_token(written):
+    """The batch mode's llama.cpp step: N sequences with the same cached prefix, a different token each; each row's
+    logits are those of one sequence decoding its token alone, and the step can be repeated (its cells are removed)."""
+    from benchmarks.engines.llamacpp_batch import BatchedDecoder
+    from benchmarks.engines.llamacpp_runner import open_gguf
+
+    _, _, folders = written
+    path = folders["f32"] / "llamacpp" / "model.gguf"
+    decoder = BatchedDecoder(path, 3, 16, 1)
+    tokens = [5, 17, 42]
+    try:
+        decoder.step(tokens)
+        first = [decoder.logits(i) for i in range(3)]
+        decoder.step(tokens)
+        again = [decoder.logits(i) for i in range(3)]
+        prefix = decoder.prefix
+    finally:
+        decoder.close()
+    assert len(prefix) == 15
+    llm = open_gguf(path, 16, 1, logits_all=True)
+    for row, token in enumerate(tokens):
+        llm.reset()
+        llm.eval(prefix + [token])
+        alone = np.asarray(llm.scores[len(prefix)])
+        assert _relative(first[row], alone) < 5e-3  # float16 cache, other kernel paths: measured 1.1e-3
+        assert first[row].argmax() == alone.argmax()
+        assert _relative(again[row], first[row]) < 1e-5
+    assert _relative(first[0], first[1]) > 1e-2  # different tokens, different rows
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("mode", ["decode", "prefill", "batch"])
 def test_runner_returns_tokens_per_s_like_the_other_engines(written, mode):
     from benchmarks.engines import MeasureSpec, measure
     from benchmarks.runner import find_artifact
@@ -270,11 +301,11 @@ def test_runner_returns_tokens_per_s_like_the_other_engines(written, mode):
     assert described["graphs"] == ["llamacpp"] and described["method"] == "gguf-q8_0"
     settings = BenchmarkSettings(engines=["llamacpp"], sequence_length=64, prefill_length=16, threads=1,
                                  warmup_seconds=0.1, seconds=0.3)
-    result = measure(MeasureSpec.of("llamacpp", described["path"], mode, settings))
+    result = measure(MeasureSpec.of("llamacpp", described["path"], mode, settings, size=4 if mode == "batch" else None))
     for key in ("ms_median", "ms_mean", "ms_min", "iterations", "load_seconds", "threads", "engine_version", "kv_cache"):
         assert key in result
     assert result["gguf_type"] == "q8_0" and result["iterations"] >= 3
-    step = 1 if mode == "decode" else 16
+    step = {"decode": 1, "prefill": 16, "batch": 4}[mode]
     assert result["tokens_per_s"] == pytest.approx(step * 1000.0 / result["ms_median"])
 
 

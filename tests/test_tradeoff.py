@@ -112,7 +112,7 @@ def test_prefill_lengths_are_measured_modes_of_one_interleaved_run_and_the_cross
     assert ratios["decode"] < 1 and ratios["prefill-8"] < 1 and ratios["prefill-16"] < 1 and ratios["prefill-64"] > 1
     write_report(results, tmp_path)
     text = (tmp_path / "report.md").read_text()
-    assert "## Crossover: from which prompt length the artifact overtakes llama.cpp" in text
+    assert "## Crossover: from which prompt length or batch size the artifact overtakes llama.cpp" in text
     assert "| decode | prefill-8 | prefill-16 | prefill-64 | faster from |" in text
     assert "| from 64 tokens |" in text
     assert "prefill 8, 16, 64 tokens" in text
@@ -120,6 +120,43 @@ def test_prefill_lengths_are_measured_modes_of_one_interleaved_run_and_the_cross
     assert crossover({"prefill-8": 1.2, "prefill-16": 0.9, "prefill-64": 1.1}, st) == "from 64 tokens"
     assert crossover({"prefill-8": 1.2, "prefill-64": 1.1}, st) == "at every measured length"
     assert crossover({"decode": 2.0, "prefill-8": 0.5}, st) == "never up to 8 tokens"
+
+
+def test_batch_sizes_are_measured_modes_and_the_crossover_names_the_batch(tmp_path):
+    """Batch-N decode: each N its own mode in every round, the spec carries N sequences (tokens per step = N), and
+    the crossover is stated for prompts and batches apart. Fake costs: llama.cpp 10 + 1.0 ms per row, the artifact
+    20 + 0.5 -> equal at 20 rows."""
+    from benchmarks.peers import crossover
+    from benchmarks.runner import run_benchmark
+    from benchmarks.settings import BenchmarkSettings
+
+    arts = [_artifact("int8", "dass+int8", 0.7, 6.2, 2 << 30, graphs=("deepsparse",)),
+            _artifact("q4", "gguf-q4_0", None, 5.6, 1 << 30, graphs=("llamacpp",), gguf_type="q4_0")]
+    asked = []
+
+    def measure(spec):
+        asked.append((spec.mode, spec.batch_size, spec.tokens_per_step, spec.step_shape))
+        rows = spec.tokens_per_step
+        ms = (10 + 1.0 * rows) if spec.engine == "llamacpp" else (20 + 0.5 * rows)
+        return {"ms_median": ms, "tokens_per_s": rows * 1000 / ms, "peak_rss_bytes": 1 << 30}
+
+    settings = BenchmarkSettings(engines=["deepsparse", "llamacpp"], modes=["decode", "prefill", "batch"],
+                                 sequence_length=128, prefill_lengths=[8, 64], batch_sizes=[32, 4, 16], repeats=2,
+                                 seconds=1, warmup_seconds=0)
+    results = run_benchmark(arts, settings, tmp_path, progress=False, measure_fn=measure)
+    assert ("batch", 16, 16, (16, 1, 127)) in asked and ("decode", 1, 1, (1, 1, 127)) in asked
+    assert ("prefill", 1, 64, (1, 64, 0)) in asked and len(asked) == 2 * 2 * 6
+    ratios = {r["mode"]: r["ratio"] for r in results["summary"]["vs_llamacpp"]}
+    assert ratios["batch-16"] < 1 < ratios["batch-32"]
+    write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| decode | prefill-8 | prefill-64 | batch-4 | batch-16 | batch-32 | faster from |" in text
+    assert "| from 64 tokens; batch: from 32 sequences |" in text
+    assert "batch 4 decode tok/s (all sequences)" in text and "batch-N = decode for N sequences at once (N = 4, 16, 32)" in text
+    assert crossover({"decode": 2.0, "batch-4": 0.5, "batch-16": 0.9}, results["settings"]) == \
+        "batch: never up to 16 sequences"
+    with __import__("pytest").raises(Exception, match="each must be 2 or more"):
+        BenchmarkSettings(modes=["batch"], batch_sizes=[1, 4])
 
 
 def test_weight_bytes_by_kind_counts_zeros_per_dtype_from_the_weights_file(tmp_path):

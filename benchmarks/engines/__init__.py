@@ -1,8 +1,8 @@
 """Engine runners for the benchmark stage. One measurement = one engine, one artifact, one mode, in
 its own child process (``python -m benchmarks.engines``), so an engine abort is one clear error.
 
-Modes (batch 1; benchmarks/settings.py): ``decode`` tokens/s = 1000 / median ms of one step;
-``prefill`` tokens/s = prefill_length x 1000 / median ms.
+Modes (benchmarks/settings.py): ``decode`` tokens/s = 1000 / median ms of one step; ``prefill`` tokens/s =
+prefill_length x 1000 / median ms; ``batch`` (N sequences, one new token each) tokens/s = N x 1000 / median ms.
 
 Each runner warms up for ``warmup_seconds``, then times single steps for ``seconds`` and reports the
 median, mean and count of the step latencies. Engine facts live in the ``ENGINES`` table below.
@@ -66,16 +66,30 @@ class MeasureSpec:
     threads: int | None
     warmup_seconds: float
     seconds: float
+    batch_size: int = 1
 
     @classmethod
     def of(cls, engine: str, artifact: str, mode: str, settings: BenchmarkSettings,
-           prefill_length: int | None = None) -> "MeasureSpec":
-        return cls(engine, str(artifact), mode, settings.sequence_length, prefill_length or settings.prefill_length,
-                   settings.threads, settings.warmup_seconds, settings.seconds)
+           size: int | None = None) -> "MeasureSpec":
+        """``size``: the prompt length of a prefill (default: settings.prefill_length), the number of sequences of
+        a batch (required)."""
+        if mode == "batch" and not size:
+            raise ValueError("a batch measurement needs its batch size")
+        return cls(engine, str(artifact), mode, settings.sequence_length,
+                   size if mode == "prefill" and size else settings.prefill_length, settings.threads,
+                   settings.warmup_seconds, settings.seconds, size if mode == "batch" else 1)
+
+    @property
+    def step_shape(self) -> tuple[int, int, int]:
+        """(sequences, new tokens per sequence, cached tokens per sequence) of one timed step."""
+        if self.mode == "prefill":
+            return 1, self.prefill_length, 0
+        return self.batch_size, 1, self.sequence_length - 1
 
     @property
     def tokens_per_step(self) -> int:
-        return 1 if self.mode == "decode" else self.prefill_length
+        rows, new, _ = self.step_shape
+        return rows * new
 
 
 def check_engine(engine: str) -> EngineFacts:

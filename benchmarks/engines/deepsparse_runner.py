@@ -1,7 +1,8 @@
 """DeepSparse: the engine's own benchmark (``deepsparse.benchmark``) with its internal KV cache.
 
 It runs on a scratch copy of the artifact's graph, because it rewrites ``model.onnx`` in place with
-static shapes. ``num_kv_cache_tokens`` fills the internal cache to the stated context.
+static shapes. ``num_kv_cache_tokens`` fills the internal cache to the stated context; a batch mode sets the graph's
+batch dimension (its internal cache then holds one cache per row).
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ def measure(spec: MeasureSpec) -> dict:
     from deepsparse import __version__
     from deepsparse.benchmark.benchmark_model import benchmark_model
 
-    length = 1 if spec.mode == "decode" else spec.prefill_length
-    cached = spec.sequence_length - 1 if spec.mode == "decode" else 0
+    rows, length, cached = spec.step_shape
     t0 = time.perf_counter()
     with deepsparse_scratch(graph_folder(spec)) as scratch:
-        out = benchmark_model(str(scratch / "model.onnx"), sequence_length=spec.sequence_length, input_ids_length=length,
+        out = benchmark_model(str(scratch / "model.onnx"), batch_size=rows, sequence_length=spec.sequence_length,
+                              input_ids_length=length,
                               num_cores=spec.threads, time=max(1, round(spec.seconds)),
                               warmup_time=max(1, round(spec.warmup_seconds)), internal_kv_cache=True, quiet=True,
                               num_kv_cache_tokens=cached)

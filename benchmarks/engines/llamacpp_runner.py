@@ -56,8 +56,9 @@ def system_info() -> str:
 
 
 def measure(spec: MeasureSpec) -> dict:
-    llama_cpp = binding()
     folder = graph_folder(spec)
+    if spec.mode == "batch":
+        return _measure_batch(spec, folder)
     t0 = time.perf_counter()
     llm = open_gguf(folder / MODEL_FILE, spec.sequence_length, spec.threads)
     load_s = time.perf_counter() - t0
@@ -79,11 +80,28 @@ def measure(spec: MeasureSpec) -> dict:
             llm.eval(ids)
 
     result = time_steps(step, spec.warmup_seconds, spec.seconds)
-    described = folder.parent / "gguf.json"
-    gguf_type = json.loads(described.read_text())["type"] if described.is_file() else None
     return {**result, "load_seconds": load_s, "threads": llm.n_threads if hasattr(llm, "n_threads") else spec.threads,
-            "engine_version": llama_cpp.__version__, "kv_cache": "internal (llama.cpp)", "gguf_type": gguf_type,
-            "machine": {"system_info": system_info()}}
+            **_facts(folder), "kv_cache": "internal (llama.cpp)"}
+
+
+def _facts(folder: Path) -> dict:
+    described = folder.parent / "gguf.json"
+    return {"engine_version": binding().__version__, "machine": {"system_info": system_info()},
+            "gguf_type": json.loads(described.read_text())["type"] if described.is_file() else None}
+
+
+def _measure_batch(spec: MeasureSpec, folder: Path) -> dict:
+    from benchmarks.engines.llamacpp_batch import BatchedDecoder
+
+    t0 = time.perf_counter()
+    decoder = BatchedDecoder(folder / MODEL_FILE, spec.batch_size, spec.sequence_length, spec.threads)
+    load_s = time.perf_counter() - t0
+    try:
+        result = time_steps(decoder.step, spec.warmup_seconds, spec.seconds)
+    finally:
+        decoder.close()
+    return {**result, "load_seconds": load_s, "threads": spec.threads or os.cpu_count(), **_facts(folder),
+            "kv_cache": f"internal (llama.cpp), {spec.batch_size} sequences"}
 
 
 def window_nll(llm, window: list[int]) -> float:

@@ -23,8 +23,8 @@ def measure(spec: MeasureSpec) -> dict:
     config = AutoConfig.from_pretrained(folder)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
-    q, past = (1, spec.sequence_length - 1) if spec.mode == "decode" else (spec.prefill_length, 0)
-    ids = rng.integers(0, config.vocab_size, (1, q))
+    rows, q, past = spec.step_shape
+    ids = rng.integers(0, config.vocab_size, (rows, q))
     feed = onnxruntime_graph_feed({i.name for i in session.get_inputs()}, config, ids, past, rng)
     result = time_steps(lambda: session.run(["logits"], feed), spec.warmup_seconds, spec.seconds)
     return {**result, "load_seconds": load_s, "threads": spec.threads or os.cpu_count(),

@@ -37,8 +37,8 @@ def measure(spec: MeasureSpec) -> dict:
     graph = ovg.graph_file(root)
     config = AutoConfig.from_pretrained(graph.parent)
     rng = np.random.default_rng(0)
-    q, past = (1, spec.sequence_length - 1) if spec.mode == "decode" else (spec.prefill_length, 0)
-    ids = rng.integers(0, config.vocab_size, (1, q))
+    rows, q, past = spec.step_shape
+    ids = rng.integers(0, config.vocab_size, (rows, q))
     feed = onnxruntime_graph_feed({i.any_name for i in compiled.inputs}, config, ids, past, rng)
     result = time_steps(lambda: request.infer(feed, share_inputs=True, share_outputs=True), spec.warmup_seconds,
                         spec.seconds)

@@ -26,15 +26,15 @@ def measure(spec: MeasureSpec) -> dict:
     model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
     load_s = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(0)
-    if spec.mode == "decode":
-        past = spec.sequence_length - 1
+    rows, _, past = spec.step_shape
+    if spec.mode != "prefill":  # decode, one sequence or a batch of them
         with torch.no_grad():
             cache = DynamicCache()
-            prefix = torch.randint(0, config.vocab_size, (1, past), generator=gen)
+            prefix = torch.randint(0, config.vocab_size, (rows, past), generator=gen)
             model(input_ids=prefix, past_key_values=cache, use_cache=True)
-        ids = torch.randint(0, config.vocab_size, (1, 1), generator=gen)
-        mask = torch.ones(1, past + 1, dtype=torch.long)
-        position = torch.tensor([[past]])
+        ids = torch.randint(0, config.vocab_size, (rows, 1), generator=gen)
+        mask = torch.ones(rows, past + 1, dtype=torch.long)
+        position = torch.full((rows, 1), past)
 
         def step():
             with torch.no_grad():
