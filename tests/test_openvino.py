@@ -165,8 +165,10 @@ def test_runner_measures_decode_and_prefill_and_says_whether_the_sparse_path_ran
     settings = BenchmarkSettings(sequence_length=64, prefill_length=16, warmup_seconds=0.1, seconds=0.5)
     decode = measure(MeasureSpec.of(engine, root / "int8", "decode", settings))
     prefill = measure(MeasureSpec.of(engine, root / "int8", "prefill", settings))
+    batch = measure(MeasureSpec.of(engine, root / "int8", "batch", settings, size=4))
     assert decode["tokens_per_s"] == pytest.approx(1000 / decode["ms_median"])
     assert prefill["tokens_per_s"] == pytest.approx(16 * 1000 / prefill["ms_median"])
+    assert batch["tokens_per_s"] == pytest.approx(4 * 1000 / batch["ms_median"])
     assert decode["int8_matmuls"] == 12 and decode["kv_cache"] == "external (inputs)"
     assert decode["machine"]["amx"] == ovg.has_amx(ovg.cpu_flags())
     sparse = decode["sparse_weights"]
