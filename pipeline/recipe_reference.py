@@ -1,4 +1,5 @@
-"""The recipe reference (docs/recipe-reference.md), written from the pydantic schema in pipeline/recipe.py.
+"""The recipe reference (docs/recipe-reference.md), written from the pydantic schema in pipeline/recipe.py
+and pipeline/recipe_sections.py.
 
 ``python -m pipeline.recipe_reference`` rewrites the file; ``--check`` exits 1 when the file differs from the
 schema (tests/test_recipe_reference.py runs the same comparison), so a key added to the schema without a line
@@ -23,9 +24,9 @@ REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "recipe-reference.
 HEADER = """# Recipe reference
 
 Every key a recipe may hold, its type, its default and what it does. A key not listed here is an error when the
-recipe is read. This file is written from the schema (`pipeline/recipe.py`, `benchmarks/settings.py`) by
-`.venv/bin/python -m pipeline.recipe_reference`; `tests/test_recipe_reference.py` fails when it differs from the
-schema. `pipeline validate RECIPE` prints a recipe with every default filled in.
+recipe is read. This file is written from the schema (`pipeline/recipe.py`, `pipeline/recipe_sections.py`,
+`benchmarks/settings.py`) by `.venv/bin/python -m pipeline.recipe_reference`; `tests/test_recipe_reference.py` fails
+when it differs from the schema. `pipeline validate RECIPE` prints a recipe with every default filled in.
 """
 
 
