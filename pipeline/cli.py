@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from benchmarks.settings import add_settings_arguments, settings_from_arguments
@@ -271,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"recipe {args.recipe} is valid")
             print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")
+            sys.stdout.flush()  # here, where a reader that left is caught, not at exit
             return 0
         from pipeline.common.logsetup import route_library_output
         from pipeline.runner import run_recipe
@@ -284,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("failed: %s", exc, exc_info=True)
         print(f"error: {exc}{where}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left (pipeline validate RECIPE | head): no trace, the shell's SIGPIPE status
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit must not fail too
+        return 141
     except KeyboardInterrupt:
         log.error("interrupted", exc_info=True)
         print("error: interrupted — fix: run the same command again; complete stages are kept", file=sys.stderr)

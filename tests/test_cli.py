@@ -15,6 +15,21 @@ def test_validate_prints_the_full_recipe(workspace):
     assert "is valid" in proc.stdout and "alpha: 0.5" in proc.stdout
 
 
+def test_validate_into_a_pipe_nobody_reads_is_quiet(workspace):
+    """pipeline validate RECIPE | head: the reader leaves early; no traceback, the shell's SIGPIPE status."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PIPELINE_LOG_DIR": str(workspace / "logs")}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "validate", str(recipe(workspace, "ok-pipe"))],
+                          cwd=workspace, env=env, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+    os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
 def test_help_explains_the_commands(workspace):
     proc = run_cli("--help", cwd=workspace)
     assert proc.returncode == 0 and "run" in proc.stdout and "validate" in proc.stdout and "recipe" in proc.stdout
