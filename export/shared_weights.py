@@ -24,6 +24,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 DATA = "model.onnx_data"
+#: an external tensor of the ONNX Runtime graph whose bytes the DeepSparse graph lacks is moved into model.onnx up to
+#: this size (measured: a [1, 64, 1] rotary constant, 256 bytes, kept a real 1.5B dense artifact from sharing);
+#: a larger one leaves both files as they are
+INLINE_MAX = 1 << 20
 
 
 def _external(tensor) -> dict[str, str]:
@@ -83,7 +87,8 @@ def share_weights(artifact: Path) -> dict | None:
     """Point the ONNX Runtime graph of ``artifact`` (a folder being written) at the DeepSparse graph's weights
     file; returns what was shared, or None when the artifact lacks one of the two graphs. A tensor is found by
     the sha256 of its bytes (any copy of equal bytes serves); an inline one not found stays inline, an external
-    one not found leaves the graph as it was (its bytes would be lost with its own data file)."""
+    one not found is moved inline up to INLINE_MAX bytes, and above that leaves the graph as it was (its bytes would
+    be lost with its own data file)."""
     import onnx
     from onnx import numpy_helper
 
@@ -93,7 +98,7 @@ def share_weights(artifact: Path) -> dict | None:
         return None
     where = _offsets(ds)
     model = onnx.load(str(ort / "model.onnx"), load_external_data=False)  # weights stay on disk
-    plan, kept = [], 0
+    plan, inline, kept = [], [], 0
     with open(ort / DATA, "rb") if (ort / DATA).is_file() else open(os.devnull, "rb") as data:
         tensors = [*((t, True) for t in model.graph.initializer), *((t, False) for t in attribute_tensors(model.graph))]
         for tensor, initializer in tensors:  # every tensor that reads ort/DATA must read the new file right
@@ -110,11 +115,13 @@ def share_weights(artifact: Path) -> dict | None:
                 raw = tensor.raw_data or numpy_helper.to_array(tensor).tobytes()
             spot = where.get(hashlib.sha256(raw).hexdigest())
             if spot is None or spot[1] != len(raw):
-                if ext:  # its bytes live only in the file the hard link replaces: share nothing
+                if ext and len(raw) > INLINE_MAX:  # its bytes live only in the file the hard link replaces
                     log.info("onnxruntime graph keeps its own weights: %s is not in the DeepSparse graph's data",
                              tensor.name)
                     return {"shared_bytes": 0, "hard_link": False,
-                            "why_not": f"{tensor.name} is not in deepsparse/{DATA}"}
+                            "why_not": f"{tensor.name} ({len(raw)} bytes) is not in deepsparse/{DATA}"}
+                if ext:  # a small constant of this graph alone (a rotary table the exporters fold apart)
+                    inline.append((tensor, raw))
                 kept += len(raw)
             else:
                 plan.append((tensor, spot))
@@ -122,6 +129,10 @@ def share_weights(artifact: Path) -> dict | None:
     for tensor, (offset, length) in plan:
         point_at(tensor, DATA, offset, length)
         moved += length
+    for tensor, raw in inline:
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        tensor.raw_data = raw
     if not moved:
         return {"shared_bytes": 0, "inline_bytes": kept, "hard_link": False, "why_not": "no tensor in common"}
     before = (ort / DATA).stat().st_size if (ort / DATA).is_file() else 0

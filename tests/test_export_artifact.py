@@ -197,22 +197,26 @@ def _outputs(folder):
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, {})))
 
 
-@pytest.mark.parametrize("constant_in_deepsparse_data", [True, False])
-def test_shared_weights_file_keeps_every_external_tensor_right_constants_included(tmp_path,
-                                                                                    constant_in_deepsparse_data):
+@pytest.mark.parametrize("constant", ["in deepsparse data", "small, its own", "large, its own"])
+def test_shared_weights_file_keeps_every_external_tensor_right_constants_included(tmp_path, constant, monkeypatch):
     import os
 
-    from export.shared_weights import share_weights
+    import export.shared_weights as sw
 
     rng = np.random.default_rng(0)
     a, b, c = rng.standard_normal(4), rng.standard_normal(8), rng.standard_normal(4)
-    _graph_with_external(tmp_path / "deepsparse", {"A": a, "B": b, **({"C": c} if constant_in_deepsparse_data else {})},
-                         {})
+    if constant == "large, its own":
+        monkeypatch.setattr(sw, "INLINE_MAX", 8)  # C's 16 bytes are then too many to move into model.onnx
+    _graph_with_external(tmp_path / "deepsparse", {"A": a, "B": b, **({"C": c} if constant == "in deepsparse data"
+                                                                       else {})}, {})
     # the ONNX Runtime graph's Constant sits at an offset of its own file that holds other bytes in the DeepSparse one
     _graph_with_external(tmp_path / "onnxruntime", {"B": b}, {"C": c})
-    shared = share_weights(tmp_path)
+    shared = sw.share_weights(tmp_path)
     linked = os.path.samefile(tmp_path / "deepsparse" / "model.onnx_data", tmp_path / "onnxruntime" / "model.onnx_data")
-    assert shared["hard_link"] is linked is constant_in_deepsparse_data  # else: C's bytes would be lost: no link
+    # a constant the DeepSparse data lacks moves into model.onnx when small; a large one would be lost: no link
+    assert shared["hard_link"] is linked is (constant != "large, its own")
+    if constant == "small, its own":
+        assert shared["inline_bytes"] == 16 and shared["shared_bytes"] == 32
     got = _outputs(tmp_path / "onnxruntime")
     np.testing.assert_array_equal(got["B_out"], b.astype(np.float32))
     np.testing.assert_array_equal(got["C_out"], c.astype(np.float32))
