@@ -1,7 +1,7 @@
 """How much of a projection's output a pruning mask removes, per method, on a model's own activations.
 
 For the gate_proj of chosen layers: ||X (W - W*M)^T|| / ||X W^T|| (relative Frobenius error over the calibration
-tokens X that reach it in the dense model) under the masks of Wanda and DaSS at each sparsity, and under the DaSS
+tokens X that reach it in the dense model) under the masks of magnitude, Wanda and DaSS at each sparsity, and under the DaSS
 mask with the ``keep_top`` input columns of largest activation norm ||x_j|| kept dense.
 
 Why: DaSS compares gate/up weights within each input column, so it prunes the same share of every column, also
@@ -28,7 +28,7 @@ from pipeline.core.prune.sparsity import SparsitySpec
 
 log = logging.getLogger(__name__)
 
-METHODS = ("wanda", "dass")
+METHODS = ("magnitude", "wanda", "dass")
 
 
 def output_error(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> float:
