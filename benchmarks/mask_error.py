@@ -1,8 +1,9 @@
 """How much of a projection's output a pruning mask removes, per method, on a model's own activations.
 
 For the gate_proj of chosen layers: ||X (W - W*M)^T|| / ||X W^T|| (relative Frobenius error over the calibration
-tokens X that reach it in the dense model) under the masks of magnitude, Wanda and DaSS at each sparsity, and under the DaSS
-mask with the ``keep_top`` input columns of largest activation norm ||x_j|| kept dense.
+tokens X that reach it in the dense model) under the masks of magnitude, Wanda and DaSS at each sparsity, and under
+the DaSS mask with the ``keep_top`` input columns of largest activation norm ||x_j|| kept dense. The statistics are
+the pruning loop's own (pipeline/core/prune/sequential.py: InputStats), gathered on the dense model.
 
 Why: DaSS compares gate/up weights within each input column, so it prunes the same share of every column, also
 of the few columns whose input carries outlier activations; Wanda compares within each output row, weighted by
@@ -21,9 +22,10 @@ import logging
 import torch
 from torch import nn
 
-from pipeline.core.models import decoder_layers
+from pipeline.core.models import decoder_layers, layer_projections
 from pipeline.core.prune.masks import select_mask
 from pipeline.core.prune.methods import make_method
+from pipeline.core.prune.sequential import InputStats
 from pipeline.core.prune.sparsity import SparsitySpec
 
 log = logging.getLogger(__name__)
@@ -37,67 +39,61 @@ def output_error(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> f
     return (removed.norm() / (x @ weight.t()).norm()).item()
 
 
-def gate_mask(method: str, weight: torch.Tensor, x_sq: torch.Tensor, y_sq: torch.Tensor, sparsity: str,
+def gate_mask(method: str, weight: torch.Tensor, stats: dict[str, torch.Tensor], sparsity: str,
               keep_columns: torch.Tensor | None = None) -> torch.Tensor:
-    """The keep-mask ``method`` gives gate_proj (x_sq, y_sq: per-feature sums of squares of its input and of the
-    down_proj input); ``keep_columns``: input columns forced dense afterwards."""
+    """The keep-mask ``method`` gives gate_proj (``stats``: the pruning loop's input statistic per role, as
+    :class:`pipeline.core.prune.sequential.InputStats` sums it); ``keep_columns``: input columns forced dense."""
     rule = make_method(method)
-    score = rule.score("gate", weight, {"gate": x_sq, "up": x_sq, "down": y_sq})
-    mask = select_mask(score, SparsitySpec.parse(sparsity), rule.axis("gate"))
+    mask = select_mask(rule.score("gate", weight, stats), SparsitySpec.parse(sparsity), rule.axis("gate"))
     if keep_columns is not None:
         mask[:, keep_columns] = True
     return mask
 
 
-def _inputs(model: nn.Module, windows: torch.Tensor, layers: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer: the dense model's gate_proj input rows and the per-feature sum of squares of down_proj's input."""
+def _inputs(model: nn.Module, windows: torch.Tensor,
+            layers: list[int]) -> dict[int, tuple[nn.Module, torch.Tensor, dict]]:
+    """Per layer: its gate_proj, the dense model's input rows of it, and the statistics the pruning loop would sum
+    for the layer's MLP projections (gate and up read one input, down another)."""
     blocks = decoder_layers(model)
-    xs: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
-    ysq: dict[int, torch.Tensor] = {}
-
-    def keep_x(i):
-        return lambda module, args, out: xs[i].append(args[0].reshape(-1, args[0].shape[-1]).detach())
-
-    def add_y(i):
-        def hook(module, args, out):
-            y = args[0].reshape(-1, args[0].shape[-1]).detach()
-            ysq[i] = ysq.get(i, 0) + (y * y).sum(0)
-        return hook
-
-    hooks = []
+    rows: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    hooks, sums, gates = [], {}, {}
     for i in layers:
-        hooks.append(blocks[i].mlp.gate_proj.register_forward_hook(keep_x(i)))
-        hooks.append(blocks[i].mlp.down_proj.register_forward_hook(add_y(i)))
+        mlp = {p.role: p for p in layer_projections(blocks[i]) if p.role in ("gate", "up", "down")}
+        sums[i] = InputStats(blocks[i], [[mlp["gate"], mlp["up"]], [mlp["down"]]], "input_norms")
+        gates[i] = blocks[i].get_submodule(mlp["gate"].path)
+        hooks.append(gates[i].register_forward_hook(
+            lambda module, args, out, i=i: rows[i].append(args[0].reshape(-1, args[0].shape[-1]).detach())))
     try:
         with torch.no_grad():
-            for row in windows:
-                model(row.unsqueeze(0))
+            for window in windows:
+                model(window.unsqueeze(0))
     finally:
         for h in hooks:
             h.remove()
-    return {i: (torch.cat(xs[i]), ysq[i]) for i in layers}
+        for stats in sums.values():
+            stats.remove()
+    return {i: (gates[i], torch.cat(rows[i]), sums[i].stats()) for i in layers}
 
 
 def mask_error_rows(model: nn.Module, windows: torch.Tensor, layers: list[int], sparsities: list[str],
                     keep_top: int) -> list[dict]:
     """One row per layer: the outlier ratios of ||x_j|| and ||y_i|| (max / median) and the gate_proj output
     error of each method at each sparsity, and of DaSS with the ``keep_top`` largest-norm input columns dense."""
-    rows = []
-    for i, (x, y_sq) in _inputs(model, windows, layers).items():
-        weight = decoder_layers(model)[i].mlp.gate_proj.weight.detach().float()
+    out = []
+    for i, (gate, x, stats) in _inputs(model, windows, layers).items():
+        weight = gate.weight.detach().float()
         x = x.float()
-        x_sq = (x * x).sum(0)
-        x_norm, y_norm = x_sq.sqrt(), y_sq.float().sqrt()
+        x_norm, y_norm = stats["gate"].sqrt(), stats["down"].sqrt()
         row = {"layer": i, "x_max_over_median": (x_norm.max() / x_norm.median()).item(),
                "y_max_over_median": (y_norm.max() / y_norm.median()).item()}
-        top = torch.topk(x_sq, keep_top).indices
+        top = torch.topk(stats["gate"], keep_top).indices
         for sparsity in sparsities:
             for method in METHODS:
-                row[f"{method} {sparsity}"] = output_error(x, weight, gate_mask(method, weight, x_sq, y_sq, sparsity))
+                row[f"{method} {sparsity}"] = output_error(x, weight, gate_mask(method, weight, stats, sparsity))
             row[f"dass {sparsity} +top{keep_top}"] = output_error(
-                x, weight, gate_mask("dass", weight, x_sq, y_sq, sparsity, keep_columns=top))
-        rows.append(row)
-    return rows
+                x, weight, gate_mask("dass", weight, stats, sparsity, keep_columns=top))
+        out.append(row)
+    return out
 
 
 def markdown(rows: list[dict]) -> str:

@@ -22,9 +22,10 @@ def test_dass_prunes_half_of_an_outlier_column_and_wanda_keeps_it():
     torch.manual_seed(0)
     w, x_sq, y_sq = torch.rand(8, 8) + 0.1, torch.ones(8), torch.rand(8) + 0.5
     x_sq[5] = 1e4  # one input feature with outlier activations
-    dass, wanda = gate_mask("dass", w, x_sq, y_sq, "2:4"), gate_mask("wanda", w, x_sq, y_sq, "2:4")
+    stats = {"gate": x_sq, "up": x_sq, "down": y_sq}
+    dass, wanda = gate_mask("dass", w, stats, "2:4"), gate_mask("wanda", w, stats, "2:4")
     assert dass[:, 5].sum() == 4 and wanda[:, 5].all()  # DaSS: 2 of every 4 rows in each column, outlier or not
-    assert gate_mask("dass", w, x_sq, y_sq, "2:4", keep_columns=torch.tensor([5]))[:, 5].all()
+    assert gate_mask("dass", w, stats, "2:4", keep_columns=torch.tensor([5]))[:, 5].all()
 
 
 def test_rows_on_a_model_with_an_outlier_feature():
