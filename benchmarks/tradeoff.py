@@ -138,10 +138,11 @@ def tradeoff_figure(results: dict):
     front = sorted((r for r in rows if r["frontier"]), key=lambda r: r["perplexity"])
     ax.plot([r["perplexity"] for r in front], [r["tokens_per_s"]["decode"] for r in front], color="grey",
             linestyle="--", linewidth=1, label="Pareto frontier")
-    spread = max(r["perplexity"] for r in rows) / min(r["perplexity"] for r in rows)
-    if spread > 4:  # a broken model (70% of a small one) would squeeze every other point into one column
+    # a broken model (70% of a small one) would squeeze every other point into one column
+    log_x = max(r["perplexity"] for r in rows) / min(r["perplexity"] for r in rows) > 4
+    if log_x:
         ax.set_xscale("log")
-    ax.set_xlabel("perplexity (lower is better)" + (", log scale" if spread > 4 else ""))
+    ax.set_xlabel("perplexity (lower is better)" + (", log scale" if log_x else ""))
     ax.set_ylabel("decode tokens/s (higher is better)")
     m, st = results["machine"], results["settings"]
     models = sorted({a.get("model") or a["name"] for a in results["artifacts"]})
