@@ -14,10 +14,12 @@ from export.graph_formats import ONNX_GRAPHS
 from export.schemes import check_scheme
 from pipeline.common.errors import PipelineError
 from pipeline.core.families import FAMILIES
-from pipeline.core.prune.options import DassOptions, SparseGPTOptions
+from pipeline.core.prune.options import BlockOptions, DassOptions, DassOutlierOptions, ObsOptions, SparseGPTOptions
 from pipeline.core.prune.sparsity import SparsitySpec
 
-DatasetName = Literal["c4", "wikitext2", "file", "embedded"]
+DatasetName = Literal["c4", "wikitext2", "file", "embedded", "stdlib"]
+#: the texts that need no path (evaluation.also)
+PathlessDataset = Literal["c4", "wikitext2", "embedded", "stdlib"]
 #: pipeline/core/window_protocol.py: auto = BOS per window for the Gemma family, one token stream otherwise
 BosPerWindow = Union[Literal["auto"], bool]
 BOS_HELP = ("each window starts with the tokenizer's BOS (true), or is cut from one token stream as Wanda / "
@@ -58,7 +60,8 @@ class CalibrationSection(StrictSection):
     """The text the pruning statistics come from (pipeline/core/data.py)."""
 
     dataset: DatasetName = Field("c4", description="c4 (train shard 0, as Wanda / SparseGPT), wikitext2, file (path), "
-                                                   "or embedded (Python's pydoc text: its first half)")
+                                                   "embedded (Python's pydoc text: its first half) or stdlib "
+                                                   "(Python's standard-library source: its first half)")
     path: Optional[str] = Field(None, description="file for 'file'; local mirror folder for c4 / wikitext2")
     num_samples: int = Field(128, gt=0, description="calibration windows")
     seq_len: int = Field(2048, gt=1, description="tokens per calibration window")
@@ -73,9 +76,10 @@ LEGACY_METHOD_KEYS = (("dass", "alpha"), ("sparsegpt", "block_size"), ("sparsegp
 class PruneSection(StrictSection):
     """Which weights are zeroed, and how they are chosen (pipeline/core/prune/)."""
 
-    method: Literal["dass", "wanda", "sparsegpt", "magnitude", "none"] = Field(
-        "dass", description="pruning rule; none keeps the model dense (a dense baseline run); its parameters are "
-                            "prune.<method>")
+    method: Literal["dass", "dass_outlier", "wanda", "sparsegpt", "magnitude", "none"] = Field(
+        "dass", description="pruning rule; dass_outlier: DaSS with the outlier input columns of gate/up kept dense "
+                            "(a variant, not the paper's); none keeps the model dense (a dense baseline run); its "
+                            "parameters are prune.<method>")
     sparsity: Union[float, str] = Field(0.5, description="a fraction in (0, 1) of each projection's weights, or an N:M "
                                                          "pattern such as 2:4 or 4:8")
     scope: Literal["mlp", "attention+mlp"] = Field("mlp", description="the projections pruned: the MLP's gate/up/down, "
@@ -87,7 +91,14 @@ class PruneSection(StrictSection):
                                               "from its shards and written back as shards (memory flat in depth); "
                                               "GGUF and pickled sources always load whole")
     dass: DassOptions = Field(default_factory=DassOptions, description=DassOptions.__doc__)
+    dass_outlier: DassOutlierOptions = Field(default_factory=DassOutlierOptions, description=DassOutlierOptions.__doc__)
     sparsegpt: SparseGPTOptions = Field(default_factory=SparseGPTOptions, description=SparseGPTOptions.__doc__)
+    reconstruct: Literal["none", "obs", "block", "obs+block"] = Field(
+        "none", description="after the masks, update the kept weights (pruned ones stay zero): obs (SparseGPT's OBS "
+                            "update with the method's mask, prune.obs), block (each decoder layer trained towards the "
+                            "dense layer's outputs, prune.block), obs+block (both, in that order), none (the paper)")
+    obs: ObsOptions = Field(default_factory=ObsOptions, description=ObsOptions.__doc__)
+    block: BlockOptions = Field(default_factory=BlockOptions, description=BlockOptions.__doc__)
     allocation: Literal["uniform", "owl", "sensitivity"] = Field(
         "uniform", description="per-layer sparsity: uniform (the paper), owl (outlier-weighed) or sensitivity "
                                "(estimated pruning error); the overall sparsity stays the requested one")
@@ -129,6 +140,18 @@ class PruneSection(StrictSection):
         return value
 
     @model_validator(mode="after")
+    def _reconstruct_fits(self):
+        if self.reconstruct == "none":
+            return self
+        if self.method == "none":
+            raise ValueError(f"reconstruct '{self.reconstruct}' updates the weights a pruning method kept, and "
+                             "prune.method is none — fix: choose a method, or reconstruct: none")
+        if "block" in self.reconstruct and not self.sequential:
+            raise ValueError(f"reconstruct '{self.reconstruct}' trains each layer on the pruned layers' outputs, "
+                             "which needs sequential: true — fix: set prune.sequential: true or reconstruct: obs")
+        return self
+
+    @model_validator(mode="after")
     def _allocation_fits(self):
         if self.allocation == "uniform":
             return self
@@ -154,13 +177,27 @@ class EvaluationSection(StrictSection):
 
     enabled: bool = Field(True, description="measure perplexity (stages baseline and evaluate)")
     dataset: DatasetName = Field("wikitext2", description="wikitext2 (test split), c4 (first 1100 validation documents), "
-                                                          "file (path), or embedded (the pydoc text's second half)")
+                                                          "file (path), embedded (the pydoc text's second half) or "
+                                                          "stdlib (code: the standard library's source, second half)")
+    also: list[PathlessDataset] = Field(default_factory=list, description="further evaluation texts, measured on the "
+                                        "same models with the same windows (e.g. stdlib for a code model)")
     path: Optional[str] = Field(None, description="file for 'file'; local mirror folder for c4 / wikitext2")
     context_length: int = Field(2048, gt=1, description="tokens per window (the paper: 2048 for every model)")
     max_windows: Optional[int] = Field(None, gt=0, description="score only the first windows; null: the whole text")
     bos_per_window: BosPerWindow = Field("auto", description=BOS_HELP)
     dense_baseline: bool = Field(True, description="also measure the unpruned model")
     device: str = Field("cpu", description="where the whole model runs for perplexity (cpu, cuda)")
+
+    @model_validator(mode="after")
+    def _also_differs(self):
+        if self.dataset in self.also or len(set(self.also)) != len(self.also):
+            raise ValueError(f"evaluation.also {self.also} repeats a text (dataset: {self.dataset}) — fix: list each "
+                             "further text once, not the main one")
+        return self
+
+    def texts(self) -> list[str]:
+        """Every evaluation text: the main one first."""
+        return [self.dataset, *self.also]
 
 
 #: the paper's zero-shot tasks (its Tables 2-3), by their lm-evaluation-harness names

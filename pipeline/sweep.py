@@ -101,4 +101,9 @@ def row(name: str, values: dict, summary: dict) -> dict:
             "scope": summary["scope"], "dataset": ppl.get("dataset"),
             "perplexity_dense": (ppl.get("dense") or {}).get("perplexity"),
             "perplexity": (ppl.get("pruned") or {}).get("perplexity"),
+            "perplexity_also": {text: {"dense": (ppl.get("dense_also") or {}).get(text, {}).get("perplexity"),
+                                       "pruned": (ppl.get("pruned_also") or {}).get(text, {}).get("perplexity")}
+                                for text in {**(ppl.get("dense_also") or {}), **(ppl.get("pruned_also") or {})}},
+            "noise": (ppl.get("pruned") or {}).get("nll_standard_error"),
+            "prune_seconds": summary.get("prune_seconds"),
             "sparsity_achieved": achieved.get("overall"), "stages": summary["stages"], "run_dir": summary["run_dir"]}

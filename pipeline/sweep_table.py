@@ -10,6 +10,7 @@ dashed line.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from pipeline.common.outputs import figure_png, write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -30,12 +31,22 @@ def render_markdown(table: dict) -> str:
         lines.append("with: " + " ".join(f"`--set {o}`" for o in table["overrides"]))
     lines += ["", f"perplexity on {dataset or 'the evaluation text'}; one run folder per point", ""]
     lines += pivot(table)
-    lines += ["| point | method | sparsity | achieved | dense perplexity | perplexity | stages | run folder |",
-              "|---|---|---|---|---|---|---|---|"]
+    also = list(dict.fromkeys(t for r in rows for t in r.get("perplexity_also") or {}))
+    heads = "".join(f" {t}: dense | {t}: pruned |" for t in also)
+    lines += ["| point | method | sparsity | achieved | dense perplexity | perplexity |" + heads +
+              " prune s | stages | run folder |", "|---|---|---|---|---|---|" + "---|---|" * len(also) + "---|---|---|"]
     for r in rows:
         stages = "; ".join(f"{name} {status.split(' ')[0]}" for name, status in r["stages"].items())
+        cells = "".join(f" {_number(((r.get('perplexity_also') or {}).get(t) or {}).get('dense'))} | "
+                        f"{_number(((r.get('perplexity_also') or {}).get(t) or {}).get('pruned'))} |" for t in also)
         lines.append(f"| {r['point']} | {r['method']} | {r['sparsity']} | {_number(r['sparsity_achieved'], 4)} | "
-                     f"{_number(r['perplexity_dense'])} | {_number(r['perplexity'])} | {stages} | {r['run_dir']} |")
+                     f"{_number(r['perplexity_dense'])} | {_number(r['perplexity'])} |{cells} "
+                     f"{_number(r.get('prune_seconds'), 0)} | {stages} | {r['run_dir']} |")
+    noise = [r["noise"] for r in rows if r.get("noise") is not None]
+    if noise:
+        lines += ["", f"noise: the standard error of a point's mean loss over its windows is {min(noise):.4f} to "
+                      f"{max(noise):.4f} (a perplexity factor of x{math.exp(max(noise)):.3f} at most); the points "
+                      "share their windows, so their differences are far less noisy than that"]
     return "\n".join(lines) + "\n\n![perplexity vs sparsity](" + PLOT_FILE + ")\n"
 
 

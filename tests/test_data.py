@@ -116,3 +116,15 @@ def test_embedded_text_halves_do_not_overlap():
         found = [s for s in range(0, half - 127) if torch.equal(full[s : s + 128], w)][:1]
         assert found, "window not from the first half"
         starts.append(found[0])
+
+
+def test_stdlib_text_is_python_source_split_in_halves():
+    from pipeline.core.data import STDLIB_CHARACTERS, stdlib_text
+
+    text = stdlib_text()
+    assert 100_000 < len(text) <= STDLIB_CHARACTERS
+    assert "def " in text and "import " in text
+    assert load_texts("stdlib", "evaluation") == [text]
+    tok = tiny_tokenizer()
+    full = tok(text, return_tensors="pt").input_ids[0]
+    assert torch.equal(evaluation_tokens(tok, "stdlib"), full[full.numel() // 2 :])

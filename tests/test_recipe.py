@@ -96,6 +96,18 @@ def _error(patch: dict) -> str:
     ({"export.engines": ["tensorrt"]}, "export.engines.0"),
     ({"export.engines": []}, "export.engines"),
     ({"name": "bad name/with slash"}, "name"),
+    ({"prune.method": "none", "prune.reconstruct": "obs"}, "reconstruct 'obs' updates the weights a pruning method kept"),
+    ({"prune.reconstruct": "lora"}, "prune.reconstruct"),
+    ({"prune.reconstruct": "block", "prune.sequential": False}, "needs sequential: true"),
+    ({"prune.reconstruct": "block", "prune.block": {"batch_windows": 500}},
+     "prune.block.batch_windows 500 exceeds calibration.num_samples 128"),
+    ({"prune.reconstruct": "obs+block", "prune.block": {"tokens": 4096}},
+     "prune.block.tokens 4096 exceeds calibration.seq_len 2048"),
+    ({"prune.block": {"train": ["everything"]}}, "prune.block.train"),
+    ({"prune.block": {"steps": 0}}, "prune.block.steps"),
+    ({"prune.dass_outlier": {"outlier_ratio": 0.5}}, "prune.dass_outlier.outlier_ratio"),
+    ({"evaluation.also": ["file"]}, "evaluation.also"),
+    ({"evaluation.dataset": "stdlib", "evaluation.also": ["stdlib"]}, "repeats a text"),
 ])
 def test_bad_recipes_name_the_key(patch, expected):
     assert expected in _error(patch)

@@ -9,6 +9,9 @@
 - ``embedded``: Python's own ``pydoc_data.topics`` (about 465 KB of English reference prose,
   shipped with every CPython). Calibration windows come from its first half of tokens,
   evaluation from its second half, so they never overlap.
+- ``stdlib``: code — the source of Python's own standard library (the top-level ``*.py`` modules of the running
+  interpreter, in name order, up to 1 MB), for a model in the code domain. As with ``embedded``, calibration reads
+  the first half of its tokens and evaluation the second half; calibrating on ``embedded`` never sees it at all.
 
 Calibration windows are sampled like Wanda/SparseGPT: with a seeded RNG, a random document
 long enough for the window, then a random window inside it. With ``bos_token_id`` (the BOS-per-window
@@ -50,6 +53,27 @@ def embedded_text() -> str:
     from pydoc_data.topics import topics
 
     return "\n\n".join(topics[key] for key in sorted(topics))
+
+
+STDLIB_CHARACTERS = 1_000_000
+
+
+def stdlib_text(limit: int = STDLIB_CHARACTERS) -> str:
+    """The running Python's standard-library modules (top-level ``*.py`` files, name order) joined, up to ``limit``
+    characters (whole files only)."""
+    import sysconfig
+
+    parts, size = [], 0
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if size + len(text) > limit and parts:
+            break
+        parts.append(text)
+        size += len(text)
+    if not parts:
+        raise PipelineError("the standard library's source was not found next to this Python",
+                            "use another evaluation text (embedded, file)")
+    return "\n\n".join(parts)
 
 
 def _hub_texts(repo: str, files: dict, part: Part, local: str | None) -> list[str]:
@@ -97,6 +121,8 @@ def load_texts(dataset: str, part: Part, path: str | None = None) -> list[str]:
     """The documents of a dataset for calibration or evaluation."""
     if dataset == "embedded":
         return [embedded_text()]
+    if dataset == "stdlib":
+        return [stdlib_text()]
     if dataset == "file":
         return _file_texts(path)
     if dataset == "c4":
@@ -104,11 +130,14 @@ def load_texts(dataset: str, part: Part, path: str | None = None) -> list[str]:
         return texts[:C4_EVAL_DOCS] if part == "evaluation" else texts
     if dataset == "wikitext2":
         return _hub_texts(WIKITEXT_REPO, WIKITEXT_FILES, part, path)
-    raise PipelineError(f"unknown dataset {dataset!r}", "use c4, wikitext2, file or embedded")
+    raise PipelineError(f"unknown dataset {dataset!r}", "use c4, wikitext2, file, embedded or stdlib")
+
+
+HALVED = ("embedded", "stdlib")  # one text, split: calibration the first half, evaluation the second
 
 
 def _halves(dataset: str, ids: torch.Tensor, part: Part) -> torch.Tensor:
-    if dataset != "embedded":
+    if dataset not in HALVED:
         return ids
     half = ids.numel() // 2
     return ids[:half] if part == "calibration" else ids[half:]
@@ -136,7 +165,7 @@ def calibration_windows(tokenizer, dataset: str, num_samples: int, seq_len: int,
     special = bos_token_id is None  # with a BOS per window the windows carry it, not the text
     span = seq_len - (0 if special else 1)  # text tokens per window
     rng = random.Random(seed)
-    if len(texts) == 1 or dataset in ("embedded", "wikitext2"):
+    if len(texts) == 1 or dataset in (*HALVED, "wikitext2"):
         joined = "\n\n".join(texts)
         ids = _halves(dataset, _tokens(tokenizer, joined, special), "calibration")
         if ids.numel() <= span:

@@ -42,17 +42,33 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, context_length: int, max_
     """exp(mean next-token loss) over the windows of ``evaluation_windows`` (at most ``max_windows``)."""
     batches = evaluation_windows(tokens, context_length, max_windows, bos_token_id)
     windows = batches.shape[0]
-    total_nll = 0.0
+    window_nll: list[float] = []
     home = next(model.parameters()).device
     model.to(device)
     try:
         for w in tqdm(range(windows), desc=desc, disable=not progress, leave=False):
             ids = batches[w].unsqueeze(0).to(device)
             logits = model(input_ids=ids, use_cache=False).logits.float()
-            loss = nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="mean")
-            total_nll += loss.item() * (context_length - 1)
+            window_nll.append(nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="mean").item())
     finally:
         model.to(home)
-    mean = total_nll / (windows * (context_length - 1))
+    mean = sum(window_nll) / windows  # every window scores context_length - 1 tokens
+    spread = math.sqrt(sum((v - mean) ** 2 for v in window_nll) / (windows - 1)) if windows > 1 else None
     return {"perplexity": math.exp(mean), "windows": windows, "context_length": context_length,
-            "tokens": windows * context_length, "bos_per_window": bos_token_id is not None}
+            "tokens": windows * context_length, "bos_per_window": bos_token_id is not None,
+            # the sampling noise of the windows: the mean loss's standard error (exp of it: a perplexity factor)
+            "nll_standard_error": spread / math.sqrt(windows) if spread is not None else None,
+            "window_nll": window_nll}
+
+
+def paired_change(reference: dict, other: dict) -> dict | None:
+    """``other``'s perplexity against ``reference``'s on the same windows: the ratio and the standard error of the
+    mean per-window loss difference (the windows' own difficulty cancels, so this noise is far below either
+    perplexity's own). None when the two did not score the same windows."""
+    a, b = reference.get("window_nll"), other.get("window_nll")
+    if not a or not b or len(a) != len(b):
+        return None
+    diffs = [y - x for x, y in zip(a, b)]
+    mean = sum(diffs) / len(diffs)
+    spread = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) if len(diffs) > 1 else 0.0
+    return {"ratio": math.exp(mean), "nll_difference": mean, "standard_error": spread / math.sqrt(len(diffs))}

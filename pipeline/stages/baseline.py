@@ -18,13 +18,19 @@ def run(ctx: Context) -> None:
     model, _ = ctx.models.dense()
     ppl = perplexity(model, ctx.evaluation_ids(), **ctx.eval_args("perplexity (dense)"))
     log.info("dense perplexity on %s: %.3f", ctx.recipe.evaluation.dataset, ppl["perplexity"])
+    also = {}
+    for dataset in ctx.recipe.evaluation.also:
+        also[dataset] = perplexity(model, ctx.evaluation_ids(dataset), **ctx.eval_args(f"perplexity (dense, {dataset})"))
+        log.info("dense perplexity on %s: %.3f", dataset, also[dataset]["perplexity"])
     write_json_atomic(ctx.run_dir / OUTPUT, {"dataset": ctx.recipe.evaluation.dataset,
-                                             "bos_per_window": ppl["bos_per_window"], "dense": ppl})
+                                             "bos_per_window": ppl["bos_per_window"], "dense": ppl, "also": also})
 
 
 def summary(recipe, run_dir) -> dict:
-    """Its figure joins the evaluate stage's in summary["perplexity"] (and in that stage's report table)."""
-    return {"perplexity": read_json(run_dir / OUTPUT, "re-run the recipe with --from baseline")}
+    """Its figure joins the evaluate stage's in summary["perplexity"] (and in that stage's report table); the
+    further texts' as ``dense_also``."""
+    content = read_json(run_dir / OUTPUT, "re-run the recipe with --from baseline")
+    return {"perplexity": {**{k: v for k, v in content.items() if k != "also"}, "dense_also": content.get("also", {})}}
 
 
 def estimate(shapes, recipe) -> tuple[int, int]:
@@ -34,4 +40,4 @@ def estimate(shapes, recipe) -> tuple[int, int]:
 STAGE = Stage(name="baseline", about="perplexity of the unpruned model",
               sections=("model", "evaluation"), outputs=(OUTPUT,), reads=(),
               applies=lambda r: r.prune.method != "none" and r.evaluation.enabled and r.evaluation.dense_baseline,
-              model="dense", check=lambda ctx: ctx.evaluation_ids(), estimate=estimate, run=run, summary=summary)
+              model="dense", check=lambda ctx: ctx.all_evaluation_ids(), estimate=estimate, run=run, summary=summary)

@@ -31,7 +31,7 @@ def check(ctx: Context) -> None:
     p = ctx.recipe.prune
     model, _ = ctx.model_for_checks()
     method = method_of(ctx.recipe)
-    if p.method == "dass":
+    if p.method in ("dass", "dass_outlier"):
         require_glu(model, "DaSS")
     plan_projections(model, method, p.spec, p.scope, p.ignore)
     folder = ctx.models.stream_folder()
@@ -40,7 +40,7 @@ def check(ctx: Context) -> None:
 
         shell = skeleton(ctx.models.config(), ctx.recipe.model.dtype)
         Checkpoint(folder).check_against(shell, tied_names(shell))
-    if method.needs_calibration or p.allocation != "uniform":
+    if method.needs_calibration or p.allocation != "uniform" or p.reconstruct != "none":
         ctx.calibration_ids()
 
 
@@ -61,10 +61,16 @@ def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
     held = (model - shapes.layers * shapes.layer_params * dtype_bytes(recipe)) if streams(recipe) else model
     buffer = cal.num_samples * cal.seq_len * shapes.hidden * dtype_bytes(recipe)  # in the model dtype
     layer = shapes.layer_params * 4
-    if recipe.prune.method == "sparsegpt":  # the largest input first, while no rewritten copy is held
+    if recipe.prune.method == "sparsegpt" or "obs" in recipe.prune.reconstruct:
+        # the largest input first, while no rewritten copy is held
         work = layer + max(2 * max(shapes.hidden, shapes.intermediate) ** 2 * 8, layer + 2 * shapes.hidden ** 2 * 8)
     else:
         work = layer * 3
+    if "block" in recipe.prune.reconstruct:  # the dense outputs, Adam's two moments, gradients, one step's activations
+        block = recipe.prune.block
+        tokens = block.tokens or cal.seq_len
+        activations = 12 * tokens * (shapes.hidden * 4 + shapes.intermediate * 3) * 4
+        work = max(work, layer * 4 + activations) + buffer
     if recipe.prune.allocation != "uniform":  # statistics pass: the layer, its metrics, one projection's sort in float64
         work = max(work, layer * 2 + 3 * 8 * shapes.hidden * shapes.intermediate)
     return held + buffer + work + BASE, int(model * 1.05)
@@ -104,11 +110,25 @@ def allocation_settings(p):
                               sensitivity_band=p.sensitivity_band)
 
 
+def reconstruct_record(p, blocks: dict[str, dict]) -> dict | None:
+    """What sparsity.json says of the reconstruction: the mode, its settings and each layer's block fit."""
+    if p.reconstruct == "none":
+        return None
+    record: dict = {"mode": p.reconstruct}
+    if "obs" in p.reconstruct:
+        record["obs"] = p.obs.model_dump()
+    if "block" in p.reconstruct:
+        record["block"] = p.block.model_dump()
+        record["block_layers"] = blocks
+    return record
+
+
 def run(ctx: Context) -> None:
     p = ctx.recipe.prune
     method = method_of(ctx.recipe)
-    ids = ctx.calibration_ids() if method.needs_calibration else None
-    options = dict(scope=p.scope, ignore=p.ignore, device=p.device, sequential=p.sequential, progress=ctx.progress)
+    ids = ctx.calibration_ids() if method.needs_calibration or p.reconstruct != "none" else None
+    options = dict(scope=p.scope, ignore=p.ignore, device=p.device, sequential=p.sequential, progress=ctx.progress,
+                   reconstruct=p.reconstruct, obs=p.obs, block=p.block)
     folder = ctx.models.stream_folder()  # None with a per-layer allocation: its statistics pass needs the model
     t0 = time.time()
     allocation = None
@@ -147,7 +167,8 @@ def run(ctx: Context) -> None:
         tokenizer.save_pretrained(tmp)
         bos = ctx.bos_per_window("calibration") if ids is not None or allocation is not None else None
         content = {"summary": sparsity_summary(result.layers), "prune_seconds": seconds, "streamed": folder is not None,
-                   "calibration_bos_per_window": bos, "layers": result.layers}
+                   "calibration_bos_per_window": bos, "reconstruct": reconstruct_record(p, result.blocks),
+                   "layers": result.layers}
         if allocation is not None:
             from pipeline.common.outputs import write_bytes_atomic
             from pipeline.sparsity_plot import sparsity_by_layer_png
@@ -161,11 +182,13 @@ def run(ctx: Context) -> None:
 def summary(recipe, run_dir) -> dict:
     p, cal = recipe.prune, recipe.calibration
     sparsity = read_json(run_dir / OUTPUT / "sparsity.json", "re-run the recipe with --from prune")
-    calibrated = p.method not in ("magnitude", "none") or (p.method != "none" and p.allocation != "uniform")
+    calibrated = p.method not in ("magnitude", "none") or (p.method != "none" and (p.allocation != "uniform" or
+                                                                                 p.reconstruct != "none"))
     return {"calibration": {"dataset": cal.dataset, "num_samples": cal.num_samples, "seq_len": cal.seq_len,
                             "seed": cal.seed, "bos_per_window": sparsity.get("calibration_bos_per_window")}
             if calibrated else None,
             "prune_seconds": sparsity.get("prune_seconds"), "streamed": sparsity.get("streamed", False),
+            "reconstruct": sparsity.get("reconstruct"),
             "sparsity_achieved": sparsity["summary"],
             **({"allocation": sparsity["allocation"]} if "allocation" in sparsity else {})}
 
@@ -178,6 +201,7 @@ def report(summary: dict) -> list[str]:
                      f"{describe(cal.get('bos_per_window'), cal['seq_len'])}")
     if summary.get("prune_seconds") is not None:
         lines.append(f"- pruning time: {summary['prune_seconds']:.1f} s")
+    lines += _reconstruct_report(summary.get("reconstruct"))
     if summary.get("streamed"):
         lines.append("- streamed: one decoder layer in memory at a time, read from the checkpoint's shards")
     achieved = summary["sparsity_achieved"]
@@ -186,6 +210,26 @@ def report(summary: dict) -> list[str]:
     roles = sorted(achieved["by_role"], key=lambda r: ROLE_ORDER.index(r) if r in ROLE_ORDER else 99)
     lines += [f"| {r} | {achieved['by_role'][r]:.4f} |" for r in roles]
     return lines + _allocation_report(summary.get("allocation")) + ["", "Per-layer figures: `pruned/sparsity.json`."]
+
+
+def _reconstruct_report(record: dict | None) -> list[str]:
+    if not record:
+        return []
+    lines = [f"- reconstruction: **{record['mode']}** (kept weights updated, the mask fixed)"]
+    if record.get("obs"):
+        lines.append(f"  - obs: OBS update from X^T X of the dense layer's inputs, block size {record['obs']['block_size']}, "
+                     f"damping {record['obs']['dampening_frac']:g}")
+    fits = record.get("block_layers") or {}
+    if record.get("block"):
+        b = record["block"]
+        lines.append(f"  - block: {b['steps']} Adam steps per layer of {b['batch_windows']} windows, lr {b['lr']:g}, "
+                     f"training {', '.join(b['train'])}")
+    if fits:
+        before = sum(f["error_before"] for f in fits.values()) / len(fits)
+        after = sum(f["error_after"] for f in fits.values()) / len(fits)
+        lines.append(f"  - block fit: mean relative output error of a layer {before:.4g} before, {after:.4g} after "
+                     "(per layer: `pruned/sparsity.json`)")
+    return lines
 
 
 def _allocation_report(allocation: dict | None) -> list[str]:

@@ -193,24 +193,32 @@ class Context:
             log.info("calibration: %d windows of %d tokens from %s", *self._cache["calibration"].shape, cal.dataset)
         return self._cache["calibration"]
 
-    def evaluation_ids(self):
-        """The evaluation text's tokens, refused when shorter than one window (tokenized once per run)."""
-        if "evaluation" not in self._cache:
+    def evaluation_ids(self, dataset: str | None = None):
+        """The tokens of an evaluation text (default: the main one), refused when shorter than one window
+        (tokenized once per run)."""
+        ev = self.recipe.evaluation
+        dataset = dataset or ev.dataset
+        key = f"evaluation:{dataset}"
+        if key not in self._cache:
             from pipeline.core.data import evaluation_tokens
 
-            ev = self.recipe.evaluation
             _, tokenizer = self.model_for_checks()
             bos = self.bos_token_id("evaluation", tokenizer)
-            ids = evaluation_tokens(tokenizer, ev.dataset, ev.path, bos_per_window=bos is not None)
+            ids = evaluation_tokens(tokenizer, dataset, ev.path if dataset == ev.dataset else None,
+                                    bos_per_window=bos is not None)
             if ids.numel() < ev.context_length - (bos is not None):
                 raise PipelineError(
-                    f"the evaluation text ({ev.dataset}) has {ids.numel()} tokens, fewer than "
+                    f"the evaluation text ({dataset}) has {ids.numel()} tokens, fewer than "
                     f"context_length={ev.context_length}",
                     "use a longer evaluation text or a smaller evaluation.context_length",
                 )
-            self._cache["evaluation"] = ids
+            self._cache[key] = ids
             self._cache["evaluation_bos"] = bos
-        return self._cache["evaluation"]
+        return self._cache[key]
+
+    def all_evaluation_ids(self) -> dict:
+        """Every evaluation text's tokens (evaluation.dataset, then evaluation.also), each checked."""
+        return {dataset: self.evaluation_ids(dataset) for dataset in self.recipe.evaluation.texts()}
 
     def accuracy_tasks(self):
         """lm-eval's TaskManager for ``accuracy.tasks``, every name and every task's data checked (once per run):

@@ -55,9 +55,10 @@ class LayerPass(Protocol):
     def groups(self, projections: list[Projection]) -> list[list[Projection]]:
         """``projections`` grouped by the input tensor they read."""
 
-    def collect(self, groups: list[list[Projection]], last: bool = False) -> dict[str, torch.Tensor]:
-        """The method's statistic of each group, over every window. ``last``: the method reads the dense layer
-        no more (the one-shot variant then lets this pass's outputs feed the next layer)."""
+    def collect(self, groups: list[list[Projection]], last: bool = False,
+                kind: Literal["input_norms", "input_gram"] | None = None) -> dict[str, torch.Tensor]:
+        """The method's statistic (or ``kind``) of each group, over every window. ``last``: the method reads the
+        dense layer no more (the one-shot variant then lets this pass's outputs feed the next layer)."""
 
     def dense_done(self) -> None:
         """The method reads the dense layer no more; call before the first rewritten weight is yielded."""
@@ -100,12 +101,15 @@ class ScoringMethod(PruningMethod):
     def prune_layer(self, step: LayerPass, plan: list[Projection], spec: SparsitySpec, prefix: str) -> Iterator[Pruned]:
         """One pass gathers every needed input's statistic from the dense layer, then score + select."""
         stats: dict[str, torch.Tensor] = {}
-        if step.has_data:
+        if step.has_data and self.statistic is not None:
             needed = {r for p in plan for r in self.inputs_read(p.role)}
             stats = step.collect(step.groups([p for p in step.projections if p.role in needed]), last=True)
         for proj in plan:
-            weight = proj.weight(step.layer)
-            yield Pruned(proj, select_mask(self.score(proj.role, weight, stats), spec, self.axis(proj.role)))
+            yield Pruned(proj, self.select(proj.role, proj.weight(step.layer), stats, spec))
+
+    def select(self, role: str, weight: torch.Tensor, stats: Mapping[str, torch.Tensor], spec: SparsitySpec) -> torch.Tensor:
+        """The keep-mask of one projection: its scores compared along the method's axis (the shared core)."""
+        return select_mask(self.score(role, weight, stats), spec, self.axis(role))
 
 
 class ReconstructingMethod(PruningMethod):

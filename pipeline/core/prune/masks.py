@@ -57,3 +57,15 @@ def _nm_mask_rows(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     mask = torch.ones_like(groups, dtype=torch.bool)
     mask.scatter_(2, prune, False)
     return mask.reshape(rows, cols)
+
+
+def prune_lowest_per_row(score: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Keep-mask that prunes the ``counts[r]`` lowest scores of every row ``r`` (ties: lower index first)."""
+    rows, cols = score.shape
+    if counts.shape != (rows,) or (counts < 0).any() or (counts > cols).any():
+        raise ValueError(f"counts must be {rows} numbers in [0, {cols}]")
+    order = torch.sort(score, dim=1, stable=True).indices
+    pruned_in_order = torch.arange(cols, device=score.device).unsqueeze(0) < counts.to(score.device).unsqueeze(1)
+    keep = torch.ones_like(score, dtype=torch.bool)
+    keep.scatter_(1, order, ~pruned_in_order)
+    return keep

@@ -9,12 +9,13 @@ from pydantic import BaseModel, ValidationError
 from pipeline.common.errors import PipelineError
 from pipeline.core.prune.base import PruningMethod
 from pipeline.core.prune.dass import DaSS
+from pipeline.core.prune.dass_outlier import DaSSOutlier
 from pipeline.core.prune.magnitude import Magnitude
 from pipeline.core.prune.options import METHOD_NAMES, OPTIONS
 from pipeline.core.prune.sparsegpt import SparseGPT
 from pipeline.core.prune.wanda import Wanda
 
-METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (DaSS, Wanda, SparseGPT, Magnitude)}
+METHODS: dict[str, type[PruningMethod]] = {cls.name: cls for cls in (DaSS, DaSSOutlier, Wanda, SparseGPT, Magnitude)}
 
 
 def make_method(name: str, options: Mapping[str, Any] | BaseModel | None = None, **keywords) -> PruningMethod:

@@ -4,6 +4,8 @@ model (``Options``) and is the only code that reads its fields (tests/test_metho
 
 from __future__ import annotations
 
+from typing import Literal, Optional
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -21,6 +23,15 @@ class DassOptions(MethodOptions):
     alpha: float = Field(0.5, ge=0.0, description="DaSS exponent on the intermediate activation norm")
 
 
+class DassOutlierOptions(DassOptions):
+    """DaSS with outlier input columns of gate/up kept dense (pipeline/core/prune/dass_outlier.py)."""
+
+    outlier_ratio: float = Field(3.0, gt=1.0, description="an input column is an outlier where its activation norm "
+                                                          "exceeds this many times the median column's")
+    max_outlier_fraction: float = Field(0.01, ge=0.0, lt=0.5, description="at most this share of the input columns "
+                                                                          "is kept dense (the largest norms)")
+
+
 class SparseGPTOptions(MethodOptions):
     """SparseGPT: OBS reconstruction over blocks of input columns."""
 
@@ -30,6 +41,32 @@ class SparseGPTOptions(MethodOptions):
 
 
 #: method name -> its parameter model; the recipe's prune.method choices, in this order
-OPTIONS: dict[str, type[MethodOptions]] = {"dass": DassOptions, "wanda": NoOptions, "sparsegpt": SparseGPTOptions,
-                                           "magnitude": NoOptions}
+OPTIONS: dict[str, type[MethodOptions]] = {"dass": DassOptions, "dass_outlier": DassOutlierOptions, "wanda": NoOptions,
+                                           "sparsegpt": SparseGPTOptions, "magnitude": NoOptions}
 METHOD_NAMES = tuple(OPTIONS)
+
+
+class ObsOptions(MethodOptions):
+    """reconstruct: obs — SparseGPT's OBS update of the kept weights, the chosen mask fixed."""
+
+    block_size: int = Field(128, gt=0, description="input columns updated together (as SparseGPT's block_size)")
+    dampening_frac: float = Field(0.01, gt=0, description="damping added to diag(X^T X), as a fraction of its mean")
+
+
+BLOCK_PARAMETERS = ("pruned", "dense", "norms", "biases")
+
+
+class BlockOptions(MethodOptions):
+    """reconstruct: block — each decoder layer trained (Adam, the mask fixed) to reproduce the dense layer's outputs
+    on the calibration inputs that reach it through the already-pruned layers below."""
+
+    steps: int = Field(32, gt=0, description="optimizer steps per decoder layer")
+    batch_windows: int = Field(2, gt=0, description="calibration windows per step (cycled in a seeded order)")
+    tokens: Optional[int] = Field(None, gt=1, description="train on the first tokens of each window only (exact "
+                                                          "targets: the layer is causal); null: the whole window")
+    lr: float = Field(5e-5, gt=0, description="Adam learning rate")
+    train: list[Literal["pruned", "dense", "norms", "biases"]] = Field(
+        default_factory=lambda: ["pruned", "norms"], min_length=1,
+        description="what is trained: pruned (the kept weights of the pruned projections), dense (the layer's "
+                    "projections left dense), norms (the layer's normalisation weights), biases")
+    seed: int = Field(0, description="seed of the window order")

@@ -32,6 +32,9 @@ from tqdm.auto import tqdm
 
 from pipeline.core.models import Projection, decoder_layers, layer_projections
 from pipeline.core.prune.base import PruningMethod
+from pipeline.core.prune.block_reconstruct import reconstruct_block
+from pipeline.core.prune.options import BlockOptions, ObsOptions
+from pipeline.core.prune.reconstruct import with_reconstruction
 from pipeline.core.prune.sparsity import SparsitySpec
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ class PruneResult:
     #: "layers.{i}.{path}" -> stats about the pruned projection
     layers: dict[str, dict] = field(default_factory=dict)
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: "layers.{i}" -> the block reconstruction's relative output error before and after training
+    blocks: dict[str, dict] = field(default_factory=dict)
 
 
 def _to(value: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
@@ -188,9 +193,10 @@ class _LayerStep:
         probe = self.inputs.hidden[0:1].to(self.compute, torch.float32)
         return input_groups(self.layer, projections, probe, self.kwargs)
 
-    def forward(self, update: bool, groups: list[list[Projection]] = ()) -> dict[str, torch.Tensor]:
-        """Every window through the layer (its outputs replace the inputs when ``update``); the statistic of ``groups``."""
-        hooks = InputStats(self.layer, list(groups), self.statistic)
+    def forward(self, update: bool, groups: list[list[Projection]] = (), kind: str | None = None) -> dict[str, torch.Tensor]:
+        """Every window through the layer (its outputs replace the inputs when ``update``); the statistic (default:
+        the method's) of ``groups``."""
+        hooks = InputStats(self.layer, list(groups), kind or self.statistic)
         try:
             hidden = self.inputs.hidden
             for s in range(hidden.shape[0]):
@@ -202,8 +208,16 @@ class _LayerStep:
         self.advanced = self.advanced or update
         return hooks.stats()
 
-    def collect(self, groups: list[list[Projection]], last: bool = False) -> dict[str, torch.Tensor]:
-        return self.forward(update=last and self.one_shot and not self.advanced, groups=groups)
+    def collect(self, groups: list[list[Projection]], last: bool = False, kind: str | None = None) -> dict[str, torch.Tensor]:
+        return self.forward(update=last and self.one_shot and not self.advanced, groups=groups, kind=kind)
+
+    def outputs(self) -> torch.Tensor:
+        """The layer's outputs for every window, as it is now (a new buffer; the inputs stay)."""
+        hidden = self.inputs.hidden
+        out = torch.empty_like(hidden)
+        for s in range(hidden.shape[0]):
+            out[s] = _first_tensor(self.layer(hidden[s : s + 1].to(self.compute, torch.float32), **self.kwargs))[0]
+        return out
 
     def dense_done(self) -> None:
         if self.has_data and self.one_shot and not self.advanced:
@@ -253,6 +267,9 @@ def prune_model(
     progress: bool = True,
     store: LayerStore | None = None,
     layer_sparsity: list[SparsitySpec] | None = None,
+    reconstruct: str = "none",
+    obs: ObsOptions | None = None,
+    block: BlockOptions | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place, layer by layer. Returns per-projection sparsity (and masks if asked).
 
@@ -261,13 +278,20 @@ def prune_model(
     ``store``: the layers are not in memory (their parameters are on the meta device); each is loaded
     just before it is pruned and stored just after, so one layer is held at a time.
     ``layer_sparsity``: one spec per decoder layer in place of ``sparsity`` (layer_allocation.py).
+    ``reconstruct``: after the masks, the kept weights are updated (pipeline/core/prune/reconstruct.py): ``obs``
+    (with ``obs`` settings), ``block`` (each layer trained towards its dense outputs, ``block`` settings), both
+    (``obs+block``) or ``none``.
     """
     compute = torch.device(device)
     layers = decoder_layers(model)
     plan = plan_projections(model, method, sparsity, scope, ignore)
+    method = with_reconstruction(method, reconstruct, obs)
+    train_blocks = reconstruct in ("block", "obs+block")
+    if train_blocks and not sequential:
+        raise ValueError("block reconstruction needs the sequential loop (sequential=True)")
 
     inputs = None
-    if method.needs_calibration:
+    if method.needs_calibration or train_blocks:
         if calibration_ids is None:
             raise ValueError(f"{method.name} needs calibration data")
         inputs = capture_layer_inputs(model, calibration_ids, progress=progress)
@@ -284,6 +308,8 @@ def prune_model(
 
         step = _LayerStep(layer, inputs, layer_kwargs if inputs is not None else {}, compute, method.statistic,
                           one_shot=not sequential)
+        targets = step.outputs() if train_blocks and plan[index] else None  # the dense layer's outputs
+        masks: dict[str, torch.Tensor] = {}
         for pruned in method.prune_layer(step, plan[index], spec, f"layers.{index}"):
             weight = pruned.proj.weight(layer)
             if pruned.weight is None:
@@ -292,8 +318,15 @@ def prune_model(
                 weight.copy_(pruned.weight)
             _record(result, f"layers.{index}.{pruned.proj.name}", pruned.proj.role, weight, pruned.mask, spec,
                     method.axis(pruned.proj.role), keep_masks)
+            if targets is not None:
+                masks[pruned.proj.path] = pruned.mask
             del pruned
         step.dense_done()
+        if targets is not None:
+            fit = reconstruct_block(layer, masks, inputs.hidden, targets, layer_kwargs, block or BlockOptions(),
+                                    compute, desc=f"block layers.{index}", progress=progress)
+            result.blocks[f"layers.{index}"] = {"error_before": fit.loss_before, "error_after": fit.loss_after}
+            del targets, masks
         if inputs is not None and sequential:
             step.forward(update=True)  # pruned outputs feed the next layer
         layer.to(device="cpu", dtype=store_dtype)

@@ -79,21 +79,31 @@ def inverse_hessian_factor(gram: torch.Tensor, dampening_frac: float, name: str 
 
 
 @torch.no_grad()
-def sparsegpt_prune(weight: torch.Tensor, factor: Factor, sparsity: SparsitySpec, block_size: int = 128) -> torch.Tensor:
-    """Prune ``weight`` ([out, in], float32) in place with SparseGPT; returns the keep-mask."""
+def sparsegpt_prune(weight: torch.Tensor, factor: Factor, sparsity: SparsitySpec | None, block_size: int = 128,
+                    keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Prune ``weight`` ([out, in], float32) in place with SparseGPT; returns the keep-mask.
+
+    ``keep``: a prescribed keep-mask (any method's): the same OBS sweep then zeroes exactly the weights ``keep``
+    drops and spreads their error over the columns not yet treated, choosing nothing itself (``sparsity`` unused).
+    A weight outside ``keep`` is exactly zero afterwards and the mask returned is ``keep`` itself: weights reading
+    an input that never fires stay as they are (choosing its own mask, SparseGPT zeroes them)."""
+    if keep is None and sparsity is None:
+        raise ValueError("sparsegpt_prune needs a sparsity or a keep-mask")
     w = weight.data
-    dead = factor.dead.to(w.device)
+    dead = factor.dead.to(w.device) if keep is None else torch.zeros(w.shape[1], dtype=torch.bool, device=w.device)
     w[:, dead] = 0.0
     hinv = factor.upper.to(w.device)
     rows, cols = w.shape
-    keep = torch.ones_like(w, dtype=torch.bool)
+    kept = torch.ones_like(w, dtype=torch.bool)
     for start in range(0, cols, block_size):
         end = min(start + block_size, cols)
         w1 = w[:, start:end].clone()
         err = torch.zeros_like(w1)
         h1 = hinv[start:end, start:end]
         d = torch.diagonal(h1)
-        if sparsity.is_nm:
+        if keep is not None:
+            pruned = ~keep[:, start:end].to(w.device)
+        elif sparsity.is_nm:
             pruned = torch.zeros_like(w1, dtype=torch.bool)
         else:
             score = w1.pow(2) / d.pow(2).unsqueeze(0)
@@ -103,7 +113,7 @@ def sparsegpt_prune(weight: torch.Tensor, factor: Factor, sparsity: SparsitySpec
                 pruned[torch.topk(score.flatten(), k, largest=False).indices] = True
             pruned = pruned.view_as(score)
         for i in range(end - start):
-            if sparsity.is_nm and i % sparsity.m == 0:
+            if keep is None and sparsity.is_nm and i % sparsity.m == 0:
                 group = w1[:, i:i + sparsity.m].pow(2) / d[i:i + sparsity.m].pow(2).unsqueeze(0)
                 drop = torch.topk(group, sparsity.m - sparsity.n, dim=1, largest=False).indices
                 pruned.scatter_(1, i + drop, True)
@@ -115,10 +125,16 @@ def sparsegpt_prune(weight: torch.Tensor, factor: Factor, sparsity: SparsitySpec
             err[:, i] = e
         w[:, start:end] = w1
         w[:, end:] -= err @ hinv[start:end, end:]
-        keep[:, start:end] = ~pruned
-    keep[:, dead] = False
-    w.mul_(keep)
-    return keep
+        kept[:, start:end] = ~pruned
+    kept[:, dead] = False
+    w.mul_(kept)
+    return kept
+
+
+def obs_update(weight: torch.Tensor, factor: Factor, keep: torch.Tensor, block_size: int = 128) -> torch.Tensor:
+    """The OBS update of the weights ``keep`` holds, the mask fixed (SparseGPT's reconstruction with a prescribed
+    mask): ``weight`` is rewritten in place; returns ``keep``."""
+    return sparsegpt_prune(weight, factor, None, block_size, keep=keep)
 
 
 class SparseGPT(ReconstructingMethod):

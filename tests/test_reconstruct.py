@@ -1,0 +1,127 @@
+"""Reconstruction after masking (prune.reconstruct): obs and block keep every pruned weight exactly zero (the zero
+pattern is the method's mask, exactly), lower the layer's output error against the mask alone, and obs with
+SparseGPT's own mask reproduces SparseGPT's weights."""
+
+import copy
+
+import pytest
+import torch
+
+from conftest import calibration_ids, tiny_model
+from pipeline.core.models import decoder_layers, layer_projections
+from pipeline.core.prune.block_reconstruct import _cut, reconstruct_block
+from pipeline.core.prune.masks import select_mask
+from pipeline.core.prune.methods import make_method
+from pipeline.core.prune.options import BlockOptions
+from pipeline.core.prune.sequential import capture_layer_inputs, prune_model
+from pipeline.core.prune.sparsegpt import inverse_hessian_factor, obs_update, sparsegpt_prune
+from pipeline.core.prune.sparsity import SparsitySpec
+from pipeline.core.prune.wanda import wanda_score
+from test_sparsegpt import correlated_inputs, layer_error
+
+
+@pytest.mark.parametrize("pattern", ["0.5", "2:4"])
+def test_obs_with_sparsegpts_own_mask_reproduces_sparsegpts_weights(pattern):
+    spec = SparsitySpec.parse(pattern if ":" in pattern else float(pattern))
+    x = correlated_inputs()
+    w = torch.randn(48, 64, generator=torch.Generator().manual_seed(1))
+    gram = x.double().T @ x.double()
+    sparsegpt = w.clone()
+    keep = sparsegpt_prune(sparsegpt, inverse_hessian_factor(gram.clone(), 0.01), spec, block_size=16)
+    updated = w.clone()
+    held = obs_update(updated, inverse_hessian_factor(gram.clone(), 0.01), keep, block_size=16)
+    assert torch.equal(held, keep)
+    assert torch.equal(updated, sparsegpt)
+
+
+@pytest.mark.parametrize("pattern", ["0.5", "2:4", "0.7"])
+def test_obs_keeps_the_mask_exactly_and_beats_the_mask_alone(pattern):
+    spec = SparsitySpec.parse(pattern if ":" in pattern else float(pattern))
+    x = correlated_inputs()
+    w = torch.randn(48, 64, generator=torch.Generator().manual_seed(3))
+    keep = select_mask(wanda_score(w, x.pow(2).sum(0)), spec, "row")
+    masked = w * keep
+    updated = w.clone()
+    obs_update(updated, inverse_hessian_factor(x.double().T @ x.double(), 0.01), keep, block_size=16)
+    assert torch.equal(updated != 0, keep), "no pruned weight revived, no kept weight lost"
+    assert not torch.equal(updated[keep], w[keep])
+    assert layer_error(w, updated, x) < 0.9 * layer_error(w, masked, x)
+
+
+def _mlp_error(dense, pruned, ids):
+    """The output error of every layer's MLP on the dense model's own inputs to it (relative)."""
+    errors = []
+    feeds = capture_layer_inputs(dense, ids, progress=False)
+    hidden = feeds.hidden
+    for d_layer, p_layer in zip(decoder_layers(dense), decoder_layers(pruned)):
+        x = d_layer.post_attention_layernorm(hidden)
+        ref = d_layer.mlp(x)
+        errors.append(((p_layer.mlp(x) - ref).pow(2).mean() / ref.pow(2).mean()).item())
+        hidden = d_layer(hidden, **feeds.kwargs)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    return errors
+
+
+def _zero_patterns(model):
+    return {f"{i}.{p.path}": p.weight(layer) == 0 for i, layer in enumerate(decoder_layers(model))
+            for p in layer_projections(layer)}
+
+
+@pytest.mark.parametrize("method", ["dass", "wanda", "magnitude"])
+@pytest.mark.parametrize("mode", ["obs", "block"])
+def test_whole_model_reconstruction_keeps_the_methods_masks_and_lowers_the_error(method, mode):
+    dense = tiny_model("llama", seed=0)
+    ids = calibration_ids(n=8, seq_len=32)
+    plain, rebuilt = copy.deepcopy(dense), copy.deepcopy(dense)
+    plain_result = prune_model(plain, make_method(method), SparsitySpec(fraction=0.5), ids, progress=False,
+                               keep_masks=True)
+    result = prune_model(rebuilt, make_method(method), SparsitySpec(fraction=0.5), ids, progress=False,
+                         keep_masks=True, reconstruct=mode, block=BlockOptions(steps=40, lr=2e-3, batch_windows=2))
+    # the first layer sees the same inputs either way, so its mask must be the method's own
+    first = [name for name in result.masks if name.startswith("layers.0.")]
+    for name in first:
+        assert torch.equal(result.masks[name], plain_result.masks[name])
+    patterns = _zero_patterns(rebuilt)
+    for name, mask in result.masks.items():
+        index, path = name.split(".", 2)[1], name.split(".", 2)[2]
+        assert torch.equal(patterns[f"{index}.{path}"], ~mask), f"{name}: zeros are exactly the pruned weights"
+    for info in result.layers.values():
+        assert info["sparsity"] == pytest.approx(0.5)
+    plain_error = sum(_mlp_error(dense, plain, ids))
+    rebuilt_error = sum(_mlp_error(dense, rebuilt, ids))
+    assert rebuilt_error < plain_error
+    if mode == "block":
+        assert all(b["error_after"] < b["error_before"] for b in result.blocks.values())
+
+
+def test_block_reconstruction_never_moves_a_pruned_weight_even_with_adams_momentum():
+    dense = tiny_model("llama", seed=1)
+    ids = calibration_ids(n=4, seq_len=16)
+    feeds = capture_layer_inputs(dense, ids, progress=False)
+    layer = decoder_layers(dense)[0]
+    with torch.no_grad():
+        outputs = [layer(feeds.hidden[s : s + 1], **feeds.kwargs) for s in range(4)]
+    targets = torch.cat([out[0] if isinstance(out, tuple) else out for out in outputs])
+    masks = {}
+    for proj in layer_projections(layer):
+        w = proj.weight(layer)
+        masks[proj.path] = select_mask(w.abs(), SparsitySpec.parse("2:4"), "row")
+        with torch.no_grad():
+            w.mul_(masks[proj.path])
+    fit = reconstruct_block(layer, masks, feeds.hidden, targets, feeds.kwargs,
+                            BlockOptions(steps=30, lr=5e-3, train=["pruned", "norms", "dense"]), torch.device("cpu"),
+                            progress=False)
+    assert fit.loss_after < fit.loss_before
+    for proj in layer_projections(layer):
+        assert torch.equal(proj.weight(layer) == 0, ~masks[proj.path])
+    assert not any(p.requires_grad for p in layer.parameters())
+
+
+def test_cut_keeps_the_first_tokens_of_every_per_position_tensor():
+    kwargs = {"position_ids": torch.arange(8).unsqueeze(0), "position_embeddings": (torch.ones(1, 8, 4), torch.ones(1, 8, 4)),
+              "attention_mask": torch.zeros(1, 1, 8, 8), "use_cache": False}
+    cut = _cut(kwargs, 8, 3)
+    assert cut["position_ids"].tolist() == [[0, 1, 2]]
+    assert cut["position_embeddings"][0].shape == (1, 3, 4)
+    assert cut["attention_mask"].shape == (1, 1, 3, 3)
+    assert cut["use_cache"] is False
