@@ -125,3 +125,27 @@ def test_cut_keeps_the_first_tokens_of_every_per_position_tensor():
     assert cut["position_embeddings"][0].shape == (1, 3, 4)
     assert cut["attention_mask"].shape == (1, 1, 3, 3)
     assert cut["use_cache"] is False
+
+
+def test_a_recipe_with_reconstruction_runs_records_it_and_reports_it(tmp_path):
+    """The stage wiring: prune.reconstruct and its settings reach the loop; sparsity.json, summary and report say what
+    ran; a further evaluation text (evaluation.also) is measured beside the main one."""
+    import yaml
+
+    from conftest import tiny_recipe_file
+    from pipeline.recipe import load_recipe
+    from pipeline.runner import run_recipe
+
+    path = tiny_recipe_file(tmp_path, "rebuilt", {"method": "wanda", "sparsity": 0.5, "scope": "mlp",
+                                                   "reconstruct": "obs+block", "block": {"steps": 3, "lr": 1e-3}})
+    data = yaml.safe_load(path.read_text())
+    data["evaluation"]["also"] = ["stdlib"]
+    path.write_text(yaml.safe_dump(data))
+    summary = run_recipe(load_recipe(path), progress=False, skip_preflight=True)
+    record = summary["reconstruct"]
+    assert record["mode"] == "obs+block" and record["block"]["steps"] == 3 and record["obs"]["block_size"] == 128
+    assert len(record["block_layers"]) == 2  # every decoder layer of the tiny model
+    assert summary["sparsity_achieved"]["overall"] == pytest.approx(0.5)
+    assert set(summary["perplexity"]["pruned_also"]) == {"stdlib"} == set(summary["perplexity"]["dense_also"])
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "reconstruction: **obs+block**" in report and "| stdlib |" in report and "standard error" in report
