@@ -1,0 +1,35 @@
+"""benchmarks/recovery_table.py: finished runs become one table of method x reconstruction against pattern, each
+cell the perplexity's change against dense on the same windows, with the paired noise and the targets."""
+
+import json
+
+from benchmarks.recovery_table import collect, render
+
+
+def fake_run(folder, method, sparsity, reconstruct, nll_shift, scope="mlp"):
+    folder.mkdir(parents=True)
+    dense_nll = [1.0, 1.5, 2.0, 2.5]
+    pruned_nll = [v + nll_shift for v in dense_nll]
+    ppl = lambda nll: {"perplexity": 2.718281828 ** (sum(nll) / len(nll)), "windows": 4, "window_nll": nll}
+    (folder / "perplexity_dense.json").write_text(json.dumps(
+        {"dataset": "embedded", "dense": ppl(dense_nll), "also": {"stdlib": ppl(dense_nll)}}))
+    (folder / "perplexity.json").write_text(json.dumps(
+        {"dataset": "embedded", "pruned": ppl(pruned_nll), "also": {"stdlib": ppl([v + 0.01 for v in pruned_nll])}}))
+    (folder / "summary.json").write_text(json.dumps(
+        {"method": method, "sparsity": sparsity, "scope": scope, "prune_seconds": 100.0,
+         "reconstruct": None if reconstruct == "none" else {"mode": reconstruct},
+         "sparsity_achieved": {"overall": 0.5}, "resources": {"prune": {"peak_rss_bytes": 8 * 2**30}}}))
+
+
+def test_cells_targets_and_noise(tmp_path):
+    fake_run(tmp_path / "a", "dass", "0.5", "none", 0.5)
+    fake_run(tmp_path / "b", "dass_outlier", "0.5", "obs", 0.1)
+    fake_run(tmp_path / "c", "wanda", "2:4", "obs", 0.2)
+    (tmp_path / "unfinished").mkdir()
+    rows = collect([tmp_path])
+    assert len(rows) == 3
+    text = render(rows, "pipeline sweep ...", "Test CPU")
+    assert "| dass_outlier + obs | " in text and "(+11%)" in text  # exp(0.1) - 1
+    assert "| 0.5 MLP | +15% | dass_outlier + obs (uniform) | +10.5% (met)" in text
+    assert "| 2:4 MLP | +35% | not run" in text
+    assert "## stdlib" in text and "paired standard error" in text and "pipeline sweep ..." in text
