@@ -149,3 +149,13 @@ def test_a_recipe_with_reconstruction_runs_records_it_and_reports_it(tmp_path):
     assert set(summary["perplexity"]["pruned_also"]) == {"stdlib"} == set(summary["perplexity"]["dense_also"])
     report = (tmp_path / "run" / "report.md").read_text()
     assert "reconstruction: **obs+block**" in report and "| stdlib |" in report and "standard error" in report
+
+
+@pytest.mark.parametrize("precision,tolerance", [(torch.float64, 1e-6), (torch.float32, 1e-4)])
+def test_the_flipped_factor_is_sparsegpts_factor(precision, tolerance):
+    x = correlated_inputs(n=512, d=64)
+    gram = x.double().T @ x.double()
+    classic = inverse_hessian_factor(gram.clone(), 0.01).upper
+    flipped = inverse_hessian_factor(gram.clone(), 0.01, precision=precision, flipped=True).upper
+    assert torch.equal(flipped, flipped.triu())
+    assert ((flipped - classic).abs().max() / classic.abs().max()).item() < tolerance

@@ -69,7 +69,8 @@ class WithObsUpdate(PruningMethod):
             gram = grams.pop(group[0].role)
             for proj in group:
                 grams.pop(proj.role, None)
-            factor = inverse_hessian_factor(gram, self.options.dampening_frac, f"{prefix}.{group[0].path}")
+            factor = inverse_hessian_factor(gram, self.options.dampening_frac, f"{prefix}.{group[0].path}",
+                                            precision=getattr(torch, self.options.precision), flipped=True)
             del gram
             for proj in group:
                 weight = proj.weight(step.layer).clone()

@@ -44,13 +44,16 @@ class Factor:
 
 
 @torch.no_grad()
-def inverse_hessian_factor(gram: torch.Tensor, dampening_frac: float, name: str = "") -> Factor:
+def inverse_hessian_factor(gram: torch.Tensor, dampening_frac: float, name: str = "",
+                           precision: torch.dtype = torch.float64, flipped: bool = False) -> Factor:
     """Factor of (H + damping)^-1, damping harder (with a warning) where H is singular. Consumes ``gram``.
 
-    Works in place on ``gram`` (float64) and frees each intermediate as soon as the next exists, so
-    the peak is about two ``in_features^2`` float64 matrices (for LLaMA-2-7B's down_proj, 2 x 0.97 GB).
+    Works in place on ``gram`` (in ``precision``) and frees each intermediate as soon as the next exists, so
+    the peak is about two ``in_features^2`` matrices (for LLaMA-2-7B's down_proj in float64, 2 x 0.97 GB).
+    ``flipped``: one Cholesky and one triangular inverse instead of Cholesky, inverse and a second Cholesky
+    (the same factor up to rounding: see :func:`_flipped_factor`); with float32 about 4x faster on a CPU.
     """
-    h = gram if gram.dtype == torch.float64 else gram.to(torch.float64)
+    h = gram if gram.dtype == precision else gram.to(precision)
     del gram
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
@@ -59,6 +62,14 @@ def inverse_hessian_factor(gram: torch.Tensor, dampening_frac: float, name: str 
     relative = dampening_frac
     for _ in range(5):
         torch.diagonal(h).copy_(diagonal + relative * mean)
+        if flipped:
+            upper = _flipped_factor(h)
+            if upper is not None:
+                return Factor(upper.to(torch.float32), dead)
+            relative = max(relative * 10, 0.01)
+            log.warning("the Hessian of %s is not positive definite in %s; damping it harder: %g x mean(diag H)",
+                        name or "a projection", str(precision).removeprefix("torch."), relative)
+            continue
         chol, info = torch.linalg.cholesky_ex(h)
         if info == 0:
             del h
@@ -76,6 +87,18 @@ def inverse_hessian_factor(gram: torch.Tensor, dampening_frac: float, name: str 
                     "tokens); damping it harder: %g x mean(diag H)", name or "a projection", relative)
     raise PipelineError(f"SparseGPT: the Hessian of {name or 'a projection'} stays singular after heavy damping",
                         "check the calibration data (NaN or inf activations?) or use more calibration samples")
+
+
+def _flipped_factor(h: torch.Tensor) -> torch.Tensor | None:
+    """The upper U with ``H^-1 = U^T U`` from one Cholesky: with J the index reversal, ``J H J = L L^T`` gives
+    ``H^-1 = (J L^-1 J)^T (J L^-1 J)`` and ``J L^-1 J`` is upper triangular. None where H is not positive definite."""
+    chol, info = torch.linalg.cholesky_ex(h.flip(0, 1))
+    if info != 0 or not torch.isfinite(torch.diagonal(chol)).all():
+        return None
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    inverse = torch.linalg.solve_triangular(chol, eye, upper=False)
+    del chol, eye
+    return inverse.flip(0, 1)
 
 
 @torch.no_grad()
