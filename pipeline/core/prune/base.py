@@ -56,7 +56,7 @@ class LayerPass(Protocol):
         """``projections`` grouped by the input tensor they read."""
 
     def collect(self, groups: list[list[Projection]], last: bool = False,
-                kind: Literal["input_norms", "input_gram"] | None = None) -> dict[str, torch.Tensor]:
+                kind: Literal["input_norms", "input_gram", "input_gram_float32"] | None = None) -> dict[str, torch.Tensor]:
         """The method's statistic (or ``kind``) of each group, over every window. ``last``: the method reads the
         dense layer no more (the one-shot variant then lets this pass's outputs feed the next layer)."""
 

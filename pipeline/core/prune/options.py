@@ -51,8 +51,9 @@ class ObsOptions(MethodOptions):
 
     block_size: int = Field(128, gt=0, description="input columns updated together (as SparseGPT's block_size)")
     dampening_frac: float = Field(0.01, gt=0, description="damping added to diag(X^T X), as a fraction of its mean")
-    precision: Literal["float32", "float64"] = Field("float32", description="arithmetic of the inverse-Hessian factor "
-                                                     "(float32, as SparseGPT's reference; float64 is about 2x slower)")
+    precision: Literal["float32", "float64"] = Field("float32", description="arithmetic of X^T X and of its inverse "
+                                                     "factor (float32, as SparseGPT's reference; float64 is about 2x "
+                                                     "slower)")
 
 
 BLOCK_PARAMETERS = ("pruned", "dense", "norms", "biases")

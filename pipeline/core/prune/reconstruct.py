@@ -64,7 +64,8 @@ class WithObsUpdate(PruningMethod):
         masks = {p.proj.name: p.mask for p in self.inner.prune_layer(_DenseView(step, self.inner.statistic), plan, spec, prefix)}
         rewritten: dict[str, Pruned] = {}
         groups = sorted(step.groups(plan), key=lambda g: -step.layer.get_submodule(g[0].path).in_features)
-        grams = step.collect(groups, kind="input_gram")  # one pass for every distinct input
+        kind = "input_gram" if self.options.precision == "float64" else "input_gram_float32"
+        grams = step.collect(groups, kind=kind)  # one pass for every distinct input
         for group in groups:
             gram = grams.pop(group[0].role)
             for proj in group:

@@ -149,7 +149,9 @@ class InputStats:
     """Forward hooks that accumulate, over all tokens, one statistic per distinct input (in float64):
 
     - ``"input_norms"``: the sum of squared inputs per feature, ``[in_features]`` (Wanda, DaSS);
-    - ``"input_gram"``: ``X^T X``, ``[in_features, in_features]`` (SparseGPT's Hessian).
+    - ``"input_gram"``: ``X^T X``, ``[in_features, in_features]`` (SparseGPT's Hessian);
+    - ``"input_gram_float32"``: the same in float32, as SparseGPT's reference accumulates it (the reconstruction's
+      ``obs.precision: float32``): a float64 product of 8960 features over 8192 tokens takes half a minute on 2 cores.
 
     ``groups`` are projections that read one tensor: one hook on the first of each, and
     ``stats()`` gives every role of the group the same tensor.
@@ -163,7 +165,8 @@ class InputStats:
 
     def _hook(self, key: str):
         def hook(module, args, output):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
+            dtype = torch.float32 if self.kind == "input_gram_float32" else torch.float64
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(dtype)
             total = x.pow(2).sum(dim=0) if self.kind == "input_norms" else x.T @ x
             self.sums[key] = self.sums[key] + total if key in self.sums else total
 
