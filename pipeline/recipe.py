@@ -50,9 +50,6 @@ class Recipe(StrictSection):
             if block.batch_windows > self.calibration.num_samples:
                 raise ValueError(f"prune.block.batch_windows {block.batch_windows} exceeds calibration.num_samples "
                                  f"{self.calibration.num_samples}: lower it or calibrate on more windows")
-            if block.tokens is not None and block.tokens > self.calibration.seq_len:
-                raise ValueError(f"prune.block.tokens {block.tokens} exceeds calibration.seq_len "
-                                 f"{self.calibration.seq_len}: lower it or set it to null (whole windows)")
         bench = self.benchmark
         if bench.enabled:
             if not self.export.enabled:

@@ -31,7 +31,9 @@ def test_obs_with_sparsegpts_own_mask_reproduces_sparsegpts_weights(pattern):
     updated = w.clone()
     held = obs_update(updated, inverse_hessian_factor(gram.clone(), 0.01), keep, block_size=16)
     assert torch.equal(held, keep)
-    assert torch.equal(updated, sparsegpt)
+    assert torch.equal(updated != 0, sparsegpt != 0)
+    # the same arithmetic in another order (obs_update's docstring): equal up to float rounding
+    assert torch.allclose(updated, sparsegpt, rtol=1e-5, atol=1e-5 * sparsegpt.abs().max().item())
 
 
 @pytest.mark.parametrize("pattern", ["0.5", "2:4", "0.7"])

@@ -63,11 +63,11 @@ class BlockOptions(MethodOptions):
     """reconstruct: block — each decoder layer trained (Adam, the mask fixed) to reproduce the dense layer's outputs
     on the calibration inputs that reach it through the already-pruned layers below."""
 
-    steps: int = Field(32, gt=0, description="optimizer steps per decoder layer")
+    steps: int = Field(16, gt=0, description="optimizer steps per decoder layer")
     batch_windows: int = Field(2, gt=0, description="calibration windows per step (cycled in a seeded order)")
-    tokens: Optional[int] = Field(None, gt=1, description="train on the first tokens of each window only (exact "
-                                                          "targets: the layer is causal); null: the whole window")
-    lr: float = Field(5e-5, gt=0, description="Adam learning rate")
+    tokens: Optional[int] = Field(256, gt=1, description="train on at most the first tokens of each window (exact "
+                                                         "targets: the layer is causal); null: the whole window")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate")
     train: list[Literal["pruned", "dense", "norms", "biases"]] = Field(
         default_factory=lambda: ["pruned", "norms"], min_length=1,
         description="what is trained: pruned (the kept weights of the pruned projections), dense (the layer's "
