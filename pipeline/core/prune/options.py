@@ -67,7 +67,8 @@ class BlockOptions(MethodOptions):
     batch_windows: int = Field(2, gt=0, description="calibration windows per step (cycled in a seeded order)")
     tokens: Optional[int] = Field(256, gt=1, description="train on at most the first tokens of each window (exact "
                                                          "targets: the layer is causal); null: the whole window")
-    lr: float = Field(1e-4, gt=0, description="Adam learning rate")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate (1e-3 beat 1e-4 on the embedded model: "
+                                              "benchmarks/results/block_tuning_embedded.json)")
     train: list[Literal["pruned", "dense", "norms", "biases"]] = Field(
         default_factory=lambda: ["pruned", "norms"], min_length=1,
         description="what is trained: pruned (the kept weights of the pruned projections), dense (the layer's "
