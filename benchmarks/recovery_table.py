@@ -114,7 +114,7 @@ def render(rows: list[dict], command: str | None, cpu: str) -> str:
                           f"x{math.exp(2 * max(noise)):.3f} at two standard errors); the evaluation is deterministic, "
                           "so the same run twice gives the same figure."]
         lines.append("")
-    lines += ["## Targets (the issue's, for a DaSS-family configuration)", "",
+    lines += ["## Targets (asked of a DaSS-family configuration)", "",
               "| pattern | target | best DaSS-family configuration | its change | best of any method | its change |",
               "|---|---|---|---|---|---|"]
     main = texts[0] if texts else None
