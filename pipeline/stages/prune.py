@@ -66,7 +66,7 @@ def estimate(shapes: Shapes, recipe) -> tuple[int, int]:
     elif "obs" in recipe.prune.reconstruct:
         # every distinct input's X^T X at once, the largest factorised first (about five copies of it at the peak).
         # Qwen2.5-Coder-1.5B (float32, 16 x 512 tokens): 10.0 GiB estimated, 11.9 GiB peak RSS measured
-        size = 4 if recipe.prune.obs.precision == "float32" else 8
+        size = recipe.prune.obs.value_bytes
         grams = (max(shapes.hidden, shapes.intermediate) ** 2 + 2 * shapes.hidden ** 2) * size
         work = layer * 3 + grams + 5 * max(shapes.hidden, shapes.intermediate) ** 2 * size
     else:

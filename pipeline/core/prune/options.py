@@ -55,8 +55,10 @@ class ObsOptions(MethodOptions):
                                                      "factor (float32, as SparseGPT's reference; float64 is about 2x "
                                                      "slower)")
 
-
-BLOCK_PARAMETERS = ("pruned", "dense", "norms", "biases")
+    @property
+    def value_bytes(self) -> int:
+        """Bytes of one entry of X^T X and its factor (for memory estimates)."""
+        return 4 if self.precision == "float32" else 8
 
 
 class BlockOptions(MethodOptions):
