@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 from pathlib import Path
 
+from benchmarks.runner import cpu_name
 from pipeline.common.outputs import figure_png, write_bytes_atomic, write_json_atomic, write_text_atomic
 from pipeline.core.evaluate import paired_change
 
@@ -163,16 +163,6 @@ def plot(rows: list[dict]) -> bytes:
     ax.set_title("Qwen2.5-Coder-1.5B: pruning with and without reconstruction")
     ax.legend(fontsize=7)
     return figure_png(fig)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,31 +102,21 @@ def _flipped_factor(h: torch.Tensor) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def sparsegpt_prune(weight: torch.Tensor, factor: Factor, sparsity: SparsitySpec | None, block_size: int = 128,
-                    keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Prune ``weight`` ([out, in], float32) in place with SparseGPT; returns the keep-mask.
-
-    ``keep``: a prescribed keep-mask (any method's): the same OBS sweep then zeroes exactly the weights ``keep``
-    drops and spreads their error over the columns not yet treated, choosing nothing itself (``sparsity`` unused).
-    A weight outside ``keep`` is exactly zero afterwards and the mask returned is ``keep`` itself: weights reading
-    an input that never fires stay as they are (choosing its own mask, SparseGPT zeroes them)."""
-    if keep is None and sparsity is None:
-        raise ValueError("sparsegpt_prune needs a sparsity or a keep-mask")
+def sparsegpt_prune(weight: torch.Tensor, factor: Factor, sparsity: SparsitySpec, block_size: int = 128) -> torch.Tensor:
+    """Prune ``weight`` ([out, in], float32) in place with SparseGPT; returns the keep-mask."""
     w = weight.data
-    dead = factor.dead.to(w.device) if keep is None else torch.zeros(w.shape[1], dtype=torch.bool, device=w.device)
+    dead = factor.dead.to(w.device)
     w[:, dead] = 0.0
     hinv = factor.upper.to(w.device)
     rows, cols = w.shape
-    kept = torch.ones_like(w, dtype=torch.bool)
+    keep = torch.ones_like(w, dtype=torch.bool)
     for start in range(0, cols, block_size):
         end = min(start + block_size, cols)
         w1 = w[:, start:end].clone()
         err = torch.zeros_like(w1)
         h1 = hinv[start:end, start:end]
         d = torch.diagonal(h1)
-        if keep is not None:
-            pruned = ~keep[:, start:end].to(w.device)
-        elif sparsity.is_nm:
+        if sparsity.is_nm:
             pruned = torch.zeros_like(w1, dtype=torch.bool)
         else:
             score = w1.pow(2) / d.pow(2).unsqueeze(0)
@@ -136,7 +126,7 @@ def sparsegpt_prune(weight: torch.Tensor, factor: Factor, sparsity: SparsitySpec
                 pruned[torch.topk(score.flatten(), k, largest=False).indices] = True
             pruned = pruned.view_as(score)
         for i in range(end - start):
-            if keep is None and sparsity.is_nm and i % sparsity.m == 0:
+            if sparsity.is_nm and i % sparsity.m == 0:
                 group = w1[:, i:i + sparsity.m].pow(2) / d[i:i + sparsity.m].pow(2).unsqueeze(0)
                 drop = torch.topk(group, sparsity.m - sparsity.n, dim=1, largest=False).indices
                 pruned.scatter_(1, i + drop, True)
@@ -148,10 +138,10 @@ def sparsegpt_prune(weight: torch.Tensor, factor: Factor, sparsity: SparsitySpec
             err[:, i] = e
         w[:, start:end] = w1
         w[:, end:] -= err @ hinv[start:end, end:]
-        kept[:, start:end] = ~pruned
-    kept[:, dead] = False
-    w.mul_(kept)
-    return kept
+        keep[:, start:end] = ~pruned
+    keep[:, dead] = False
+    w.mul_(keep)
+    return keep
 
 
 @torch.no_grad()
@@ -159,7 +149,7 @@ def obs_update(weight: torch.Tensor, factor: Factor, keep: torch.Tensor, block_s
     """The OBS update of the weights ``keep`` holds, the mask fixed (SparseGPT's reconstruction with a prescribed
     mask): ``weight`` is rewritten in place; returns ``keep``.
 
-    The same arithmetic as :func:`sparsegpt_prune` with ``keep`` given, ordered for speed: the mask being known,
+    SparseGPT's sweep (:func:`sparsegpt_prune`) with the mask prescribed, ordered for speed: the mask being known,
     a column needs only the errors of the columns before it in its block, so each column is one matrix-vector
     product (``w_i - E_{<i} h_{<i,i}``) instead of a rank-one update of every column after it; blocks still pass
     their errors on as one product. Equal to it up to float rounding (tests/test_reconstruct.py)."""
