@@ -73,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--wait", action="store_true", help="wait for a run that holds a folder instead of refusing")
     _add_override_arguments(sweep)
     validate = sub.add_parser("validate", help="check a recipe and print it with defaults filled in",
-                              description="Check a recipe (schema, values) and print it with every default filled in.")
+                              description="Check a recipe (schema, values) and print it with every default filled in. Where "
+                                          "the model's config.json is on this machine, RAM and disk are checked as "
+                                          "the run's preflight checks them (no weights load).")
     validate.add_argument("recipe", help="path of a YAML recipe")
     _add_override_arguments(validate)
     gen = sub.add_parser("generate", help="generate text from an exported artifact",
@@ -270,7 +272,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             import yaml
 
+            from pipeline.resources import check_resources, local_config
+            from pipeline.resume import applicable
+
+            config, origin = local_config(recipe.model)
+            resources = f"not checked: {origin}"
+            if config is not None:  # RAM and disk as the run's preflight will check them, before anything loads
+                estimates = check_resources(config, recipe, applicable(recipe), recipe.run_dir(), quiet=True)
+                stage, peak = max(estimates.items(), key=lambda item: item[1]["ram_gib"])
+                resources = f"peak RAM about {peak['ram_gib']:.1f} GiB (stage {stage}), fits; from {origin}"
             print(f"recipe {args.recipe} is valid")
+            print(f"# resources: {resources}")
             print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")
             sys.stdout.flush()  # here, where a reader that left is caught, not at exit
             return 0

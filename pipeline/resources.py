@@ -79,10 +79,11 @@ def _count(params: int) -> str:
     return f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M"
 
 
-def check_resources(config, recipe, stages: list, run_dir: Path) -> dict:
+def check_resources(config, recipe, stages: list, run_dir: Path, quiet: bool = False) -> dict:
     """Raise PipelineError naming the stage and the numbers when RAM or disk will not do; return the estimates.
 
-    ``stages``: the Stage objects that will run; each estimates its own (peak RAM, disk written).
+    ``stages``: the Stage objects that will run; each estimates its own (peak RAM, disk written). ``quiet``: the
+    estimate goes to the log file only (``pipeline validate`` prints it with the recipe).
     """
     shapes = Shapes.from_config(config)
     estimates = {stage.name: stage.estimate(shapes, recipe) for stage in stages}
@@ -90,7 +91,7 @@ def check_resources(config, recipe, stages: list, run_dir: Path) -> dict:
         return {}
     available = psutil.virtual_memory().available
     stage, (ram, _) = max(estimates.items(), key=lambda item: item[1][0])
-    log.info("preflight: %s parameters; peak RAM about %.1f GiB (stage %s), %.1f GiB available",
+    (log.debug if quiet else log.info)("preflight: %s parameters; peak RAM about %.1f GiB (stage %s), %.1f GiB available",
              _count(shapes.params), ram / GiB, stage, available / GiB)
     if ram > available:
         raise PipelineError(
@@ -106,6 +107,40 @@ def check_resources(config, recipe, stages: list, run_dir: Path) -> dict:
             f"but {free / GiB:.1f} GiB is free there",
             "free some space, set output_dir on a larger disk, or pass --skip-preflight")
     return {s: {"ram_gib": r / GiB, "disk_gib": d / GiB} for s, (r, d) in estimates.items()}
+
+
+def local_config(model) -> tuple[object | None, str]:
+    """The source's config.json as attributes, read without the network and without torch (``pipeline validate``):
+    (config, where) or (None, why not). A GGUF-only source or a hub model that is not in the local cache has none."""
+    import importlib.util
+    import json
+    from types import SimpleNamespace
+
+    from pipeline.core import model_store
+
+    source = model.source
+    if source.startswith(model_store.SCHEME):
+        try:
+            folder = model_store.fetched_folder(source[len(model_store.SCHEME):])
+        except PipelineError as exc:
+            return None, exc.problem
+    elif source.startswith("package:"):
+        spec = importlib.util.find_spec(source.split(":", 1)[1])
+        folder = spec.submodule_search_locations[0] if spec and spec.submodule_search_locations else None
+    elif Path(source).expanduser().exists():
+        folder = Path(source).expanduser()
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json", revision=model.revision)
+        folder = Path(cached).parent if isinstance(cached, str) else None
+    path = Path(folder) / "config.json" if folder is not None else None
+    if path is None or not path.is_file():
+        return None, f"no config.json of {source} on this machine (a hub model not downloaded yet, or GGUF only)"
+    data = json.loads(path.read_text())
+    if "hidden_size" not in data and isinstance(data.get("text_config"), dict):
+        data = {**data, **data["text_config"]}  # a multimodal checkpoint: the language model's shapes
+    return SimpleNamespace(**data), str(path)
 
 
 def engine_memory(artifact: Path, engine: str, manifest: dict) -> int:

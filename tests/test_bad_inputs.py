@@ -274,3 +274,22 @@ def test_a_folder_without_weights_or_tokenizer_is_named(tmp_path):
     for load in (lambda: load_model(str(folder), dtype="float32"), lambda: load_tokenizer(str(folder))):
         with pytest.raises(PipelineError, match="has no tokenizer .* fix: copy the tokenizer files"):
             load()
+
+
+def test_validate_refuses_reconstruction_settings_that_cannot_fit_this_machine(workspace, tmp_path):
+    """``pipeline validate`` reads config.json alone (the folder has no weights) and refuses, in one line, an obs
+    reconstruction whose X^T X of a 400k-feature down_proj input (640 GB in float32) no machine here holds."""
+    folder = tmp_path / "huge-mlp"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 400_000,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 96}))
+    path = write_recipe(workspace, "too-big-obs", model__source=str(folder), prune__reconstruct="obs",
+                        prune__sparsity=0.5, prune__scope="mlp")
+    proc = run_cli("validate", str(path), cwd=workspace, log_dir=tmp_path / "logs")
+    line = assert_one_clear_line(proc, "stage prune needs about", tmp_path / "logs")
+    assert "GiB is available" in line and "lower calibration.num_samples" in line
+    fits = write_recipe(workspace, "fits", prune__reconstruct="obs", prune__sparsity=0.5)
+    proc = run_cli("validate", str(fits), cwd=workspace, log_dir=tmp_path / "logs-fits")
+    assert proc.returncode == 0, proc.stderr
+    assert "# resources: peak RAM about" in proc.stdout and "config.json" in proc.stdout

@@ -125,6 +125,7 @@ def reconstruct_record(p, blocks: dict[str, dict]) -> dict | None:
     if "block" in p.reconstruct:
         record["block"] = p.block.model_dump()
         record["block_layers"] = blocks
+        record["block_seconds"] = sum(b.get("seconds", 0.0) for b in blocks.values())  # of the prune stage's time
     return record
 
 

@@ -24,17 +24,25 @@ RECONSTRUCT_MODES = ("none", "obs", "block", "obs+block")
 
 class _DenseView:
     """The loop's layer handle as the wrapped method sees it: the method's own passes never let the layer's
-    outputs move on (one-shot), since the OBS statistics still need the dense layer's inputs after them."""
+    outputs move on (one-shot), since the OBS statistics still need the dense layer's inputs after them.
 
-    def __init__(self, step: LayerPass, statistic: str | None):
-        self._step, self._statistic = step, statistic
+    ``grams``: the ``X^T X`` already gathered from the dense layer, by role. Their diagonals are the sums of squared
+    inputs per feature, so a method asking for ``input_norms`` of those inputs gets them without a pass of its own
+    (one forward pass of every calibration window through the layer saved)."""
+
+    def __init__(self, step: LayerPass, statistic: str | None, grams: dict[str, torch.Tensor]):
+        self._step, self._statistic, self._grams = step, statistic, grams
         self.layer, self.projections, self.has_data = step.layer, step.projections, step.has_data
 
     def groups(self, projections: list[Projection]) -> list[list[Projection]]:
         return self._step.groups(projections)
 
     def collect(self, groups, last: bool = False, kind=None):
-        return self._step.collect(groups, last=False, kind=kind or self._statistic)
+        kind = kind or self._statistic
+        roles = [p.role for g in groups for p in g]
+        if kind == "input_norms" and all(r in self._grams for r in roles):
+            return {r: torch.diagonal(self._grams[r]).to(torch.float64) for r in roles}
+        return self._step.collect(groups, last=False, kind=kind)
 
     def dense_done(self) -> None:
         pass
@@ -61,11 +69,12 @@ class WithObsUpdate(PruningMethod):
         if isinstance(self.inner, SparseGPT):  # its own weight update is this one: the same weights
             yield from self.inner.prune_layer(step, plan, spec, prefix)
             return
-        masks = {p.proj.name: p.mask for p in self.inner.prune_layer(_DenseView(step, self.inner.statistic), plan, spec, prefix)}
-        rewritten: dict[str, Pruned] = {}
         groups = sorted(step.groups(plan), key=lambda g: -step.layer.get_submodule(g[0].path).in_features)
         kind = "input_gram" if self.options.precision == "float64" else "input_gram_float32"
         grams = step.collect(groups, kind=kind)  # one pass for every distinct input
+        view = _DenseView(step, self.inner.statistic, grams)
+        masks = {p.proj.name: p.mask for p in self.inner.prune_layer(view, plan, spec, prefix)}
+        rewritten: dict[str, Pruned] = {}
         for group in groups:
             gram = grams.pop(group[0].role)
             for proj in group:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 from pipeline.core.models import Projection, decoder_layers, layer_projections
 from pipeline.core.prune.base import PruningMethod
 from pipeline.core.prune.block_reconstruct import reconstruct_block
+from pipeline.core.prune.linalg import GramSum
 from pipeline.core.prune.options import BlockOptions, ObsOptions
 from pipeline.core.prune.reconstruct import with_reconstruction
 from pipeline.core.prune.sparsity import SparsitySpec
@@ -149,7 +151,8 @@ class InputStats:
     """Forward hooks that accumulate, over all tokens, one statistic per distinct input (in float64):
 
     - ``"input_norms"``: the sum of squared inputs per feature, ``[in_features]`` (Wanda, DaSS);
-    - ``"input_gram"``: ``X^T X``, ``[in_features, in_features]`` (SparseGPT's Hessian);
+    - ``"input_gram"``: ``X^T X``, ``[in_features, in_features]`` (SparseGPT's Hessian), summed by
+      :class:`pipeline.core.prune.linalg.GramSum` (one triangle, in place);
     - ``"input_gram_float32"``: the same in float32, as SparseGPT's reference accumulates it (the reconstruction's
       ``obs.precision: float32``): a float64 product of 8960 features over 8192 tokens takes half a minute on 2 cores.
 
@@ -167,8 +170,11 @@ class InputStats:
         def hook(module, args, output):
             dtype = torch.float32 if self.kind == "input_gram_float32" else torch.float64
             x = args[0].detach().reshape(-1, args[0].shape[-1]).to(dtype)
-            total = x.pow(2).sum(dim=0) if self.kind == "input_norms" else x.T @ x
-            self.sums[key] = self.sums[key] + total if key in self.sums else total
+            if self.kind == "input_norms":
+                total = x.pow(2).sum(dim=0)
+                self.sums[key] = self.sums[key] + total if key in self.sums else total
+            else:
+                self.sums.setdefault(key, GramSum()).add(x)
 
         return hook
 
@@ -177,7 +183,8 @@ class InputStats:
             h.remove()
 
     def stats(self) -> dict[str, torch.Tensor]:
-        return {p.role: self.sums[g[0].role] for g in self.groups for p in g if g[0].role in self.sums}
+        sums = {k: v.value() if isinstance(v, GramSum) else v for k, v in self.sums.items()}
+        return {p.role: sums[g[0].role] for g in self.groups for p in g if g[0].role in sums}
 
 
 class _LayerStep:
@@ -311,7 +318,9 @@ def prune_model(
 
         step = _LayerStep(layer, inputs, layer_kwargs if inputs is not None else {}, compute, method.statistic,
                           one_shot=not sequential)
+        started = time.perf_counter()
         targets = step.outputs() if train_blocks and plan[index] else None  # the dense layer's outputs
+        target_seconds = time.perf_counter() - started
         masks: dict[str, torch.Tensor] = {}
         for pruned in method.prune_layer(step, plan[index], spec, f"layers.{index}"):
             weight = pruned.proj.weight(layer)
@@ -326,9 +335,11 @@ def prune_model(
             del pruned
         step.dense_done()
         if targets is not None:
+            started = time.perf_counter()
             fit = reconstruct_block(layer, masks, inputs.hidden, targets, layer_kwargs, block or BlockOptions(),
                                     compute, desc=f"block layers.{index}", progress=progress)
-            result.blocks[f"layers.{index}"] = {"error_before": fit.loss_before, "error_after": fit.loss_after}
+            result.blocks[f"layers.{index}"] = {"error_before": fit.loss_before, "error_after": fit.loss_after,
+                                                "seconds": target_seconds + time.perf_counter() - started}
             del targets, masks
         if inputs is not None and sequential:
             step.forward(update=True)  # pruned outputs feed the next layer

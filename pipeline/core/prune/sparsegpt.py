@@ -28,6 +28,7 @@ import torch
 
 from pipeline.common.errors import PipelineError
 from pipeline.core.prune.base import ReconstructingMethod
+from pipeline.core.prune.linalg import lower_triangular_inverse
 from pipeline.core.prune.options import SparseGPTOptions
 from pipeline.core.prune.sparsity import Axis, SparsitySpec
 
@@ -95,10 +96,7 @@ def _flipped_factor(h: torch.Tensor) -> torch.Tensor | None:
     chol, info = torch.linalg.cholesky_ex(h.flip(0, 1))
     if info != 0 or not torch.isfinite(torch.diagonal(chol)).all():
         return None
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    inverse = torch.linalg.solve_triangular(chol, eye, upper=False)
-    del chol, eye
-    return inverse.flip(0, 1)
+    return lower_triangular_inverse(chol).flip(0, 1)
 
 
 @torch.no_grad()
