@@ -264,3 +264,24 @@ def test_task_data_comes_from_the_data_dir_offline(tmp_path, dense):
     assert result["hub_choices"]["items"] == 6
     with pytest.raises(PipelineError, match="hub_choices: its data is not available offline"):
         check_task_data(manager, ["hub_choices"], offline=True, data_dir=str(tmp_path / "empty-cache"))
+
+
+def test_the_code_task_is_built_from_held_out_standard_library_code():
+    from pipeline.core.data import stdlib_files
+    from pipeline.core.tasks import stdlib_lines
+
+    items = stdlib_lines.items()
+    assert len(items) == stdlib_lines.MAX_ITEMS  # a standard error near 0.015, small enough to tell methods apart
+    held_out = "\n\n".join(stdlib_lines.held_out_files())
+    files = stdlib_files()
+    first_half = "\n\n".join(files)[: len("\n\n".join(files)) // 2]
+    for d in items:
+        assert len(d["endings"]) == 4 and len(set(d["endings"])) == 4
+        line = d["context"] + d["endings"][d["label"]]
+        assert line in held_out and line not in first_half
+        last = line.splitlines()[-1].strip()
+        assert not last.startswith(("#", '"', "'")), "code, not a comment or a docstring"
+        lengths = [len(e) for e in d["endings"]]
+        assert max(lengths) <= 1.5 * min(lengths), "the length of an ending gives nothing away"
+    labels = [d["label"] for d in items]
+    assert min(labels.count(k) for k in range(4)) > len(items) / 5

@@ -27,7 +27,7 @@ from pipeline.common.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-#: the project's own lm-eval tasks (always on the include path): pydoc_endings
+#: the project's own lm-eval tasks (always on the include path): pydoc_endings, stdlib_lines
 TASKS_DIR = Path(__file__).with_name("tasks")
 #: the metrics kept from lm-eval's results, each with its ``_stderr``
 METRICS = ("acc", "acc_norm")

@@ -58,8 +58,8 @@ def embedded_text() -> str:
 STDLIB_CHARACTERS = 1_000_000
 
 
-def stdlib_text(limit: int = STDLIB_CHARACTERS) -> str:
-    """The running Python's standard-library modules (top-level ``*.py`` files, name order) joined, up to ``limit``
+def stdlib_files(limit: int = STDLIB_CHARACTERS) -> list[str]:
+    """The running Python's standard-library modules (top-level ``*.py`` files, name order), up to ``limit``
     characters (whole files only)."""
     import sysconfig
 
@@ -73,7 +73,12 @@ def stdlib_text(limit: int = STDLIB_CHARACTERS) -> str:
     if not parts:
         raise PipelineError("the standard library's source was not found next to this Python",
                             "use another evaluation text (embedded, file)")
-    return "\n\n".join(parts)
+    return parts
+
+
+def stdlib_text(limit: int = STDLIB_CHARACTERS) -> str:
+    """:func:`stdlib_files` joined."""
+    return "\n\n".join(stdlib_files(limit))
 
 
 def _hub_texts(repo: str, files: dict, part: Part, local: str | None) -> list[str]:
