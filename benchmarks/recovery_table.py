@@ -53,7 +53,9 @@ def run_row(run: Path) -> dict | None:
     prune_cost = (summary.get("resources") or {}).get("prune") or {}
     return {"run": str(run), "method": summary["method"], "sparsity": summary["sparsity"], "scope": summary["scope"],
             "allocation": (summary.get("allocation") or {}).get("scheme", "uniform"),
+            "calibration": (summary.get("calibration") or {}).get("dataset", "embedded"),
             "reconstruct": record.get("mode", "none"), "block": record.get("block"),
+            "block_seconds": record.get("block_seconds"),
             "sparsity_achieved": (summary.get("sparsity_achieved") or {}).get("overall"),
             "prune_seconds": summary.get("prune_seconds"),
             "prune_peak_rss_gib": (prune_cost["peak_rss_bytes"] / 2**30) if prune_cost.get("peak_rss_bytes") else None,
@@ -77,7 +79,8 @@ def pattern(row: dict) -> str:
 
 
 def config(row: dict) -> str:
-    return row["method"] + ("" if row["reconstruct"] == "none" else f" + {row['reconstruct']}")
+    calibration = "" if row.get("calibration", "embedded") == "embedded" else f", calibrated on {row['calibration']}"
+    return row["method"] + ("" if row["reconstruct"] == "none" else f" + {row['reconstruct']}") + calibration
 
 
 def _cell(entry: dict | None) -> str:
@@ -86,7 +89,9 @@ def _cell(entry: dict | None) -> str:
     return f"{entry['pruned']:.3f} ({(entry['ratio'] - 1) * 100:+.0f}%)"
 
 
-def render(rows: list[dict], command: str | None, cpu: str) -> str:
+def render(rows: list[dict], command: str | None, cpu: str, notes: dict[str, str] | None = None) -> str:
+    """``notes``: a word on the cost of the runs under a folder (by the folder's name), e.g. where it ran."""
+    notes = notes or {}
     texts = list(dict.fromkeys(t for r in rows for t in r["texts"]))
     patterns = list(dict.fromkeys(pattern(r) for r in sorted(rows, key=lambda r: (r["scope"], r["sparsity"]))))
     configs = list(dict.fromkeys(config(r) for r in rows))
@@ -131,10 +136,13 @@ def render(rows: list[dict], command: str | None, cpu: str) -> str:
                         if best_family else "not run | ")
                      + " | " + (f"{config(best_any)} | {(best_any['texts'][main]['ratio'] - 1) * 100:+.1f}%"
                                 if best_any else "not run | ") + " |")
-    lines += ["", "## Cost of pruning", "", "| run | pattern | prune s | prune peak RSS GiB |", "|---|---|---|---|"]
+    lines += ["", "## Cost of pruning", "",
+              "| run | pattern | prune s | of which block s | prune peak RSS GiB | note |", "|---|---|---|---|---|---|"]
     for r in rows:
         rss = f"{r['prune_peak_rss_gib']:.2f}" if r["prune_peak_rss_gib"] else "–"
-        lines.append(f"| {config(r)} | {pattern(r)} | {r['prune_seconds']:.0f} | {rss} |")
+        block = f"{r['block_seconds']:.0f}" if r.get("block_seconds") is not None else "–"
+        note = next((text for folder, text in notes.items() if folder in Path(r["run"]).parts), "")
+        lines.append(f"| {config(r)} | {pattern(r)} | {r['prune_seconds']:.0f} | {block} | {rss} | {note} |")
     return "\n".join(lines) + "\n\n![perplexity change by configuration](recovery.png)\n"
 
 
@@ -170,14 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--command", help="the commands that made the runs, printed at the top")
+    parser.add_argument("--note", action="append", default=[], metavar="FOLDER=TEXT",
+                        help="a word on the cost of the runs in a folder of that name (e.g. another CPU instance)")
     args = parser.parse_args(argv)
+    notes = dict(n.split("=", 1) for n in args.note)
     rows = collect(args.folders)
     if not rows:
         raise SystemExit("no finished run under " + ", ".join(map(str, args.folders)))
     cpu = cpu_name()
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out / "recovery.json", {"cpu": cpu, "command": args.command, "rows": rows})
-    write_text_atomic(args.out / "recovery.md", render(rows, args.command, cpu))
+    write_json_atomic(args.out / "recovery.json", {"cpu": cpu, "command": args.command, "notes": notes, "rows": rows})
+    write_text_atomic(args.out / "recovery.md", render(rows, args.command, cpu, notes))
     write_bytes_atomic(args.out / "recovery.png", plot(rows))
     print((args.out / "recovery.md").read_text())
     return 0

@@ -33,3 +33,15 @@ def test_cells_targets_and_noise(tmp_path):
     assert "| 0.5 MLP | +15% | dass_outlier + obs (uniform) | +10.5% (met)" in text
     assert "| 2:4 MLP | +35% | not run" in text
     assert "## stdlib" in text and "paired standard error" in text and "pipeline sweep ..." in text
+
+
+def test_the_calibration_text_block_time_and_a_cost_note_are_shown(tmp_path):
+    fake_run(tmp_path / "earlier" / "a", "dass_outlier", "0.5", "obs", 0.3)
+    fake_run(tmp_path / "now" / "b", "dass_outlier", "0.5", "obs+block", 0.2)
+    summary = json.loads((tmp_path / "now" / "b" / "summary.json").read_text())
+    summary["reconstruct"]["block_seconds"] = 42.0
+    summary["calibration"] = {"dataset": "stdlib"}
+    (tmp_path / "now" / "b" / "summary.json").write_text(json.dumps(summary))
+    text = render(collect([tmp_path]), None, "Test CPU", {"earlier": "another CPU instance"})
+    assert "| dass_outlier + obs+block, calibrated on stdlib | 0.5 | 100 | 42 | 8.00 |  |" in text
+    assert "| dass_outlier + obs | 0.5 | 100 | – | 8.00 | another CPU instance |" in text
