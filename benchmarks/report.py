@@ -17,7 +17,7 @@ from benchmarks.tradeoff import tradeoff_figure, tradeoff_table, weights_table
 from pipeline.common.outputs import write_text_atomic
 
 
-def _cells_table(results: dict, mode: str) -> list[str]:
+def cells_table(results: dict, mode: str) -> list[str]:
     s = results["summary"]
     arts = {a["key"]: a for a in results["artifacts"]}
     speed = {(x["artifact"], x["engine"], x["mode"], x["vs"]): x for x in s["speedups"]}
@@ -178,7 +178,7 @@ def render(results: dict, command: str | None = None) -> str:
     for block in (tradeoff_table(results), weights_table(results), paper_table(results), fit_table(results), _equal_speed(results),
                   llamacpp_table(results), crossover_table(results),
                   openvino_table(results),
-                  *(_cells_table(results, mode) for mode in measured_modes(results))):
+                  *(cells_table(results, mode) for mode in measured_modes(results))):
         if block:
             lines += [""] + block
     lines += ["", "Raw measurements: `results.json`."]

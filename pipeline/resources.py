@@ -79,6 +79,17 @@ def _count(params: int) -> str:
     return f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M"
 
 
+def stage_estimates(shapes: Shapes, recipe, stages: list) -> dict[str, tuple[int, int]]:
+    """{stage: (peak RAM, disk written)} in bytes, each stage's own estimate (pipeline/stages/)."""
+    return {stage.name: stage.estimate(shapes, recipe) for stage in stages}
+
+
+def peak_ram(config, recipe, stages: list) -> int:
+    """The highest of the stages' RAM estimates, in bytes: what one run of them needs at once (they run one after
+    another). A Ray sweep asks each point's node for this much memory (pipeline/sweep_ray.py)."""
+    return max((ram for ram, _ in stage_estimates(Shapes.from_config(config), recipe, stages).values()), default=0)
+
+
 def check_resources(config, recipe, stages: list, run_dir: Path, quiet: bool = False) -> dict:
     """Raise PipelineError naming the stage and the numbers when RAM or disk will not do; return the estimates.
 
@@ -86,7 +97,7 @@ def check_resources(config, recipe, stages: list, run_dir: Path, quiet: bool = F
     estimate goes to the log file only (``pipeline validate`` prints it with the recipe).
     """
     shapes = Shapes.from_config(config)
-    estimates = {stage.name: stage.estimate(shapes, recipe) for stage in stages}
+    estimates = stage_estimates(shapes, recipe, stages)
     if not estimates:
         return {}
     available = psutil.virtual_memory().available

@@ -6,7 +6,8 @@ folder, ``SWEEP/method=dass,sparsity=0.5`` under ``SWEEP = RUN/sweep`` (RUN: the
 ``pipeline run`` on its folder: a finished point is skipped stage by stage, and a stage that is complete in an
 earlier point for the same recipe sections — the dense baseline when only ``prune.*`` varies — is copied from
 there instead of recomputed (pipeline/resume.py:adopt_complete). The sweep holds SWEEP's lock while it runs;
-when every point is done it writes the table (pipeline/sweep_table.py).
+when every point is done it writes the table (pipeline/sweep_table.py). With ``--ray ADDRESS`` the points run as
+tasks of a Ray cluster instead of one after another here (pipeline/sweep_ray.py); the table is the same.
 """
 
 from __future__ import annotations
@@ -72,25 +73,43 @@ def sweep_points(path: str | Path, grid: list[tuple[str, list[str]]], overrides:
     return sweep_dir, points
 
 
-def run_sweep(path: str | Path, grid_items: list[str], overrides: list[str] | None = None,
-              output_dir: str | None = None, progress: bool = True, skip_preflight: bool = False,
-              wait: bool = False) -> dict:
+def run_points_here(points: list[tuple[str, dict, Recipe]], progress: bool = True, skip_preflight: bool = False,
+                    wait: bool = False) -> list[dict]:
+    """The points one after another in this process, each sharing the complete stages of those before it; the first
+    point that fails stops the sweep (its PipelineError propagates). Returns each point's summary."""
     from pipeline.runner import run_recipe
 
+    done, summaries = [], []
+    for number, (name, _, recipe) in enumerate(points, 1):
+        log.info("sweep point %d of %d: %s", number, len(points), name)
+        summaries.append(run_recipe(recipe, progress=progress, skip_preflight=skip_preflight, wait=wait,
+                                    share_from=done))
+        done.append(recipe.run_dir())
+    return summaries
+
+
+def run_sweep(path: str | Path, grid_items: list[str], overrides: list[str] | None = None,
+              output_dir: str | None = None, progress: bool = True, skip_preflight: bool = False,
+              wait: bool = False, run_points=run_points_here) -> dict:
+    """Every point of the grid, then the table. ``run_points(points, progress, skip_preflight, wait)`` runs them and
+    returns, in the points' order, each one's summary or the PipelineError it failed with (here in this process by
+    default; on a Ray cluster: pipeline/sweep_ray.py). Failed points are left out of the table and listed under
+    ``failures`` in the result."""
     overrides = list(overrides or [])
     grid = parse_grid(grid_items, overrides)
     sweep_dir, points = sweep_points(path, grid, overrides, output_dir)
-    rows, done = [], []
     with RunLock(sweep_dir, wait=wait):
-        for number, (name, values, recipe) in enumerate(points, 1):
-            log.info("sweep point %d of %d: %s", number, len(points), name)
-            summary = run_recipe(recipe, progress=progress, skip_preflight=skip_preflight, wait=wait, share_from=done)
-            done.append(recipe.run_dir())
-            rows.append(row(name, values, summary))
+        outcomes = run_points(points, progress=progress, skip_preflight=skip_preflight, wait=wait)
+        rows = [row(name, values, outcome) for (name, values, _), outcome in zip(points, outcomes)
+                if not isinstance(outcome, PipelineError)]
+        failures = [{"point": name, "error": str(outcome)} for (name, _, _), outcome in zip(points, outcomes)
+                    if isinstance(outcome, PipelineError)]
         table = {"recipe": str(path), "overrides": overrides, "grid": {key: values for key, values in grid},
                  "points": rows}
+        if failures:
+            table["failures"] = failures
         written = write_table(table, sweep_dir)
-    return {"sweep_dir": str(sweep_dir), "table": table, "written": [str(p) for p in written]}
+    return {"sweep_dir": str(sweep_dir), "table": table, "written": [str(p) for p in written], "failures": failures}
 
 
 def row(name: str, values: dict, summary: dict) -> dict:

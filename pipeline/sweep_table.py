@@ -42,6 +42,9 @@ def render_markdown(table: dict) -> str:
         lines.append(f"| {r['point']} | {r['method']} | {r['sparsity']} | {_number(r['sparsity_achieved'], 4)} | "
                      f"{_number(r['perplexity_dense'])} | {_number(r['perplexity'])} |{cells} "
                      f"{_number(r.get('prune_seconds'), 0)} | {stages} | {r['run_dir']} |")
+    failures = table.get("failures") or []  # a Ray sweep runs every point; those that failed are listed here
+    if failures:
+        lines += [""] + [f"- failed: {f['point']}: {f['error']}" for f in failures]
     noise = [r["noise"] for r in rows if r.get("noise") is not None]
     if noise:
         lines += ["", f"noise: the standard error of a point's mean loss over its windows is {min(noise):.4f} to "

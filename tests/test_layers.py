@@ -67,7 +67,7 @@ def test_the_layer_check_sees_a_back_import_inside_a_function(tmp_path, monkeypa
     assert found == ["pipeline/core/_planted_for_test.py:2 (pipeline.core) imports pipeline.stages (pipeline)"]
 
 
-HEAVY = ("torch", "onnx", "onnxruntime", "transformers", "deepsparse", "optimum", "numpy")
+HEAVY = ("torch", "onnx", "onnxruntime", "transformers", "deepsparse", "optimum", "numpy", "ray")
 PROBE = """
 import sys
 from pipeline.cli import main
@@ -96,7 +96,9 @@ def test_the_light_validate_check_sees_a_heavy_import():
     assert "torch" in heavy_modules_after_validate("recipes/llama2-7b-70pct.yaml", "import pipeline.core.prune.masks")
 
 
-@pytest.mark.parametrize("module", ["pipeline.stages", "pipeline.recipe", "benchmarks.settings", "export.schemes"])
+# the Ray executors import Ray inside their functions only, when --ray is given (pipeline/ray_cluster.py)
+@pytest.mark.parametrize("module", ["pipeline.stages", "pipeline.recipe", "benchmarks.settings", "export.schemes",
+                                    "pipeline.sweep_ray", "pipeline.benchmark_ray", "benchmarks.cpu_kinds"])
 def test_recipe_side_modules_are_light(module):
     code = f"import sys, {module}; print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
