@@ -6,14 +6,18 @@
 # llama.cpp runner is exercised; the embedded-default run does not need it.
 # --with-openvino: also OpenVINO (the openvino / openvino-sparse engines; a 60 MB binary wheel, no build). The test
 # command uses it too.
+# --with-ray: also Ray (pipeline sweep --ray, pipeline benchmark --ray --every-cpu-kind: each node of the cluster
+# needs it; a binary wheel, no build). The test command uses it too, so that the local-cluster tests run.
 set -euo pipefail
 WITH_LLAMACPP=0
 WITH_OPENVINO=0
+WITH_RAY=0
 for arg in "$@"; do
   case "$arg" in
     --with-llamacpp) WITH_LLAMACPP=1 ;;
     --with-openvino) WITH_OPENVINO=1 ;;
-    *) echo "install.sh: unknown option $arg (known: --with-llamacpp, --with-openvino)" >&2; exit 2 ;;
+    --with-ray) WITH_RAY=1 ;;
+    *) echo "install.sh: unknown option $arg (known: --with-llamacpp, --with-openvino, --with-ray)" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")"
@@ -33,4 +37,9 @@ if [ "$WITH_LLAMACPP" = 1 ]; then
 fi
 if [ "$WITH_OPENVINO" = 1 ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check openvino==2026.4.1 openvino-telemetry==2025.2.0
+fi
+if [ "$WITH_RAY" = 1 ]; then
+  # with the versions of its dependencies that the pinned set lacks, as resolved beside it (it changes none of its pins)
+  .venv/bin/python -m pip install -q --disable-pip-version-check ray==2.58.0 jsonschema==4.26.0 \
+    jsonschema-specifications==2025.9.1 msgpack==1.2.4 referencing==0.37.0 rpds-py==2026.9.1
 fi
