@@ -161,3 +161,24 @@ def test_the_flipped_factor_is_sparsegpts_factor(precision, tolerance):
     flipped = inverse_hessian_factor(gram.clone(), 0.01, precision=precision, flipped=True).upper
     assert torch.equal(flipped, flipped.triu())
     assert ((flipped - classic).abs().max() / classic.abs().max()).item() < tolerance
+
+
+def test_block_training_that_raises_the_error_is_discarded():
+    model = tiny_model("llama", seed=3)
+    ids = calibration_ids(n=4, seq_len=32)
+    layer = decoder_layers(model)[0]
+    inputs = capture_layer_inputs(model, ids, progress=False)
+    with torch.no_grad():
+        outputs = [layer(inputs.hidden[s : s + 1], **inputs.kwargs) for s in range(4)]
+    targets = torch.cat([out[0] if isinstance(out, tuple) else out for out in outputs])
+    masks = {}
+    for proj in layer_projections(layer):
+        weight = proj.weight(layer)
+        masks[proj.path] = select_mask(weight.abs(), SparsitySpec(fraction=0.5), "row")
+        weight.data.mul_(masks[proj.path])
+    masked = copy.deepcopy(layer.state_dict())
+    fit = reconstruct_block(layer, masks, inputs.hidden, targets, inputs.kwargs,
+                            BlockOptions(steps=4, lr=10.0, batch_windows=2), torch.device("cpu"), progress=False)
+    assert fit.trained_error is not None and fit.trained_error > fit.loss_before
+    assert fit.loss_after == fit.loss_before
+    assert all(torch.equal(v, layer.state_dict()[k]) for k, v in masked.items()), "the layer is as it was"

@@ -3,7 +3,8 @@
 inputs that reach it through the already-pruned layers below; the mask is fixed.
 
 A pruned weight is zero before, during and after: its gradient is masked before every step and the weight is
-masked again after it (Adam's moments could move it otherwise). The loss is the mean squared error over every
+masked again after it (Adam's moments could move it otherwise). Training never leaves a layer worse than it found
+it: where the error on the calibration windows rose, the trained weights are discarded (with a warning). The loss is the mean squared error over every
 token and feature, divided by the mean square of the dense outputs' change to their input (the layer's own
 contribution), so one learning rate suits layers whose residual stream differs in scale.
 """
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class BlockResult:
     loss_before: float  # relative error of the masked layer on the training windows, before any step
-    loss_after: float  # the same after the last step
+    loss_after: float  # the same after the last step (or, where training made it worse, the same as before)
+    trained_error: float | None = None  # where training made it worse: the error it reached (its weights discarded)
 
 
 def _output(out) -> torch.Tensor:
@@ -67,7 +69,21 @@ def reconstruct_block(layer: nn.Module, masks: dict[str, torch.Tensor], inputs: 
     """Train ``layer`` (float32 on ``compute``, masks already applied) so that ``layer(inputs[s]) ~ targets[s]``.
 
     ``inputs``, ``targets``: ``[windows, seq_len, hidden]`` on the CPU (any float dtype); ``kwargs``: the layer's
-    keyword arguments for one full window (cut to ``options.tokens`` where set)."""
+    keyword arguments for one full window (cut to ``options.tokens`` where set). Where training raised the error,
+    it is redone from the same start at a third of the learning rate, ``options.retries`` times at most."""
+    result = _train(layer, masks, inputs, targets, kwargs, options, compute, desc, progress)
+    lr = options.lr
+    for _ in range(options.retries):
+        if result.trained_error is None:
+            break
+        lr /= 3
+        result = _train(layer, masks, inputs, targets, kwargs, options.model_copy(update={"lr": lr}), compute,
+                        f"{desc} (lr {lr:.3g})", progress)
+    return result
+
+
+def _train(layer: nn.Module, masks: dict[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor,
+           kwargs: dict, options: BlockOptions, compute: torch.device, desc: str, progress: bool) -> BlockResult:
     tokens = min(options.tokens or inputs.shape[1], inputs.shape[1])
     kwargs = _cut(kwargs, inputs.shape[1], tokens)
     params = trainable(layer, masks, options.train)
@@ -87,6 +103,7 @@ def reconstruct_block(layer: nn.Module, masks: dict[str, torch.Tensor], inputs: 
     generator = torch.Generator().manual_seed(options.seed)
     order: list[int] = []
     before = _mean_error(layer, inputs.shape[0], window, kwargs, scale)
+    start = [p.detach().clone() for p, _ in params]  # restored if training makes the layer worse
     try:
         with torch.enable_grad():
             for _ in tqdm(range(options.steps), desc=desc, disable=not progress, leave=False):
@@ -113,6 +130,13 @@ def reconstruct_block(layer: nn.Module, masks: dict[str, torch.Tensor], inputs: 
             p.requires_grad_(False)
             p.grad = None
     after = _mean_error(layer, inputs.shape[0], window, kwargs, scale)
+    if not after < before:  # too high a learning rate for this model, or nothing left to fit: keep the layer as it was
+        with torch.no_grad():
+            for (p, _), saved in zip(params, start):
+                p.copy_(saved)
+        log.warning("%s: training raised the relative output error %.4g -> %.4g (%d steps, lr %g); the layer is kept "
+                    "as before it (a lower prune.block.lr may help)", desc, before, after, options.steps, options.lr)
+        return BlockResult(before, before, trained_error=after)
     log.info("%s: relative output error %.4g -> %.4g (%d steps)", desc, before, after, options.steps)
     return BlockResult(before, after)
 

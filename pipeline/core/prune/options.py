@@ -69,8 +69,13 @@ class BlockOptions(MethodOptions):
     batch_windows: int = Field(2, gt=0, description="calibration windows per step (cycled in a seeded order)")
     tokens: Optional[int] = Field(256, gt=1, description="train on at most the first tokens of each window (exact "
                                                          "targets: the layer is causal); null: the whole window")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate (1e-3 beat 1e-4 on the embedded model: "
-                                              "benchmarks/results/block_tuning_embedded.json)")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate: 1e-4 (on Qwen2.5-Coder-1.5B 1e-3 raised every "
+                                              "tried layer's error, 1e-4 halved layer 0's: benchmarks/results/"
+                                              "qwen2.5-coder-1.5b/recovery/block_lr.json; the embedded model "
+                                              "prefers 1e-3: block_tuning_embedded.json)")
+    retries: int = Field(1, ge=0, description="where training raised a layer's error, it is redone from the same start "
+                                              "at a third of the learning rate, up to this many times (then the "
+                                              "layer is kept as it was)")
     train: list[Literal["pruned", "dense", "norms", "biases"]] = Field(
         default_factory=lambda: ["pruned", "norms"], min_length=1,
         description="what is trained: pruned (the kept weights of the pruned projections), dense (the layer's "

@@ -340,6 +340,8 @@ def prune_model(
                                     compute, desc=f"block layers.{index}", progress=progress)
             result.blocks[f"layers.{index}"] = {"error_before": fit.loss_before, "error_after": fit.loss_after,
                                                 "seconds": target_seconds + time.perf_counter() - started}
+            if fit.trained_error is not None:
+                result.blocks[f"layers.{index}"]["discarded_error"] = fit.trained_error
             del targets, masks
         if inputs is not None and sequential:
             step.forward(update=True)  # pruned outputs feed the next layer
