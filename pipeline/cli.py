@@ -295,6 +295,13 @@ def _setup_logging(debug: bool):
     return path
 
 
+def _command_line(argv: list[str] | None) -> str:
+    """The invocation as a user would type it again (``pipeline ...``, shell-quoted)."""
+    import shlex
+
+    return shlex.join(["pipeline", *(sys.argv[1:] if argv is None else argv)])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log_path = _setup_logging(args.debug)
@@ -343,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         route_library_output(args.debug)
         _print_summary(run_recipe(recipe, progress=not args.no_progress, force=args.force,
                                   start_from=args.start_from, skip_preflight=args.skip_preflight,
-                                  wait=args.wait))
+                                  wait=args.wait, command=_command_line(argv)))
         return 0
     except PipelineError as exc:
         log.error("failed: %s", exc, exc_info=True)

@@ -9,8 +9,10 @@ from pipeline.stages import STAGES
 def render_report(summary: dict) -> str:
     # the method's parameters (prune.<method>); summaries written before had only DaSS's alpha, flat
     options = summary.get("method_options") or ({"alpha": summary["alpha"]} if summary.get("alpha") is not None else {})
-    lines = [f"# Run `{summary['recipe']}`", "",
-             f"- model: `{summary['model']}`",
+    lines = [f"# Run `{summary['recipe']}`", ""]
+    if summary.get("command"):  # what made it (its last invocation), before anything it measured
+        lines += ["```", summary["command"], "```", ""]
+    lines += [f"- model: `{summary['model']}`",
              f"- method: **{summary['method']}**, sparsity **{summary['sparsity']}**, scope {summary['scope']}"
              + "".join(f", {key} {value}" for key, value in options.items())]
     if summary.get("seconds") is not None:

@@ -106,10 +106,12 @@ def _run_stage(stage: Stage, ctx: Context) -> float:
 
 
 def run_recipe(recipe: Recipe, progress: bool = True, force: bool = False, start_from: str | None = None,
-               skip_preflight: bool = False, wait: bool = False, share_from: list[Path] | None = None) -> dict:
+               skip_preflight: bool = False, wait: bool = False, share_from: list[Path] | None = None,
+               command: str | None = None) -> dict:
     """Run the recipe's stages in its run folder, holding the folder's lock (pipeline/common/lock.py) throughout:
     another run on the same folder refuses (or, with ``wait``, waits) until this one is done. Stages complete
-    for the same recipe sections in a ``share_from`` folder are copied from there, not rerun."""
+    for the same recipe sections in a ``share_from`` folder are copied from there, not rerun. ``command``: the
+    command line that asked for it, recorded in summary.json and shown first in report.md."""
     run_dir = recipe.run_dir()
     started = time.time()
     root = logging.getLogger()
@@ -143,6 +145,8 @@ def run_recipe(recipe: Recipe, progress: bool = True, force: bool = False, start
             ctx.models.release()
             stages = [stage for stage, _, _ in steps]
             summary = collect_summary(recipe, run_dir, stages, {s.name: status[s.name] for s in stages})
+            if command:
+                summary["command"] = command
             summary["resources"] = recorded_resources(run_dir, stages)
             summary["seconds"] = time.time() - started
             write_json_atomic(run_dir / "summary.json", summary)

@@ -42,6 +42,9 @@ def test_run_writes_a_complete_run_folder(workspace):
     out = workspace / "runs" / "ok-run"
     assert {"recipe.yaml", "summary.json", "perplexity.json", "report.md", "pruned"} <= {p.name for p in out.iterdir()}
     assert not [p for p in out.rglob("*") if ".partial" in p.name or p.name.endswith(".tmp")]
+    report = (out / "report.md").read_text().splitlines()
+    assert report[2:5] == ["```", f"pipeline run {path} --no-progress", "```"], "the report starts with its command"
+    assert json.loads((out / "summary.json").read_text())["command"] == f"pipeline run {path} --no-progress"
     weights = {k: v for shard in (out / "pruned").glob("model*.safetensors") for k, v in load_file(shard).items()}
     assert len(list((out / "pruned").glob("model-*-of-00003.safetensors"))) == 3, "streamed: one shard per layer"
     gate = weights["model.layers.1.mlp.gate_proj.weight"]
