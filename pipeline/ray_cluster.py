@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 RAY_VERSION = "2.58.0"
 INSTALL = f"pip install 'dass-pipeline[ray]' (ray=={RAY_VERSION}), or ./install.sh --with-ray"
+JOIN_FIX = ("start one (ray start --head on one machine, ray start --address=HEAD:PORT on each other) and give its "
+            "address, or run on one of its nodes with --ray auto")
 SHARED_FIX = ("put the folders on a path every node mounts at the same place (a shared file system such as NFS) and "
               "start the command from a folder every node has; docs/running.md, \"Sweeps and benchmarks on a Ray "
               "cluster\"")
@@ -47,17 +49,23 @@ def cluster(address: str):
     ends (the cluster itself stays up)."""
     ray = require_ray()
     try:
+        _answers(address)  # Ray itself would retry an address where nothing listens for many minutes
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except Exception as exc:  # no cluster there, a version mismatch, a bad address: Ray's own types vary
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise PipelineError(f"cannot join the Ray cluster at {address}: {first}",
-                            "start one (ray start --head on one machine, ray start --address=HEAD:PORT on each "
-                            "other) and give its address, or run on one of its nodes with --ray auto") from None
+        raise PipelineError(f"cannot join the Ray cluster at {address}: {first}", JOIN_FIX) from None
     try:
-        log.info("joined the Ray cluster at %s: %d nodes", address, len(alive_nodes(ray)))
+        log.info("joined the Ray cluster at %s: %d nodes with CPUs", address, len(alive_nodes(ray)))
         yield ray
     finally:
         ray.shutdown()
+
+
+def _answers(address: str, timeout: float = 10.0) -> None:
+    """Raise OSError when nothing accepts a connection at a HOST:PORT address (``auto`` is looked up by Ray)."""
+    host, sep, port = address.rpartition(":")
+    if sep and host and port.isdigit() and "://" not in address:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
 
 
 def alive_nodes(ray) -> list[dict]:

@@ -326,6 +326,18 @@ def test_ray_options_without_ray_address_are_refused(workspace, tmp_path):
     assert proc.returncode == 2 and "error: --ray and --every-cpu-kind go together" in proc.stderr
 
 
+def test_an_address_where_no_cluster_answers_is_one_line_at_once(workspace, tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (./install.sh --with-ray installs it)")
+    recipe = write_recipe(workspace, "no-cluster")
+    started = time.time()
+    proc = run_cli("sweep", str(recipe), *GRID, "--ray", f"{HOST}:{_free_port()}", cwd=workspace,
+                   log_dir=tmp_path / "logs")
+    assert proc.returncode == 2 and time.time() - started < 60
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot join the Ray cluster at {HOST}:"), proc.stderr
+    assert not (workspace / "runs" / "no-cluster").exists()
+
+
 def test_a_folder_that_is_not_the_same_on_the_node_is_refused_in_one_line(tmp_path, monkeypatch):
     from pipeline.common.errors import PipelineError
     from pipeline.ray_cluster import SharedFolder, check_on_node, share_folder
