@@ -102,8 +102,8 @@ def check_resources(config, recipe, stages: list, run_dir: Path, quiet: bool = F
         return {}
     available = psutil.virtual_memory().available
     stage, (ram, _) = max(estimates.items(), key=lambda item: item[1][0])
-    (log.debug if quiet else log.info)("preflight: %s parameters; peak RAM about %.1f GiB (stage %s), %.1f GiB available",
-             _count(shapes.params), ram / GiB, stage, available / GiB)
+    (log.debug if quiet else log.info)("preflight: %s parameters; peak RAM about %.1f GiB (stage %s), %.1f GiB "
+                                       "available", _count(shapes.params), ram / GiB, stage, available / GiB)
     if ram > available:
         raise PipelineError(
             f"stage {stage} needs about {ram / GiB:.1f} GiB of RAM for {_count(shapes.params)} parameters "
@@ -123,31 +123,23 @@ def check_resources(config, recipe, stages: list, run_dir: Path, quiet: bool = F
 def local_config(model) -> tuple[object | None, str]:
     """The source's config.json as attributes, read without the network and without torch (``pipeline validate``):
     (config, where) or (None, why not). A GGUF-only source or a hub model that is not in the local cache has none."""
-    import importlib.util
     import json
     from types import SimpleNamespace
 
-    from pipeline.core import model_store
+    from pipeline.core.model_store import resolve_source
 
-    source = model.source
-    if source.startswith(model_store.SCHEME):
-        try:
-            folder = model_store.fetched_folder(source[len(model_store.SCHEME):])
-        except PipelineError as exc:
-            return None, exc.problem
-    elif source.startswith("package:"):
-        spec = importlib.util.find_spec(source.split(":", 1)[1])
-        folder = spec.submodule_search_locations[0] if spec and spec.submodule_search_locations else None
-    elif Path(source).expanduser().exists():
-        folder = Path(source).expanduser()
-    else:
+    try:
+        folder: Path | None = Path(resolve_source(model.source)).expanduser()
+    except PipelineError as exc:  # a fetched model not fetched yet, an embedded-model package not installed
+        return None, exc.problem
+    if not folder.exists():  # a hub id: its config.json only where the hub cache already has it
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(source, "config.json", revision=model.revision)
+        cached = try_to_load_from_cache(model.source, "config.json", revision=model.revision)
         folder = Path(cached).parent if isinstance(cached, str) else None
     path = Path(folder) / "config.json" if folder is not None else None
     if path is None or not path.is_file():
-        return None, f"no config.json of {source} on this machine (a hub model not downloaded yet, or GGUF only)"
+        return None, f"no config.json of {model.source} on this machine (a hub model not downloaded yet, or GGUF only)"
     data = json.loads(path.read_text())
     if "hidden_size" not in data and isinstance(data.get("text_config"), dict):
         data = {**data, **data["text_config"]}  # a multimodal checkpoint: the language model's shapes

@@ -96,10 +96,11 @@ def test_whole_model_reconstruction_keeps_the_methods_masks_and_lowers_the_error
         assert all(b["error_after"] < b["error_before"] for b in result.blocks.values())
 
 
-def test_block_reconstruction_never_moves_a_pruned_weight_even_with_adams_momentum():
-    dense = tiny_model("llama", seed=1)
-    ids = calibration_ids(n=4, seq_len=16)
-    feeds = capture_layer_inputs(dense, ids, progress=False)
+def _masked_first_layer(seed: int, seq_len: int, pattern: str):
+    """A tiny LLaMA's first layer with its dense outputs on 4 windows, then magnitude-masked to ``pattern``:
+    (layer, its inputs, the dense targets, the masks by projection path)."""
+    dense = tiny_model("llama", seed=seed)
+    feeds = capture_layer_inputs(dense, calibration_ids(n=4, seq_len=seq_len), progress=False)
     layer = decoder_layers(dense)[0]
     with torch.no_grad():
         outputs = [layer(feeds.hidden[s : s + 1], **feeds.kwargs) for s in range(4)]
@@ -107,9 +108,14 @@ def test_block_reconstruction_never_moves_a_pruned_weight_even_with_adams_moment
     masks = {}
     for proj in layer_projections(layer):
         w = proj.weight(layer)
-        masks[proj.path] = select_mask(w.abs(), SparsitySpec.parse("2:4"), "row")
+        masks[proj.path] = select_mask(w.abs(), SparsitySpec.parse(pattern), "row")
         with torch.no_grad():
             w.mul_(masks[proj.path])
+    return layer, feeds, targets, masks
+
+
+def test_block_reconstruction_never_moves_a_pruned_weight_even_with_adams_momentum():
+    layer, feeds, targets, masks = _masked_first_layer(seed=1, seq_len=16, pattern="2:4")
     fit = reconstruct_block(layer, masks, feeds.hidden, targets, feeds.kwargs,
                             BlockOptions(steps=30, lr=5e-3, train=["pruned", "norms", "dense"]), torch.device("cpu"),
                             progress=False)
@@ -164,18 +170,7 @@ def test_the_flipped_factor_is_sparsegpts_factor(precision, tolerance):
 
 
 def test_block_training_that_raises_the_error_is_discarded():
-    model = tiny_model("llama", seed=3)
-    ids = calibration_ids(n=4, seq_len=32)
-    layer = decoder_layers(model)[0]
-    inputs = capture_layer_inputs(model, ids, progress=False)
-    with torch.no_grad():
-        outputs = [layer(inputs.hidden[s : s + 1], **inputs.kwargs) for s in range(4)]
-    targets = torch.cat([out[0] if isinstance(out, tuple) else out for out in outputs])
-    masks = {}
-    for proj in layer_projections(layer):
-        weight = proj.weight(layer)
-        masks[proj.path] = select_mask(weight.abs(), SparsitySpec(fraction=0.5), "row")
-        weight.data.mul_(masks[proj.path])
+    layer, inputs, targets, masks = _masked_first_layer(seed=3, seq_len=32, pattern="0.5")
     masked = copy.deepcopy(layer.state_dict())
     fit = reconstruct_block(layer, masks, inputs.hidden, targets, inputs.kwargs,
                             BlockOptions(steps=4, lr=10.0, batch_windows=2), torch.device("cpu"), progress=False)

