@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from benchmarks.engines import ENGINE_NAMES
 from benchmarks.report_format import batch_size, measured_modes, prompt_length, ratio, sparsity_label, tps
+from benchmarks.verdict import entry_verdict, first_win
 
 
 def llamacpp_table(results: dict) -> list[str]:
@@ -17,16 +18,18 @@ def llamacpp_table(results: dict) -> list[str]:
     arts = {a["key"]: a for a in results["artifacts"]}
     cells = {(c["artifact"], c["engine"], c["mode"]): c for c in results["summary"]["cells"]}
     lines = ["## Against llama.cpp (the dense model as GGUF)", "",
-             "Above 1x: the artifact in that engine is faster than the GGUF in llama.cpp (ratio of medians, same "
-             "interleaved rounds).", "",
-             "| mode | artifact | method | engine | tokens/s | GGUF | llama.cpp tokens/s | GGUF perplexity | ratio |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Ratio: the artifact in that engine over the GGUF in llama.cpp (ratio of medians, same interleaved "
+             "rounds, with the range of the per-round paired ratios); verdict: by the rule above.", "",
+             "| mode | artifact | method | engine | tokens/s | GGUF | llama.cpp tokens/s | GGUF perplexity | ratio | "
+             "verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mine, peer = cells[(r["artifact"], r["engine"], r["mode"])], cells[(r["gguf"], "llamacpp", r["mode"])]
         ppl = (arts[r["gguf"]].get("perplexity") or {}).get("perplexity")
         lines.append(f"| {r['mode']} | {r['artifact']} | {sparsity_label(arts[r['artifact']])} | "
                      f"{ENGINE_NAMES[r['engine']]} | {tps(mine['tokens_per_s'])} | {r['gguf_type']} | "
-                     f"{tps(peer['tokens_per_s'])} | {f'{ppl:.3f}' if ppl else '–'} | {ratio(r)} |")
+                     f"{tps(peer['tokens_per_s'])} | {f'{ppl:.3f}' if ppl else '–'} | {ratio(r)} | "
+                     f"{entry_verdict(r)} |")
     return lines
 
 
@@ -51,21 +54,15 @@ def openvino_table(results: dict) -> list[str]:
     return lines
 
 
-def _first_win(points: list[tuple[int, float]], unit: str, every: str) -> str:
-    """From which size on (sorted ``points`` of (size, ratio)) the ratio stays at or above 1."""
-    wins = [size for i, (size, _) in enumerate(points) if all(r >= 1 for _, r in points[i:])]
-    if not wins:
-        return f"never up to {points[-1][0]} {unit}"
-    return every if wins[0] == points[0][0] else f"from {wins[0]} {unit}"
-
-
-def crossover(ratios: dict[str, float], settings: dict) -> str:
-    """From which measured prompt length, and from which batch size, on the ratio stays at or above 1 (the
-    artifact is faster), from ``ratios`` by mode label; decode (batch 1) is where both start and does not count."""
-    prompts = sorted((prompt_length(m, settings), r) for m, r in ratios.items() if prompt_length(m, settings))
-    batches = sorted((batch_size(m), r) for m, r in ratios.items() if batch_size(m))
-    parts = ([_first_win(prompts, "tokens", "at every measured length")] if prompts else []) + \
-        ([f"batch: {_first_win(batches, 'sequences', 'at every measured size')}"] if batches else [])
+def crossover(entries: dict[str, dict], settings: dict) -> str:
+    """From which measured prompt length, and from which batch size, on the artifact is faster by the rule of
+    benchmarks/verdict.py (every round's paired ratio above 1), from ``entries`` (rows with ``ratio`` and
+    ``per_round``) by mode label; decode (batch 1) is where both start and does not count."""
+    verdicts = {m: entry_verdict(e) for m, e in entries.items()}
+    prompts = sorted((prompt_length(m, settings), v) for m, v in verdicts.items() if prompt_length(m, settings))
+    batches = sorted((batch_size(m), v) for m, v in verdicts.items() if batch_size(m))
+    parts = ([first_win(prompts, "tokens", "at every measured length")] if prompts else []) + \
+        ([f"batch: {first_win(batches, 'sequences', 'at every measured size')}"] if batches else [])
     return "; ".join(parts) or "–"
 
 
@@ -75,9 +72,9 @@ def crossover_table(results: dict) -> list[str]:
     modes = measured_modes(results)
     if sum(m != "decode" for m in modes) < 2:
         return []
-    rows: dict[tuple, dict[str, float]] = {}
+    rows: dict[tuple, dict[str, dict]] = {}
     for r in results["summary"].get("vs_llamacpp") or []:
-        rows.setdefault((r["artifact"], r["engine"], r["gguf_type"]), {})[r["mode"]] = r["ratio"]
+        rows.setdefault((r["artifact"], r["engine"], r["gguf_type"]), {})[r["mode"]] = r
     if not rows:
         return []
     arts = {a["key"]: a for a in results["artifacts"]}
@@ -85,11 +82,14 @@ def crossover_table(results: dict) -> list[str]:
              "Ratio of tokens/s, the artifact in its engine over the GGUF in llama.cpp (same interleaved rounds; above "
              "1x the artifact is faster). Decode at batch 1 is the memory-bound regime; prefill (a prompt of L tokens "
              "is L rows through every linear) and batch-N decode (N sequences, one new token each: N rows) are the "
-             "compute-bound ones, where the zeros a sparse kernel skips are work saved.", "",
+             "compute-bound ones, where the zeros a sparse kernel skips are work saved. Each cell: the ratio of "
+             "medians and its verdict by the rule above; \"faster from\" is the smallest size from which every "
+             "measured size is a verdict of faster.", "",
              "| artifact | engine | GGUF | " + " | ".join(modes) + " | faster from |",
              "|---|---|---|" + "---|" * len(modes) + "---|"]
-    for (key, engine, gguf_type), ratios in sorted(rows.items()):
-        cells = " | ".join(f"{ratios[m]:.2f}x" if m in ratios else "–" for m in modes)
+    for (key, engine, gguf_type), entries in sorted(rows.items()):
+        cells = " | ".join(f"{entries[m]['ratio']:.2f}x {entry_verdict(entries[m])}" if m in entries else "–"
+                           for m in modes)
         lines.append(f"| {sparsity_label(arts[key])} | {ENGINE_NAMES[engine]} | {gguf_type} | {cells} | "
-                     f"{crossover(ratios, results['settings'])} |")
+                     f"{crossover(entries, results['settings'])} |")
     return lines

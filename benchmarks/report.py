@@ -14,6 +14,7 @@ from benchmarks.peers import crossover_table, llamacpp_table, openvino_table
 from benchmarks.report_format import (layers_label, measured_modes, mode_caption, ratio, save_figure, sparsity_label,
                                       tps)
 from benchmarks.tradeoff import tradeoff_figure, tradeoff_table, weights_table
+from benchmarks.verdict import RULE
 from pipeline.common.outputs import write_text_atomic
 
 
@@ -165,6 +166,7 @@ def render(results: dict, command: str | None = None) -> str:
               + (f"; batch-N = decode for N sequences at once (N = {', '.join(map(str, sorted(set(st['batch_sizes']))))}"
                  "), each with its own cache of `sequence length - 1` tokens, tokens/s counting all N"
                  if "batch" in st["modes"] else "")]
+    lines.append(f"- when a row is called faster: {RULE}")
     if m.get("llamacpp"):
         lines.append(f"- llama.cpp reports: `{m['llamacpp'].get('system_info')}`")
     ov = m.get("openvino") or m.get("openvino-sparse")

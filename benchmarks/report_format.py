@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.verdict import entry_verdict
 from pipeline.common.outputs import figure_png, write_bytes_atomic
 
 
@@ -17,11 +18,13 @@ def tps(s: dict) -> str:
 
 
 def ratio(entry: dict | None) -> str:
+    """A paired comparison as the report writes it: the ratio of medians, the range of the per-round paired ratios,
+    and the verdict of benchmarks/verdict.py (faster / slower / within noise / fewer than 3 rounds)."""
     if not entry:
         return "–"
     pr = entry.get("per_round")
     rounds = f", rounds {pr['min']:.2f}–{pr['max']:.2f}" if pr and pr["n"] > 1 else ""
-    return f"{entry['ratio']:.2f}x{rounds}"
+    return f"{entry['ratio']:.2f}x{rounds}, {entry_verdict(entry)}"
 
 
 def sparsity_label(a: dict) -> str:

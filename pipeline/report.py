@@ -3,6 +3,7 @@ order), the stages' status. It only formats numbers a run wrote; it computes not
 
 from __future__ import annotations
 
+from benchmarks.verdict import MIN_ROUNDS, verdict
 from pipeline.stages import STAGES
 
 
@@ -83,7 +84,9 @@ def summary_block(summary: dict) -> list[str]:
         lines += ["", f"Tokens/s on {bench['machine']} ({bench['cores']} cores), batch 1, context {st['sequence_length']}, "
                   + (f"prefill {st['prefill_length']} tokens, " if "prefill" in st["modes"] else "")
                   + f"{st['repeats']} interleaved round(s) of {st['seconds']} s; "
-                  "median (min–max), speedup over dense in the same engine from the same rounds:", "",
+                  "median (min–max), speedup over dense in the same engine from the same rounds (ratio of medians; "
+                  f"faster / slower only where every one of at least {MIN_ROUNDS} rounds is above / below 1, else "
+                  "within noise):", "",
                   "| engine | mode | " + " | ".join(VARIANTS[r] for r in roles) + " |", "|---|---|" + "---|" * len(roles)]
         for row in rows:
             cells = []
@@ -95,7 +98,7 @@ def summary_block(summary: dict) -> list[str]:
                 t = v["tokens_per_s"]
                 text = f"{t['median']:.2f} ({t['min']:.2f}–{t['max']:.2f})"
                 if v.get("speedup_vs_dense"):
-                    text += f" **{v['speedup_vs_dense']:.2f}x**"
+                    text += f" **{v['speedup_vs_dense']:.2f}x** {verdict(v.get('speedup_per_round'))}"
                 cells.append(text)
             lines.append(f"| {row['engine']} | {row['mode']} | " + " | ".join(cells) + " |")
         if bench.get("partial"):

@@ -114,12 +114,16 @@ def test_prefill_lengths_are_measured_modes_of_one_interleaved_run_and_the_cross
     text = (tmp_path / "report.md").read_text()
     assert "## Crossover: from which prompt length or batch size the artifact overtakes llama.cpp" in text
     assert "| decode | prefill-8 | prefill-16 | prefill-64 | faster from |" in text
-    assert "| from 64 tokens |" in text
+    assert "| no verdict: fewer than 3 rounds |" in text  # two rounds: no win is called
     assert "prefill 8, 16, 64 tokens" in text
     st = results["settings"]
-    assert crossover({"prefill-8": 1.2, "prefill-16": 0.9, "prefill-64": 1.1}, st) == "from 64 tokens"
-    assert crossover({"prefill-8": 1.2, "prefill-64": 1.1}, st) == "at every measured length"
-    assert crossover({"decode": 2.0, "prefill-8": 0.5}, st) == "never up to 8 tokens"
+
+    def rows(**ratios):  # three rounds, each at the given ratio
+        return {m.replace("_", "-"): {"ratio": r, "per_round": {"min": r, "max": r, "n": 3}} for m, r in ratios.items()}
+
+    assert crossover(rows(prefill_8=1.2, prefill_16=0.9, prefill_64=1.1), st) == "from 64 tokens"
+    assert crossover(rows(prefill_8=1.2, prefill_64=1.1), st) == "at every measured length"
+    assert crossover(rows(decode=2.0, prefill_8=0.5), st) == "not faster up to 8 tokens"
 
 
 def test_batch_sizes_are_measured_modes_and_the_crossover_names_the_batch(tmp_path):
@@ -151,10 +155,12 @@ def test_batch_sizes_are_measured_modes_and_the_crossover_names_the_batch(tmp_pa
     write_report(results, tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "| decode | prefill-8 | prefill-64 | batch-4 | batch-16 | batch-32 | faster from |" in text
-    assert "| from 64 tokens; batch: from 32 sequences |" in text
+    assert "| no verdict: fewer than 3 rounds; batch: no verdict: fewer than 3 rounds |" in text
     assert "batch 4 decode tok/s (all sequences)" in text and "batch-N = decode for N sequences at once (N = 4, 16, 32)" in text
-    assert crossover({"decode": 2.0, "batch-4": 0.5, "batch-16": 0.9}, results["settings"]) == \
-        "batch: never up to 16 sequences"
+    three = {"min": 0.5, "max": 0.9, "n": 3}
+    assert crossover({"decode": {"ratio": 2.0, "per_round": three}, "batch-4": {"ratio": 0.5, "per_round": three},
+                      "batch-16": {"ratio": 0.9, "per_round": three}}, results["settings"]) == \
+        "batch: not faster up to 16 sequences"
     with __import__("pytest").raises(Exception, match="each must be 2 or more"):
         BenchmarkSettings(modes=["batch"], batch_sizes=[1, 4])
 

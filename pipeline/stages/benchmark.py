@@ -145,20 +145,25 @@ def summary(recipe, run_dir: Path) -> dict:
 
 
 def report(summary: dict) -> list[str]:
+    from benchmarks.verdict import MIN_ROUNDS, entry_verdict
+
     bench = summary["benchmark"]
     lines = ["## Throughput", "", "Median tokens/s of this artifact (batch 1, float32; details, every "
              "measurement and plots in `benchmark/report.md`):", "", "| engine, mode | tokens/s |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in bench["tokens_per_s"].items()]
     for x in bench["speedups"]:  # which artifact: the pruned float one, or its INT8 copy
         lines.append(f"- {x['engine']} {x['mode']}, `{x['artifact']}` vs {x['vs']} on `{x['dense']}` (dense): "
-                     f"**{x['ratio']:.2f}x**")
+                     f"**{x['ratio']:.2f}x**, {entry_verdict(x)}")
     for g in bench.get("llamacpp", []):
         ppl = f"perplexity {g['perplexity']:.3f}" if g["perplexity"] else "perplexity not measured"
         speed = ", ".join(f"{mode} {v:.2f} tokens/s" for mode, v in g["tokens_per_s"].items())
         lines.append(f"- llama.cpp, the dense model as GGUF {g['gguf_type']} ({g['bytes'] / 1e6:.0f} MB): {speed}; {ppl}")
     for x in bench.get("vs_llamacpp", []):
         lines.append(f"- {x['engine']} {x['mode']} `{x['artifact']}` vs llama.cpp GGUF {x['gguf_type']}: "
-                     f"**{x['ratio']:.2f}x**")
+                     f"**{x['ratio']:.2f}x**, {entry_verdict(x)}")
+    if bench["speedups"] or bench.get("vs_llamacpp"):
+        lines.append(f"- ratios are of medians; faster / slower: every one of at least {MIN_ROUNDS} interleaved "
+                     "rounds above / below 1, else within noise (benchmark/report.md states the rule)")
     if bench.get("partial"):
         lines.append(f"- partial: {bench['partial']}")
     if bench.get("failures"):
