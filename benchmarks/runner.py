@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from benchmarks.cpu_kinds import read_cpuinfo
 from benchmarks.engines import ENGINES, MeasureSpec, check_engine, check_threads, measure
+from benchmarks.graph_limits import check_lengths, graph_limits
 from benchmarks.settings import BenchmarkSettings
 from benchmarks.stats import summarize
 from pipeline.common.errors import PipelineError
@@ -62,6 +63,7 @@ def describe_artifact(path: Path, key: str | None = None, name: str | None = Non
     return {"key": key or label, "name": name or label, "path": str(path), "method": method, "model": model,
             "requested_sparsity": requested, "sparsity": sparsity, "layers": config["num_hidden_layers"],
             "scope": manifest.get("scope"), "graphs": sorted(manifest["engines"]), "bytes": disk_bytes(path),
+            "max_sequence_length": graph_limits(manifest, config),
             "weight_bytes": {"graph": held, **weight_bytes_by_kind(path / held / "model.onnx")}}
 
 
@@ -155,6 +157,8 @@ def run_benchmark(artifacts: list[dict], settings: BenchmarkSettings, out: Path,
                                             "error": str(exc)})
             else:
                 if "machine" in m:
+                    if engine not in results["machine"] and (m["machine"] or {}).get("warning"):
+                        log.warning("%s", m["machine"]["warning"])  # once: e.g. llama.cpp built for another CPU
                     results["machine"].setdefault(engine, m.pop("machine"))
                 results["measurements"].append({"artifact": key, "engine": engine, "mode": mode, "round": r + 1, **m})
                 log.info("round %d %s %s %s: %.2f tokens/s", r + 1, mode, engine, key, m["tokens_per_s"])
@@ -186,5 +190,6 @@ def benchmark_artifacts(entries: list[str], settings: BenchmarkSettings, out: Pa
     from benchmarks.report import write_report
 
     artifacts = [find_artifact(entry) for entry in entries]
+    check_lengths(artifacts, settings, cli=True)  # before any engine loads a model
     results = run_benchmark(artifacts, settings, Path(out), progress=progress, command=command)
     return results, write_report(results, Path(out))

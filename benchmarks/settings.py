@@ -50,10 +50,15 @@ class BenchmarkSettings(BaseModel):
 
     @model_validator(mode="after")
     def _prefill_fits(self):
-        for length in (self.prefill_lengths or [self.prefill_length]) if "prefill" in self.modes else []:
-            if not 0 < length < self.sequence_length:
-                raise ValueError(f"prefill length {length} must be between 1 and sequence_length - 1 "
-                                 f"({self.sequence_length - 1})")
+        lengths = (self.prefill_lengths or [self.prefill_length]) if "prefill" in self.modes else []
+        too_long = [n for n in lengths if n >= self.sequence_length]
+        if too_long:  # a prompt of L tokens into an empty cache needs a context of L + 1 (DeepSparse's graph, too)
+            raise ValueError(f"prefill length {max(too_long)} is not below sequence_length {self.sequence_length} "
+                             f"(the context a prompt of L tokens needs is at least L + 1) — fix: raise sequence_length "
+                             f"to {max(too_long) + 1} or more (in a recipe, export.max_sequence_length with it) or drop "
+                             f"the prefill lengths from {min(too_long)} up")
+        if any(n < 1 for n in lengths):
+            raise ValueError(f"prefill lengths {lengths}: each must be 1 or more")
         if "batch" in self.modes and min(self.batch_sizes) < 2:
             raise ValueError(f"batch_sizes {self.batch_sizes}: each must be 2 or more (batch 1 is the decode mode)")
         return self
@@ -102,6 +107,11 @@ def settings_from_arguments(args) -> BenchmarkSettings:
     try:
         return BenchmarkSettings(**{name: getattr(args, name) for name in BenchmarkSettings.model_fields})
     except ValidationError as exc:
-        problems = "; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-') or 'settings'}: "
-                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-        raise PipelineError(f"bad benchmark settings: {problems}", "see pipeline benchmark --help") from None
+        problems, fixes = [], []
+        for e in exc.errors():
+            message, _, fix = e["msg"].removeprefix("Value error, ").partition(" — fix: ")
+            problems.append(f"--{'.'.join(map(str, e['loc'])).replace('_', '-') or 'settings'}: {message}")
+            if fix:
+                fixes.append(fix.replace("sequence_length", "--sequence-length"))
+        raise PipelineError(f"bad benchmark settings: {'; '.join(problems)}",
+                            "; ".join(fixes) or "see pipeline benchmark --help") from None

@@ -56,7 +56,9 @@ class Recipe(StrictSection):
                 raise ValueError("benchmark measures the exported artifact: set export.enabled: true")
             if bench.sequence_length > self.export.max_sequence_length:
                 raise ValueError(f"benchmark.sequence_length {bench.sequence_length} exceeds export.max_sequence_length "
-                                 f"{self.export.max_sequence_length}: lower it or export a longer graph")
+                                 f"{self.export.max_sequence_length}, the longest sequence the exported graph holds — "
+                                 f"fix: lower benchmark.sequence_length (with every prefill length below it) or raise "
+                                 f"export.max_sequence_length to {bench.sequence_length} or more")
             missing = sorted(e for e in set(bench.engines)
                              if exported_graph(e) and exported_graph(e) not in self.export.engines)
             if missing:

@@ -44,6 +44,10 @@ RECIPES = {
     "benchmark-longer-than-export": ({"export__enabled": True, "export__max_sequence_length": 64,
                                       "benchmark__enabled": True, "benchmark__sequence_length": 128},
                                      "exceeds export.max_sequence_length"),
+    "benchmark-prefill-beyond-context": ({"export__enabled": True, "export__max_sequence_length": 64,
+                                          "benchmark__enabled": True, "benchmark__sequence_length": 64,
+                                          "benchmark__prefill_lengths": [16, 64]},
+                                         "prefill length 64 is not below sequence_length 64"),
     "benchmark-compare-missing": ({"export__enabled": True, "benchmark__enabled": True,
                                    "benchmark__compare": ["/nonexistent/run"]},
                                   "benchmark.compare: /nonexistent/run holds no artifact"),
@@ -293,3 +297,65 @@ def test_validate_refuses_reconstruction_settings_that_cannot_fit_this_machine(w
     proc = run_cli("validate", str(fits), cwd=workspace, log_dir=tmp_path / "logs-fits")
     assert proc.returncode == 0, proc.stderr
     assert "# resources: peak RAM about" in proc.stdout and "config.json" in proc.stdout
+
+
+def test_prefill_or_context_beyond_the_exported_graph_is_refused_up_front(workspace, tiny_artifact, tmp_path):
+    """A prefill length or a context longer than the graph holds: ``pipeline validate`` refuses the recipe, and
+    ``pipeline benchmark`` / a recipe comparing an existing artifact refuse by the artifact's manifest (its DeepSparse
+    graph holds 128 positions), before any engine loads a model and before anything is written."""
+    recipe = write_recipe(workspace, "long-prompt", export__enabled=True, export__max_sequence_length=128,
+                          benchmark__enabled=True, benchmark__sequence_length=128, benchmark__prefill_lengths=[32, 512])
+    proc = run_cli("validate", str(recipe), cwd=workspace, log_dir=tmp_path / "logs")
+    line = assert_one_clear_line(proc, "benchmark: prefill length 512 is not below sequence_length 128",
+                                 tmp_path / "logs")
+    assert "fix: raise sequence_length to 513 or more (in a recipe, export.max_sequence_length with it)" in line
+    recipe = write_recipe(workspace, "long-context", export__enabled=True, export__max_sequence_length=128,
+                          benchmark__enabled=True, benchmark__sequence_length=600, benchmark__prefill_lengths=[32, 512])
+    proc = run_cli("validate", str(recipe), cwd=workspace, log_dir=tmp_path / "logs-context")
+    line = assert_one_clear_line(proc, "benchmark.sequence_length 600 exceeds export.max_sequence_length 128",
+                                 tmp_path / "logs-context")
+    assert "raise export.max_sequence_length to 600 or more" in line
+
+    folder = tiny_artifact[1]
+    out = tmp_path / "out"
+    proc = run_cli("benchmark", str(folder), "--out", str(out), "--engines", "deepsparse", "--sequence-length", "256",
+                   "--prefill-lengths", "32", "200", cwd=tmp_path, log_dir=tmp_path / "logs-benchmark")
+    line = assert_one_clear_line(proc, "its deepsparse graph, which deepsparse runs, holds at most 128 tokens, but the "
+                                 "benchmark asks for sequence_length 256 (prefill lengths up to 200)",
+                                 tmp_path / "logs-benchmark")
+    assert "fix: lower --sequence-length to at most 128" in line
+    assert not out.exists()
+    log = sorted((tmp_path / "logs-benchmark").glob("pipeline-*.log"))[-1].read_text()
+    assert "round 1" not in log
+    proc = run_cli("benchmark", str(folder), "--out", str(out), "--sequence-length", "64", "--prefill-lengths", "32",
+                   "64", cwd=tmp_path, log_dir=tmp_path / "logs-settings")
+    line = assert_one_clear_line(proc, "bad benchmark settings: --settings: prefill length 64 is not below "
+                                 "sequence_length 64", tmp_path / "logs-settings")
+    assert "fix: raise --sequence-length to 65 or more" in line
+
+    recipe = write_recipe(workspace, "compare-short", export__enabled=True, export__max_sequence_length=256,
+                          benchmark__enabled=True, benchmark__sequence_length=200, benchmark__engines=["deepsparse"],
+                          benchmark__prefill_lengths=[32, 128], benchmark__compare=[str(folder)])
+    proc = run_cli("run", str(recipe), cwd=workspace, log_dir=tmp_path / "logs-compare")
+    line = assert_one_clear_line(proc, f"artifact {folder.parent.name} ({folder}): its deepsparse graph, which deepsparse runs, "
+                                 "holds at most 128 tokens", tmp_path / "logs-compare")
+    assert "fix: lower benchmark.sequence_length to at most 128" in line
+    assert not (workspace / "runs" / "compare-short").exists()
+
+
+def test_each_graph_has_its_own_limit():
+    """DeepSparse's graph holds what its manifest says; the ONNX Runtime graph computes positions as it goes, so the
+    model's max_position_embeddings bounds it: a context of 200 fits ONNX Runtime and not DeepSparse."""
+    from benchmarks.graph_limits import check_lengths, graph_limits
+    from benchmarks.settings import BenchmarkSettings
+    from pipeline.common.errors import PipelineError
+
+    limits = graph_limits({"engines": {"deepsparse": {"max_sequence_length": 128}, "onnxruntime": {}}},
+                          {"max_position_embeddings": 256})
+    assert limits == {"deepsparse": 128, "onnxruntime": 256}
+    art = [{"key": "a", "path": "/a", "max_sequence_length": limits}]
+    check_lengths(art, BenchmarkSettings(engines=["onnxruntime", "pytorch"], sequence_length=200))
+    with pytest.raises(PipelineError, match="its deepsparse graph, which deepsparse runs, holds at most 128"):
+        check_lengths(art, BenchmarkSettings(engines=["onnxruntime", "deepsparse"], sequence_length=200))
+    with pytest.raises(PipelineError, match="its onnxruntime graph, which openvino runs, holds at most 256"):
+        check_lengths(art, BenchmarkSettings(engines=["openvino"], sequence_length=300))

@@ -202,10 +202,13 @@ def test_bad_settings_are_clear_errors(tmp_path):
         run_benchmark(ARTIFACTS, settings(threads=os.cpu_count() + 1), tmp_path, measure_fn=fake_measure()[0])
     with pytest.raises(ValidationError, match="tensorrt"):
         settings(engines=["tensorrt"])
-    with pytest.raises(ValidationError, match=r"prefill length 64 must be between 1 and sequence_length - 1 \(63\)"):
+    with pytest.raises(ValidationError, match=r"prefill length 64 is not below sequence_length 64 .* — fix: raise "
+                                              r"sequence_length to 65 or more"):
         settings(prefill_length=64)
-    with pytest.raises(ValidationError, match="prefill length 128 must be"):
-        settings(prefill_lengths=[16, 128])
+    with pytest.raises(ValidationError, match="prefill length 128 is not below .* drop the prefill lengths from 64 up"):
+        settings(prefill_lengths=[16, 64, 128])
+    with pytest.raises(ValidationError, match="each must be 1 or more"):
+        settings(prefill_lengths=[0, 16])
     assert not (tmp_path / "results.json").exists()
 
 

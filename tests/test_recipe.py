@@ -80,7 +80,7 @@ def _error(patch: dict) -> str:
     ({"benchmark.enabled": True, "export.enabled": True, "benchmark.sequence_length": 4096},
      "benchmark.sequence_length 4096 exceeds export.max_sequence_length 2048"),
     ({"benchmark.enabled": True, "export.enabled": True, "benchmark.prefill_length": 512},
-     "benchmark: prefill length 512 must be between 1 and sequence_length - 1 (511)"),
+     "benchmark: prefill length 512 is not below sequence_length 512"),
     ({"benchmark.enabled": True, "export.enabled": True, "export.engines": ["onnxruntime"]},
      "benchmark.engines has ['deepsparse'] but export.engines does not export the graph it runs (deepsparse)"),
     ({"benchmark.enabled": True, "export.enabled": True, "export.engines": ["deepsparse"],

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 def check(ctx: Context) -> list[dict]:
     """The engines and threads exist here; the compared artifacts exist and their names differ from ours."""
+    from benchmarks.graph_limits import check_lengths
     from benchmarks.runner import check_machine, find_artifact
 
     recipe = ctx.recipe
@@ -26,6 +27,7 @@ def check(ctx: Context) -> list[dict]:
 
         check_gguf_config(ctx.models.config(), recipe.benchmark.gguf_types)
     others = [find_artifact(entry, "benchmark.compare:") for entry in recipe.benchmark.compared_folders()]
+    check_lengths(others, recipe.benchmark.settings())  # this run's own graphs: export.max_sequence_length (recipe)
     names = [a["key"] for a in others] + list(variants(recipe).values())
     if len(set(names)) != len(names):
         raise PipelineError(f"benchmark.compare: two benchmarked artifacts would share a name in {names}",
@@ -99,9 +101,14 @@ def recorded_perplexity(artifact: Path) -> dict | None:
 
 
 def _with_perplexity(described: dict) -> dict:
-    if described.get("perplexity") or "gguf_type" in described:
+    """The artifact's reference perplexity and, per engine, the one that engine computed (quantize stage)."""
+    from pipeline.stages.quantize import engine_perplexities
+
+    if "gguf_type" in described:
         return described
-    return {**described, "perplexity": recorded_perplexity(Path(described["path"]))}
+    path = Path(described["path"])
+    return {**described, "perplexity": described.get("perplexity") or recorded_perplexity(path),
+            "perplexity_by_engine": described.get("perplexity_by_engine") or engine_perplexities(path)}
 
 
 def run(ctx: Context) -> None:
