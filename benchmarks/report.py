@@ -15,6 +15,7 @@ from benchmarks.report_format import (layers_label, measured_modes, mode_caption
                                       tps)
 from benchmarks.tradeoff import tradeoff_figure, tradeoff_table, weights_table
 from benchmarks.verdict import RULE
+from benchmarks.workloads import workload_table
 from pipeline.common.outputs import write_text_atomic
 
 
@@ -178,7 +179,7 @@ def render(results: dict, command: str | None = None) -> str:
     for f in results.get("failures", []):
         lines += [f"- failed: {f['engine']} {f['mode']} on {f['artifact']} (round {f['round']}): {f['error']}"]
     for block in (tradeoff_table(results), weights_table(results), paper_table(results), fit_table(results), _equal_speed(results),
-                  llamacpp_table(results), crossover_table(results),
+                  llamacpp_table(results), crossover_table(results), workload_table(results),
                   openvino_table(results),
                   *(cells_table(results, mode) for mode in measured_modes(results))):
         if block:
