@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shlex
 from pathlib import Path
+from typing import NamedTuple
 
 from pipeline.common.errors import PipelineError
 from pipeline.common.lock import RunLock
@@ -56,9 +58,21 @@ def point_name(point: list[tuple[str, str]], keys: list[str]) -> str:
     return ",".join(f"{short[key]}={value.replace('/', '_')}" for key, value in point)
 
 
+class SweepPoint(NamedTuple):
+    name: str  # method=dass,sparsity=0.5
+    values: dict  # {grid key: value}
+    recipe: Recipe
+    command: str  # the `pipeline run` that makes this point alone, in its folder (first in its report.md)
+
+
+def point_command(path: str | Path, changes: list[str], folder: Path) -> str:
+    return shlex.join(["pipeline", "run", str(path), *(x for change in changes for x in ("--set", change)),
+                       "--output-dir", str(folder)])
+
+
 def sweep_points(path: str | Path, grid: list[tuple[str, list[str]]], overrides: list[str],
-                 output_dir: str | None) -> tuple[Path, list[tuple[str, dict, Recipe]]]:
-    """The sweep folder and every point as (name, {key: value}, its recipe), all validated before anything runs."""
+                 output_dir: str | None) -> tuple[Path, list[SweepPoint]]:
+    """The sweep folder and every point, all validated before anything runs."""
     base = load_recipe_with_overrides(path, overrides, output_dir)
     sweep_dir = base.run_dir() / SWEEP_FOLDER
     keys = [key for key, _ in grid]
@@ -69,22 +83,22 @@ def sweep_points(path: str | Path, grid: list[tuple[str, list[str]]], overrides:
         changes = [*overrides, *(f"{k}={v}" for k, v in point)]
         labels = [*(f"--set {o}" for o in overrides), *(f"--grid {k} value {v}" for k, v in point)]
         recipe = load_recipe_with_overrides(path, changes, str(sweep_dir / name), labels)
-        points.append((name, dict(point), recipe))
+        points.append(SweepPoint(name, dict(point), recipe, point_command(path, changes, sweep_dir / name)))
     return sweep_dir, points
 
 
-def run_points_here(points: list[tuple[str, dict, Recipe]], progress: bool = True, skip_preflight: bool = False,
+def run_points_here(points: list[SweepPoint], progress: bool = True, skip_preflight: bool = False,
                     wait: bool = False) -> list[dict]:
     """The points one after another in this process, each sharing the complete stages of those before it; the first
     point that fails stops the sweep (its PipelineError propagates). Returns each point's summary."""
     from pipeline.runner import run_recipe
 
     done, summaries = [], []
-    for number, (name, _, recipe) in enumerate(points, 1):
-        log.info("sweep point %d of %d: %s", number, len(points), name)
-        summaries.append(run_recipe(recipe, progress=progress, skip_preflight=skip_preflight, wait=wait,
-                                    share_from=done))
-        done.append(recipe.run_dir())
+    for number, point in enumerate(points, 1):
+        log.info("sweep point %d of %d: %s", number, len(points), point.name)
+        summaries.append(run_recipe(point.recipe, progress=progress, skip_preflight=skip_preflight, wait=wait,
+                                    share_from=done, command=point.command))
+        done.append(point.recipe.run_dir())
     return summaries
 
 
@@ -100,9 +114,9 @@ def run_sweep(path: str | Path, grid_items: list[str], overrides: list[str] | No
     sweep_dir, points = sweep_points(path, grid, overrides, output_dir)
     with RunLock(sweep_dir, wait=wait):
         outcomes = run_points(points, progress=progress, skip_preflight=skip_preflight, wait=wait)
-        rows = [row(name, values, outcome) for (name, values, _), outcome in zip(points, outcomes)
+        rows = [row(point.name, point.values, outcome) for point, outcome in zip(points, outcomes)
                 if not isinstance(outcome, PipelineError)]
-        failures = [{"point": name, "error": str(outcome)} for (name, _, _), outcome in zip(points, outcomes)
+        failures = [{"point": point.name, "error": str(outcome)} for point, outcome in zip(points, outcomes)
                     if isinstance(outcome, PipelineError)]
         table = {"recipe": str(path), "overrides": overrides, "grid": {key: values for key, values in grid},
                  "points": rows}

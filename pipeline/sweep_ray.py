@@ -53,9 +53,10 @@ def check_fits(name: str, cpus: int, memory: int | None, nodes: list[dict]) -> N
                         "memory request")
 
 
-def run_point_on_node(recipe: Recipe, shared: SharedFolder, skip_preflight: bool, share_from: list[str]) -> dict:
+def run_point_on_node(recipe: Recipe, shared: SharedFolder, skip_preflight: bool, share_from: list[str],
+                      command: str | None = None) -> dict:
     """The Ray task of one point, on its node: the folder check, then ``run_recipe`` on the point's folder (waiting
-    for its lock: only an earlier attempt of the same point can hold it). Returns {"summary"} or {"error": [problem,
+    for its lock: only an earlier attempt of the same point can hold it; ``command``: its `pipeline run`). Returns {"summary"} or {"error": [problem,
     fix]}, and the node's name."""
     import socket
 
@@ -70,7 +71,7 @@ def run_point_on_node(recipe: Recipe, shared: SharedFolder, skip_preflight: bool
         logging.captureWarnings(True)
         route_library_output(False)
         summary = run_recipe(recipe, progress=False, skip_preflight=skip_preflight, wait=True,
-                             share_from=[Path(p) for p in share_from])
+                             share_from=[Path(p) for p in share_from], command=command)
     except PipelineError as exc:
         return {"error": [exc.problem, exc.fix], "node": node}
     return {"summary": summary, "node": node}
@@ -84,18 +85,18 @@ class RaySweep:
         require_ray()
         self.address, self.cpus_per_point, self.max_retries = address, cpus_per_point, max_retries
 
-    def __call__(self, points: list[tuple[str, dict, Recipe]], progress: bool = True, skip_preflight: bool = False,
+    def __call__(self, points: list, progress: bool = True, skip_preflight: bool = False,
                  wait: bool = False) -> list:
         """Each point's summary, or the PipelineError it failed with, in the points' order."""
         with cluster(self.address) as ray:
             nodes = alive_nodes(ray)
             cpus = self.cpus_per_point or min(n["cpus"] for n in nodes)
             requests = []
-            for name, _, recipe in points:
-                memory = None if skip_preflight else point_memory(name, recipe)
-                check_fits(name, cpus, memory, nodes)
+            for point in points:
+                memory = None if skip_preflight else point_memory(point.name, point.recipe)
+                check_fits(point.name, cpus, memory, nodes)
                 requests.append({"num_cpus": cpus, **({"memory": int(memory)} if memory else {})})
-            sweep_dir = Path(points[0][2].run_dir()).parent
+            sweep_dir = Path(points[0].recipe.run_dir()).parent
             shared = share_folder(sweep_dir)
             try:
                 return self._run(ray, points, requests, shared, skip_preflight)
@@ -106,11 +107,12 @@ class RaySweep:
         from ray.exceptions import RayError
 
         task = ray.remote(max_calls=1)(run_point_on_node)  # a fresh process per point: its memory is given back
-        folders = [str(recipe.run_dir()) for _, _, recipe in points]
+        folders = [str(point.recipe.run_dir()) for point in points]
         refs = {}
-        for index, ((name, _, recipe), request) in enumerate(zip(points, requests)):
+        for index, (point, request) in enumerate(zip(points, requests)):
+            name = point.name
             ref = task.options(max_retries=self.max_retries, retry_exceptions=False, name=f"sweep point {name}",
-                               **request).remote(recipe, shared, skip_preflight, folders)
+                               **request).remote(point.recipe, shared, skip_preflight, folders, point.command)
             refs[ref] = index
             memory = f", {request['memory'] / GiB:.1f} GiB" if "memory" in request else ""
             log.info("sweep point %d of %d: %s submitted (%d CPUs%s)", index + 1, len(points), name,
@@ -121,7 +123,7 @@ class RaySweep:
                 ready, _ = ray.wait(list(refs), num_returns=1)
                 for ref in ready:
                     index = refs.pop(ref)
-                    name = points[index][0]
+                    name = points[index].name
                     try:
                         out = ray.get(ref)
                     except RayError as exc:

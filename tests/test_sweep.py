@@ -1,6 +1,7 @@
 """`pipeline sweep`: one resumable run folder per grid point, the dense baseline computed once and copied, one table."""
 
 import json
+import shlex
 
 import pytest
 import yaml
@@ -51,6 +52,16 @@ def test_a_sweep_resumes_skipping_done_points_shares_the_baseline_and_tabulates(
     third = run_sweep(recipe_file, ["prune.method=magnitude,wanda", "prune.sparsity=0.5"], progress=False)
     assert all(set(stages.values()) == {"skipped"} for stages in statuses(third).values())
     assert not (sweep / ".lock").exists()
+
+    # each point records the `pipeline run` that makes it alone, first in its report: run as written, it finds
+    # the point's folder complete for the same recipe (nothing reruns)
+    command = json.loads((new / "summary.json").read_text())["command"]
+    assert command.startswith("pipeline run ") and "prune.method=wanda" in command
+    assert (new / "report.md").read_text().splitlines()[3] == command
+    rerun = run_cli(*shlex.split(command)[1:], "--no-progress", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert all(status.split(" ")[0] == "skipped"
+               for status in json.loads((new / "summary.json").read_text())["stages"].values())
 
 
 def test_point_names_use_the_last_part_of_each_key_unless_two_share_it():
