@@ -40,7 +40,8 @@ def describe_gguf(path: Path, key: str | None = None) -> dict:
             "model": info.get("source") or info["name"], "requested_sparsity": None, "sparsity": 0.0,
             "layers": config["num_hidden_layers"], "graphs": [GRAPH],
             "gguf_type": info["type"] if info["type"] != "source" else f"source {info.get('file_type', '')}".strip(),
-            "bytes": info["bytes"], "perplexity": info.get("perplexity")}
+            "bytes": info["bytes"],
+            "perplexity": {"measured_in": "llamacpp", **info["perplexity"]} if info.get("perplexity") else None}
 
 
 def write_ggufs(model, tokenizer, root: Path, types: list[str], name: str, source: str | None = None,

@@ -3,16 +3,20 @@ disk and the engine's peak RAM, in one table, and tokens/s against perplexity as
 frontier marked (the points no other point beats on both speed and perplexity).
 
 Rows come from one interleaved benchmark (results.json): tokens/s are medians over its rounds, peak RAM the largest
-resident set of the engine's measurement processes (model loaded and run). Perplexity is each artifact's own, as
-recorded beside it: an ONNX artifact's from its run (the pruning stage's PyTorch figure for the float graphs, which
-the exported graphs reproduce; the INT8 graph's measured in ONNX Runtime), a GGUF's measured in llama.cpp, all by the
-evaluation section's windows. Rows whose perplexity was measured on other windows are flagged.
+resident set of the engine's measurement processes (model loaded and run). Perplexity is the one computed by the row's
+engine, as recorded beside the artifact (``perplexity_by_engine``: the quantize stage's figures of the float and INT8
+artifacts, each graph run by its own engine, export/engine_perplexity.py; a GGUF's measured in llama.cpp), all by the
+evaluation section's windows. Where the row's engine has none, the artifact's reference figure stands in, marked with
+the engine that computed it (PyTorch for a float model, ONNX Runtime for an INT8 graph). A line above the table names
+each engine figure that leaves the reference by more than export/perplexity_agreement.py's tolerance. Rows whose
+perplexity was measured on other windows are flagged.
 """
 
 from __future__ import annotations
 
-from benchmarks.engines import ENGINE_NAMES
+from benchmarks.engines import ENGINE_NAMES, ENGINES
 from benchmarks.report_format import batch_size, measured_modes, prompt_length
+from export.perplexity_agreement import TOLERANCE, beyond, gap
 from export.weight_kinds import KINDS
 
 
@@ -31,16 +35,33 @@ def _protocol(p: dict | None) -> tuple | None:
     return (p.get("dataset"), p.get("windows"), p.get("context_length")) if p else None
 
 
+def engine_figure(a: dict, engine: str) -> tuple[dict | None, str | None]:
+    """(the perplexity of artifact ``a`` for a row of benchmark engine ``engine``, the engine that computed it where
+    that is not the row's: "" when not recorded, None when it is the row's own)."""
+    own = ENGINES[engine].perplexity_in if engine in ENGINES else None
+    figure = (a.get("perplexity_by_engine") or {}).get(own) if own else None
+    if figure:
+        return figure, None
+    reference = a.get("perplexity")
+    if not reference:
+        return None, None
+    source = reference.get("measured_in") or ""
+    return reference, (None if own and source == own else source)
+
+
 def tradeoff_rows(results: dict) -> list[dict]:
-    """One row per (artifact, engine) measured: label, tokens/s per mode, perplexity, bytes, peak RSS; ``frontier``
-    marks the rows on the decode tokens/s vs perplexity Pareto frontier."""
+    """One row per (artifact, engine) measured: label, tokens/s per mode, perplexity (the row engine's own, else the
+    reference with ``perplexity_from`` naming its engine), bytes, peak RSS; ``frontier`` marks the rows on the
+    decode tokens/s vs perplexity Pareto frontier."""
     arts = {a["key"]: a for a in results["artifacts"]}
     rows: dict[tuple, dict] = {}
     for c in results["summary"]["cells"]:
         a = arts[c["artifact"]]
+        figure, source = engine_figure(a, c["engine"])
         row = rows.setdefault((c["artifact"], c["engine"]), {
             "artifact": c["artifact"], "label": _label(a), "engine": c["engine"], "tokens_per_s": {},
-            "perplexity": (a.get("perplexity") or {}).get("perplexity"), "protocol": _protocol(a.get("perplexity")),
+            "perplexity": (figure or {}).get("perplexity"), "perplexity_from": source, "protocol": _protocol(figure),
+            "gap": gap(figure, a.get("perplexity")) if source is None and beyond(figure, a.get("perplexity")) else None,
             "bytes": a.get("bytes"), "peak_rss_bytes": None})
         row["tokens_per_s"][c["mode"]] = c["tokens_per_s"]["median"]
         if c.get("peak_rss_bytes"):
@@ -77,18 +98,27 @@ def tradeoff_table(results: dict) -> list[str]:
     what = {m: f"decode tok/s (context {st['sequence_length']})" if m == "decode"
             else f"batch {batch_size(m)} decode tok/s (all sequences)" if batch_size(m)
             else f"prefill tok/s ({prompt_length(m, st)}-token prompt)" for m in modes}
-    lines = ["## Trade-off: speed, perplexity, size, memory", "",
-             "One row per artifact and engine, fastest decode first; **bold**: on the Pareto frontier of decode "
-             "tokens/s against perplexity (no other row is both faster and lower). Perplexity"
-             + (f" on {common[0]}, {common[1]} windows of {common[2]} tokens" if common else "")
-             + "; size: the artifact's files on disk (a shared weights file once); peak RAM: the engine process's "
-             "largest resident set while measuring.", "",
-             "| artifact | engine | " + " | ".join(what[m] for m in modes) + " | perplexity | size MiB | peak RAM MiB |",
-             "|---|---|" + "---|" * len(modes) + "---|---|---|"]
+    lines = ["## Trade-off: speed, perplexity, size, memory", ""]
+    off = [f"{r['label']} in {ENGINE_NAMES.get(r['engine'], r['engine'])} {r['perplexity']:.3f} ({100 * r['gap']:+.1f}%)"
+           for r in rows if r["gap"] is not None]
+    if off:
+        lines += [f"**Perplexity differs by engine** (more than {100 * TOLERANCE:.0f}% from the artifact's reference "
+                  f"figure, PyTorch's or ONNX Runtime's): {'; '.join(off)}.", ""]
+    lines += ["One row per artifact and engine, fastest decode first; **bold**: on the Pareto frontier of decode "
+              "tokens/s against perplexity (no other row is both faster and lower). Perplexity"
+              + (f" on {common[0]}, {common[1]} windows of {common[2]} tokens" if common else "")
+              + ", computed by the row's engine; where it has none, the artifact's reference figure, marked with the "
+              "engine that computed it; size: the artifact's files on disk (a shared weights file once); peak RAM: "
+              "the engine process's largest resident set while measuring.", "",
+              "| artifact | engine | " + " | ".join(what[m] for m in modes) + " | perplexity | size MiB | peak RAM MiB |",
+              "|---|---|" + "---|" * len(modes) + "---|---|---|"]
     for r in rows:
         name = f"**{r['label']}**" if r["frontier"] else r["label"]
         speeds = " | ".join(f"{r['tokens_per_s'][m]:.2f}" if m in r["tokens_per_s"] else "–" for m in modes)
-        ppl = f"{r['perplexity']:.3f}" + (" (other windows)" if r["other_protocol"] else "") if r["perplexity"] else "–"
+        source = r["perplexity_from"]
+        mark = "" if source is None else f" (in {ENGINE_NAMES.get(source, source)})" if source else " (engine not recorded)"
+        ppl = (f"{r['perplexity']:.3f}" + mark + (" (other windows)" if r["other_protocol"] else "")
+               if r["perplexity"] else "–")
         lines.append(f"| {name} | {ENGINE_NAMES.get(r['engine'], r['engine'])} | {speeds} | {ppl} | "
                      f"{_mib(r['bytes'])} | {_mib(r['peak_rss_bytes'])} |")
     return lines

@@ -6,8 +6,10 @@ comparisons).
 - ``internal_cache``: the graph's inputs are DeepSparse's (``positions``, ``causal_mask``, a cache of all heads, which
   DeepSparse keeps inside the engine); otherwise Optimum's standard with-past graph, the KV cache of the KV heads as
   inputs and outputs.
-- ``runtime``: what computes its logits for the checks, perplexity and accuracy (DeepSparse's graph too runs in ONNX
-  Runtime there: the same numbers, and the engine itself has no logits API).
+- ``runtime``: what computes its logits for the checks, the reference perplexity and accuracy (DeepSparse's graph too
+  runs in ONNX Runtime there: the same numbers, and its engine's pipeline has no logits API).
+- ``deployed_engine``: the engine its users run it in, where that is not ``runtime``; the perplexity recorded for that
+  engine is computed by the engine itself, apart (export/engine_perplexity.py). ``engine``: the one it runs in.
 - ``traced``: exported from PyTorch by Optimum; otherwise converted from the ``made_from`` graph.
 - ``weights_always_external`` / ``pads_weights_file``: DeepSparse rewrites ``model.onnx`` when it loads it (loaders
   give it a copy, which must be small), and its INT8 kernels read past the last weight (export/artifact.py:
@@ -35,6 +37,12 @@ class GraphFormat:
     pads_weights_file: bool = False
     reads_shared_weights: bool = False
     holds_only_nonzeros: bool = False  # its engine keeps only the non-zeros of a pruned weight in memory
+    deployed_engine: Literal["deepsparse"] | None = None
+
+    @property
+    def engine(self) -> str:
+        """The engine its users run it in, and in which its per-engine perplexity is computed."""
+        return self.deployed_engine or self.runtime
 
     @property
     def in_openvino(self) -> bool:
@@ -47,7 +55,8 @@ class GraphFormat:
 
 GRAPHS: dict[str, GraphFormat] = {g.name: g for g in (
     GraphFormat("deepsparse", load='deepsparse.TextGeneration(model_path="ARTIFACT/deepsparse")', internal_cache=True,
-                weights_always_external=True, pads_weights_file=True, holds_only_nonzeros=True),
+                weights_always_external=True, pads_weights_file=True, holds_only_nonzeros=True,
+                deployed_engine="deepsparse"),
     GraphFormat("onnxruntime", load='ORTModelForCausalLM.from_pretrained("ARTIFACT/onnxruntime")',
                 reads_shared_weights=True),
     GraphFormat("openvino", load='openvino.Core().compile_model("ARTIFACT/openvino/openvino_model.xml", "CPU")',

@@ -28,24 +28,30 @@ class EngineFacts:
     runner: str         # module with measure(spec) -> dict
     exploits_sparsity: bool
     label: str          # how reports name it
+    #: whose recorded perplexity is this engine's own (export/engine_perplexity.py: the engine that computed it);
+    #: None: none is (OpenVINO with sparse weights asked: other kernels than the figure's, on a CPU with AMX)
+    perplexity_in: str | None = None
 
 
 OPENVINO_INSTALL = "pip install 'dass-pipeline[openvino]' (openvino==2026.4.1; or ./install.sh --with-openvino)"
 
 ENGINES: dict[str, EngineFacts] = {
     "deepsparse": EngineFacts("deepsparse", "pip install deepsparse==1.8.0 (x86-64 Linux, Python 3.8-3.11)",
-                              "deepsparse", "benchmarks.engines.deepsparse_runner", True, "DeepSparse"),
+                              "deepsparse", "benchmarks.engines.deepsparse_runner", True, "DeepSparse",
+                              perplexity_in="deepsparse"),
     "onnxruntime": EngineFacts("onnxruntime", "pip install onnxruntime==1.26.0", "onnxruntime",
-                               "benchmarks.engines.onnxruntime_runner", False, "ONNX Runtime"),
-    "pytorch": EngineFacts("torch", "pip install torch==2.13.0", None, "benchmarks.engines.pytorch_runner", False, "PyTorch"),
+                               "benchmarks.engines.onnxruntime_runner", False, "ONNX Runtime",
+                               perplexity_in="onnxruntime"),
+    "pytorch": EngineFacts("torch", "pip install torch==2.13.0", None, "benchmarks.engines.pytorch_runner", False, "PyTorch",
+                           perplexity_in="pytorch"),
     # the dense model as GGUF files (export/gguf_writer.py), one folder per type; the binding is an optional extra
     "llamacpp": EngineFacts("llama_cpp", "pip install 'dass-pipeline[llamacpp]' (llama-cpp-python; pip builds "
                             "llama.cpp from source, about 15-25 minutes on 2 cores)", "llamacpp",
-                            "benchmarks.engines.llamacpp_runner", False, "llama.cpp"),
+                            "benchmarks.engines.llamacpp_runner", False, "llama.cpp", perplexity_in="llamacpp"),
     # OpenVINO's CPU plugin on the ONNX Runtime graph (or the artifact's IR, export/openvino_graph.py); the sparse
     # variant asks for its sparse weights decompression (INT8 MatMuls on CPUs with AMX; reported off elsewhere)
     "openvino": EngineFacts("openvino", OPENVINO_INSTALL, "onnxruntime", "benchmarks.engines.openvino_runner", False,
-                            "OpenVINO"),
+                            "OpenVINO", perplexity_in="openvino"),
     "openvino-sparse": EngineFacts("openvino", OPENVINO_INSTALL, "onnxruntime", "benchmarks.engines.openvino_runner",
                                    True, "OpenVINO, sparse weights asked"),
 }

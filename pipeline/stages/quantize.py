@@ -1,5 +1,6 @@
-"""quantize: RUN/artifact -> RUN/artifact-int8 (export/quantize.py), perplexity of both graphs, the INT8
-graph's greedy decode compared with the float one's in each engine; RUN/quantize.json."""
+"""quantize: RUN/artifact -> RUN/artifact-int8 (export/quantize.py), perplexity of both artifacts in each engine that
+runs one of their graphs (export/engine_perplexity.py), the INT8 graph's greedy decode compared with the float one's
+in each engine; RUN/quantize.json."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 from pathlib import Path
 
 from export.graph_formats import GRAPHS
+from export.perplexity_agreement import TOLERANCE, beyond, gap
 from pipeline.common.outputs import read_json, write_json_atomic
 from pipeline.resources import BASE, Shapes, engine_unheld
 from pipeline.stages.stage import Context, Stage
@@ -32,8 +34,68 @@ def unheld_engines(source: Path, engines) -> dict[str, dict]:
         why = engine_unheld(source, engine, manifest)
         if why:
             skipped[engine] = why
-            log.warning("quantize: greedy check in %s %s", engine, why["skipped"])
+            log.warning("quantize: greedy check and engine perplexity in %s %s", engine, why["skipped"])
     return skipped
+
+
+def perplexities(result: dict, recipe, source: Path, target: Path, tokens, bos: int | None, skipped: dict,
+                 progress: bool) -> None:
+    """``result["perplexity_by_engine"]``: both artifacts' perplexity in each exported graph's own engine
+    (export/engine_perplexity.py); ``result["perplexity"]``: the reference, the ONNX Runtime graph (else DeepSparse's
+    graph run in ONNX Runtime); ``result["perplexity_openvino"]``: OpenVINO's figures, as earlier runs wrote them.
+    An engine that cannot hold the float artifact here is skipped, and one that fails is recorded as failed: the
+    figure is missing, the INT8 artifact stays."""
+    from export.engine_perplexity import engine_perplexity
+    from export.onnx_perplexity import artifact_perplexity
+    from pipeline.common.errors import PipelineError
+
+    ev = recipe.evaluation
+    pairs = (("float", source), ("int8", target))
+    by_engine: dict[str, dict] = {}
+    for graph in recipe.export.engines:
+        entry = by_engine[graph] = {"dataset": ev.dataset, "graph": graph, "engine": GRAPHS[graph].engine}
+        if graph in skipped and GRAPHS[graph].deployed_engine:  # its engine would hold its own copy of the weights
+            entry["skipped"] = skipped[graph]["skipped"]
+            continue
+        try:
+            for name, folder in pairs:
+                entry[name] = engine_perplexity(folder, graph, tokens, ev.context_length, ev.max_windows, progress,
+                                                bos, stage="quantize (perplexity)")
+        except PipelineError as exc:
+            entry["failed"] = str(exc)
+            log.warning("quantize: perplexity in %s of the %s graph failed: %s", entry["engine"], graph, exc)
+            continue
+        log.info("perplexity of the %s graph in %s: float %.3f, INT8 %.3f", graph, entry["engine"],
+                 entry["float"]["perplexity"], entry["int8"]["perplexity"])
+    reference = "onnxruntime" if "onnxruntime" in recipe.export.engines else recipe.export.engines[0]
+    own = by_engine[reference]
+    if GRAPHS[reference].deployed_engine or "float" not in own:  # computed apart from the runtime: run it there
+        own = {name: artifact_perplexity(folder, tokens, ev.context_length, ev.max_windows, reference, progress, bos)
+               for name, folder in pairs}
+    result["perplexity"] = {"dataset": ev.dataset, "graph": reference, "run_in": GRAPHS[reference].runtime,
+                            "float": own["float"], "int8": own["int8"]}
+    result["perplexity_by_engine"] = by_engine
+    if "float" in by_engine.get("openvino", {}):
+        result["perplexity_openvino"] = by_engine["openvino"]
+    for graph, entry in by_engine.items():
+        for name in ("float", "int8"):
+            if beyond(entry.get(name), result["perplexity"][name]):
+                log.warning("perplexity of the %s %s graph in %s is %+.1f%% off its %s figure (tolerance %.0f%%)",
+                            name, graph, entry["engine"], 100 * gap(entry[name], result["perplexity"][name]),
+                            result["perplexity"]["run_in"], 100 * TOLERANCE)
+
+
+def engine_perplexities(artifact: Path) -> dict[str, dict]:
+    """{engine: perplexity} the quantize stage recorded for RUN/artifact or RUN/artifact-int8, each computed by
+    that engine (export/engine_perplexity.py); empty when it recorded none."""
+    artifact = Path(artifact)
+    which = {"artifact": "float", "artifact-int8": "int8"}.get(artifact.name)
+    path = artifact.parent / "quantize.json"
+    if which is None or not path.is_file():
+        return {}
+    recorded = read_json(path, "").get("perplexity_by_engine") or {}
+    return {entry["engine"]: {"dataset": entry["dataset"], "measured_in": entry["engine"], **entry[which]}
+            for entry in recorded.values() if which in entry}
 
 
 def run(ctx: Context) -> None:
@@ -53,7 +115,7 @@ def run(ctx: Context) -> None:
     windows = calibration_windows(tokenizer, cal.dataset, q.num_samples, q.seq_len, cal.seed, cal.path,
                                   ctx.bos_token_id("calibration", tokenizer)).numpy()
     prompt = tokenizer(recipe.export.smoke_prompt, return_tensors="np").input_ids
-    skipped = unheld_engines(source, recipe.export.engines) if q.check_tokens else {}
+    skipped = unheld_engines(source, recipe.export.engines) if q.check_tokens or q.perplexity else {}
     specs = {engine: generation_spec(engine, recipe.export.smoke_prompt, q.check_tokens,
                                      min(recipe.export.max_sequence_length, 256))
              for engine in recipe.export.engines if engine not in skipped} if q.check_tokens else {}
@@ -78,7 +140,7 @@ def run(ctx: Context) -> None:
                                                  "top1_agreement_vs_onnxruntime")
                               if k in i}  # smoothing: only with smoothing_strength; the last three: openvino
                           for e, i in manifest["engines"].items()}}
-    for engine, why in skipped.items():
+    for engine, why in skipped.items() if q.check_tokens else ():
         result["engines"][engine]["greedy_vs_float"] = why
     if first:
         result["top1_agreement_meaning"] = (f"fraction of the {len(first)} steps of the float artifact's greedy decode "
@@ -96,21 +158,7 @@ def run(ctx: Context) -> None:
             log.info("%s graph: INT8 predicts the float graph's next token at %.1f%% of %d positions of %s text "
                      "(teacher-forced)", engine, 100 * text["fraction"], text["positions"], ev.dataset)
     if q.perplexity and ev.enabled:
-        from export.onnx_perplexity import artifact_perplexity
-
-        graph = "onnxruntime" if "onnxruntime" in recipe.export.engines else "deepsparse"
-        result["perplexity"] = {"dataset": ev.dataset, "graph": graph, **{
-            name: artifact_perplexity(folder, tokens, ev.context_length, ev.max_windows, graph, ctx.progress, bos)
-            for name, folder in (("float", source), ("int8", target))}}
-        log.info("perplexity of the %s graph: float %.3f, INT8 %.3f", graph,
-                 result["perplexity"]["float"]["perplexity"], result["perplexity"]["int8"]["perplexity"])
-        if "openvino" in recipe.export.engines:  # the same protocol, the graphs as OpenVINO runs them
-            result["perplexity_openvino"] = {"dataset": ev.dataset, "graph": "openvino", **{
-                name: artifact_perplexity(folder, tokens, ev.context_length, ev.max_windows, "openvino", ctx.progress,
-                                          bos) for name, folder in (("float", source), ("int8", target))}}
-            log.info("perplexity in OpenVINO: float %.3f, INT8 %.3f",
-                     result["perplexity_openvino"]["float"]["perplexity"],
-                     result["perplexity_openvino"]["int8"]["perplexity"])
+        perplexities(result, recipe, source, target, tokens, bos, skipped, ctx.progress)
     for engine, ids in greedy.items():
         ids["int8"] = run_engine(engine, target, "quantize (greedy check)", **specs[engine])["ids"]
         result["engines"][engine]["greedy_vs_float"] = greedy_agreement(ids["float"], ids["int8"])
@@ -170,6 +218,31 @@ def report(summary: dict) -> list[str]:
     if ov:
         lines += ["", f"The same in OpenVINO (CPU plugin; the INT8 graph as OpenVINO runs it, INT8 kernels): float "
                   f"{ov['float']['perplexity']:.3f}, INT8 {ov['int8']['perplexity']:.3f}."]
+    return lines + engine_table(quant)
+
+
+def engine_table(quant: dict) -> list[str]:
+    """Each graph's perplexity computed by its own engine, a line above the table for each figure that leaves the
+    reference by more than the tolerance."""
+    by_engine, ref = quant.get("perplexity_by_engine"), quant.get("perplexity")
+    if not by_engine or not ref:
+        return []
+    off = [f"the {name} {graph} graph in {e['engine']} {e[name]['perplexity']:.3f} ({100 * gap(e[name], ref[name]):+.1f}%)"
+           for graph, e in by_engine.items() for name in ("float", "int8") if beyond(e.get(name), ref[name])]
+    lines = ["", "### Perplexity in each engine", ""]
+    if off:
+        lines += [f"**Engines disagree** by more than {100 * TOLERANCE:.0f}% with the reference (the {ref['graph']} "
+                  f"graph in {ref.get('run_in', ref['graph'])}: float {ref['float']['perplexity']:.3f}, INT8 "
+                  f"{ref['int8']['perplexity']:.3f}): {'; '.join(off)}.", ""]
+    lines += ["Each graph's perplexity computed by the engine that runs it (same windows and loss as every "
+              "perplexity; DeepSparse: its engine, one static window at a time, no KV cache).", "",
+              "| graph | engine | float | INT8 | note |", "|---|---|---|---|---|"]
+    for graph, e in by_engine.items():
+        cells = [f"{e[name]['perplexity']:.3f}" if name in e else "–" for name in ("float", "int8")]
+        compiled = (e.get("float") or {}).get("fraction_of_supported_ops")
+        note = e.get("skipped") or e.get("failed") or (f"{compiled:.0%} of the graph compiled by the engine"
+                                                        if compiled is not None else "")
+        lines.append(f"| {graph} | {e['engine']} | {cells[0]} | {cells[1]} | {note} |")
     return lines
 
 
