@@ -32,20 +32,22 @@ def test_the_deepsparse_engine_computes_the_float_graphs_perplexity_as_onnxrunti
     assert ds["perplexity"] == pytest.approx(ort["perplexity"], rel=FLOAT_TOLERANCE)
 
 
-def test_what_no_engine_can_compute_is_refused_in_one_line_before_any_work(tiny_artifact, tmp_path, monkeypatch):
+def test_what_no_engine_can_compute_is_refused_in_one_line_before_any_work(tmp_path, monkeypatch):
     import importlib.util
 
     import export.engine_perplexity as ep
     from conftest import calibration_ids
 
-    _, folder, _ = tiny_artifact
+    folder = tmp_path / "artifact"  # the refusals read which graph files exist, never a graph
+    (folder / "deepsparse").mkdir(parents=True)
+    (folder / "deepsparse" / "model.onnx").write_bytes(b"")
     tokens = calibration_ids(n=1, seq_len=64)[0]
     monkeypatch.setattr(ep, "run_child", lambda *a, **k: pytest.fail("an engine ran before the refusal"))
     with pytest.raises(PipelineError, match="in pytorch: pytorch does not run an artifact's graphs") as err:
         engine_perplexity(folder, "pytorch", tokens, 32)
     assert "perplexity.json" in err.value.fix and "\n" not in str(err.value)
     with pytest.raises(PipelineError, match="has no onnxruntime graph") as err:
-        check_engine(tmp_path, "onnxruntime")
+        engine_perplexity(folder, "onnxruntime", tokens, 32)
     assert "export.engines including onnxruntime" in err.value.fix
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepsparse" else real(name, *a))
@@ -131,3 +133,24 @@ def test_each_tradeoff_row_carries_the_perplexity_its_engine_computed():
     assert "| **dass 50% INT8** | DeepSparse | 8.00 | 6.500 | 2,048 | 1,024 |" in lines
     assert "| dass 50% INT8 | ONNX Runtime | 3.00 | 6.200 | 2,048 | 1,024 |" in lines
     assert "| **dass 50% INT8** | OpenVINO, sparse weights asked | 4.00 | 6.200 (in ONNX Runtime) | 2,048 | 1,024 |" in lines
+
+
+def test_the_benchmark_stage_hands_each_artifact_its_figures_by_engine(tmp_path):
+    """A run folder's records: the PyTorch figure for the float artifact, the quantize stage's per engine for both,
+    the reference named by the runtime that computed it (DeepSparse's graph run in ONNX Runtime is ONNX Runtime's)."""
+    from pipeline.stages.benchmark import _with_perplexity
+
+    one = {"windows": 4, "context_length": 64, "tokens": 256}
+    (tmp_path / "perplexity.json").write_text(json.dumps({"dataset": "d", "pruned": {"perplexity": 6.0, **one}}))
+    entry = {"dataset": "d", "graph": "deepsparse", "engine": "deepsparse",
+             "float": {"perplexity": 6.01, **one}, "int8": {"perplexity": 6.5, **one}}
+    (tmp_path / "quantize.json").write_text(json.dumps({
+        "perplexity": {"dataset": "d", "graph": "deepsparse", "run_in": "onnxruntime",
+                       "float": {"perplexity": 6.0, **one}, "int8": {"perplexity": 6.2, **one}},
+        "perplexity_by_engine": {"deepsparse": entry}}))
+    pruned = _with_perplexity({"key": "p", "path": str(tmp_path / "artifact")})
+    assert pruned["perplexity"]["measured_in"] == "onnxruntime"
+    assert {e: f["perplexity"] for e, f in pruned["perplexity_by_engine"].items()} == {"pytorch": 6.0, "deepsparse": 6.01}
+    int8 = _with_perplexity({"key": "i", "path": str(tmp_path / "artifact-int8")})
+    assert int8["perplexity"]["perplexity"] == 6.2 and int8["perplexity"]["measured_in"] == "onnxruntime"
+    assert {e: f["perplexity"] for e, f in int8["perplexity_by_engine"].items()} == {"deepsparse": 6.5}

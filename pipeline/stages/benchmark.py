@@ -78,22 +78,28 @@ def write_ggufs(ctx: Context) -> list[dict]:
     return described
 
 
+def _read(run_dir: Path, name: str) -> dict:
+    return read_json(run_dir / name, "") if (run_dir / name).is_file() else {}
+
+
 def recorded_perplexity(artifact: Path) -> dict | None:
-    """The perplexity a run recorded for one of its artifact folders (RUN/artifact, artifact-dense, artifact-int8):
-    the INT8 graph's and the float graph's as the quantize stage measured them in ONNX Runtime, else the PyTorch
-    figure of the model the float graph was exported from; None when the run recorded none."""
+    """The reference perplexity a run recorded for one of its artifact folders (RUN/artifact, artifact-dense,
+    artifact-int8): the INT8 graph's and the float graph's as the quantize stage measured them in ONNX Runtime, else
+    the PyTorch figure of the model the float graph was exported from; None when the run recorded none."""
+    graphs = _read(Path(artifact).parent, "quantize.json").get("perplexity") or {}
+    which = {"artifact-int8": "int8", "artifact": "float"}.get(Path(artifact).name)
+    if which in graphs:  # run_in: the runtime (runs before it was recorded ran every graph in ONNX Runtime)
+        return {"dataset": graphs.get("dataset"), "measured_in": graphs.get("run_in", "onnxruntime"), **graphs[which]}
+    return pytorch_perplexity(artifact)
+
+
+def pytorch_perplexity(artifact: Path) -> dict | None:
+    """The PyTorch figure of the model a run's float artifact was exported from (the evaluate stage's, or the
+    baseline's for the dense one); None for an INT8 copy or where the run recorded none."""
     from pipeline.stages import baseline, evaluate
 
     run_dir, kind = Path(artifact).parent, Path(artifact).name
-
-    def read(name: str) -> dict:
-        return read_json(run_dir / name, "") if (run_dir / name).is_file() else {}
-
-    graphs = read("quantize.json").get("perplexity") or {}
-    which = {"artifact-int8": "int8", "artifact": "float"}.get(kind)
-    if which in graphs:
-        return {"dataset": graphs.get("dataset"), "measured_in": graphs.get("graph"), **graphs[which]}
-    pruned, dense = read(evaluate.OUTPUT), read(baseline.OUTPUT)
+    pruned, dense = _read(run_dir, evaluate.OUTPUT), _read(run_dir, baseline.OUTPUT)
     for recorded, key in ((pruned, "pruned"), (dense, "dense")):  # a dense-only run's artifact/ is the dense model
         if key in recorded and (kind, key) in (("artifact", "pruned"), ("artifact", "dense"), ("artifact-dense", "dense")):
             return {"dataset": recorded.get("dataset"), "measured_in": "pytorch", **recorded[key]}
@@ -101,14 +107,17 @@ def recorded_perplexity(artifact: Path) -> dict | None:
 
 
 def _with_perplexity(described: dict) -> dict:
-    """The artifact's reference perplexity and, per engine, the one that engine computed (quantize stage)."""
+    """The artifact's reference perplexity and, per engine, the one that engine computed (the quantize stage's, and
+    PyTorch's of the model a float artifact was exported from)."""
     from pipeline.stages.quantize import engine_perplexities
 
     if "gguf_type" in described:
         return described
     path = Path(described["path"])
+    torch_figure = pytorch_perplexity(path)
+    by_engine = {**({"pytorch": torch_figure} if torch_figure else {}), **engine_perplexities(path)}
     return {**described, "perplexity": described.get("perplexity") or recorded_perplexity(path),
-            "perplexity_by_engine": described.get("perplexity_by_engine") or engine_perplexities(path)}
+            "perplexity_by_engine": described.get("perplexity_by_engine") or by_engine}
 
 
 def run(ctx: Context) -> None:
