@@ -256,8 +256,10 @@ class QuantizeSection(StrictSection):
                                              "norm's output, smoothed like the other norm outputs): a decode step "
                                              "reads the head's whole weight, the largest single linear")
     check_tokens: int = Field(32, ge=0, description="greedy tokens compared with the float artifact in each engine")
-    perplexity: bool = Field(True, description="perplexity of the float and INT8 graphs (evaluation settings, "
-                                               "ONNX Runtime); needs evaluation.enabled")
+    perplexity: bool = Field(True, description="perplexity of the float and INT8 artifacts (evaluation settings): "
+                                               "each exported graph's computed by its own engine (DeepSparse's by "
+                                               "the DeepSparse engine; docs/engines.md) and the reference, the ONNX "
+                                               "Runtime graph's; needs evaluation.enabled")
     agreement_windows: int = Field(4, ge=0, description="evaluation windows on which each engine's INT8 graph is "
                                                        "compared with its float graph, teacher-forced, position by "
                                                        "position (next-token top-1, run in ONNX Runtime); 0: none; "
