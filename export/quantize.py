@@ -71,16 +71,16 @@ def linear_matmuls(graph, vocab_size: int, intermediate_size: int | None = None,
     return linears, others
 
 
-UNTIED = ".lm_head"  # suffix of the head's own copy of a tied embedding table (transposed)
+UNTIED = ".lm_head"  # suffix of the head's own copy of a tied embedding table ([hidden, vocab])
 
 
 def untie_lm_head(store, vocab_size: int) -> None:
     """Give a LM head tied to the embedding its own [hidden, vocab] initializer (``store``: export/graph_tensors.py).
 
-    Tied, the ONNX Runtime graph's head reads ``Transpose(embed_tokens.weight)``; with its own
-    constant it is quantized (and smoothed) like an untied head, as in the DeepSparse graph, whose
-    exporter already wrote one. The embedding lookup keeps the float table; the Transpose goes
-    where nothing else reads it. The copy is made when the graph is written.
+    Tied, the head reads the table the embedding lookup reads too: E^T, stored once in both graphs
+    (export/tied_embedding.py), or ``Transpose(embed_tokens.weight)`` in an ONNX Runtime graph exported before
+    that. With its own constant it is quantized (and smoothed) like an untied head; the lookup keeps the float
+    table, and a Transpose goes where nothing else reads it. The copy is made when the graph is written.
     """
     from export.smooth import producers_and_consumers
 
@@ -88,6 +88,14 @@ def untie_lm_head(store, vocab_size: int) -> None:
     inits = {i.name for i in graph.initializer}
     producers, consumers = producers_and_consumers(graph)
     for node in list(graph.node):
+        weight = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight in inits and len(store.shape(weight)) == 2 and store.shape(weight)[1] == vocab_size \
+                and len(consumers[weight]) > 1:  # E^T read by the lookup too (export/tied_embedding.py)
+            name = weight + UNTIED
+            store.add(name, np.float32, store.shape(weight), lambda weight=weight: store.array(weight))
+            inits.add(name)
+            node.input[1] = name
+            continue
         transpose = producers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
         if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in inits:
             continue
@@ -233,8 +241,12 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme
     structure.CopyFrom(store.model)  # the float graph as stored, for calibration (no weights: a few MiB)
     if lm_head:
         untie_lm_head(store, config.vocab_size)
-    linears, others = linear_matmuls(store.model.graph, config.vocab_size,
-                                     None if scheme.down_proj else getattr(config, "intermediate_size", None), lm_head)
+    intermediate = getattr(config, "intermediate_size", None)
+    linears, others = linear_matmuls(store.model.graph, config.vocab_size, None if scheme.down_proj else intermediate,
+                                     lm_head)
+    # down_proj, whose input channels with outliers go through a float MatMul beside its INT8 one (outlier_split.py)
+    split = sorted(set(linears) - set(linear_matmuls(store.model.graph, config.vocab_size, intermediate, lm_head)[0])) \
+        if scheme.outlier_fraction else []
     if not linears:
         raise PipelineError(f"{source} has no MatMul with a weight matrix to quantize", "re-run the export stage")
     done = {"quantized_matmuls": len(linears), "float_matmuls": len(others)}
@@ -259,7 +271,14 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme
         for g in groups:  # X is now X / s, channel by channel
             stats[g.activation] = (stats[g.activation][0] / g.scale, stats[g.activation][1] / g.scale)
     ranges = {x: (float(low.min()), float(high.max())) for x, (low, high) in stats.items()}
-    done["float_weight_bytes_saved"] = integer_matmuls(store, linears, ranges, scheme.per_channel)
+    kept_float = 0
+    if split:
+        from export.outlier_split import split_outliers
+
+        split_ranges, done["outlier_split"] = split_outliers(store, split, stats, scheme.outlier_fraction)
+        ranges.update(split_ranges)
+        kept_float = done["outlier_split"]["float_weight_bytes"]
+    done["float_weight_bytes_saved"] = integer_matmuls(store, linears, ranges, scheme.per_channel) - kept_float
     store.save(target / "model.onnx")
     return done
 
@@ -278,8 +297,9 @@ def int8_weights(float_graph: Path, int8_graph: Path) -> dict[str, dict]:
         q = ints.array(name)
         if original in floats.tensors:
             w = floats.array(original)
-        else:  # a tied head's own copy (untie_lm_head): the float graph holds the table it transposes
-            w = floats.array(original[: -len(UNTIED)]).T
+        else:  # a tied head's own copy (untie_lm_head): the float graph holds the table (E^T, or E it transposes)
+            w = floats.array(original[: -len(UNTIED)])
+            w = w if w.shape == q.shape else w.T
         result[original] = {
             "shape": list(q.shape), "dtype": str(q.dtype), "float_zeros": float((w == 0).mean()),
             "int8_zeros": float((q == 0).mean()), "pruned_zeros_kept": bool((q[w == 0] == 0).all())}

@@ -17,6 +17,9 @@ class Scheme:
     per_channel: bool
     about: str
     down_proj: bool = False  # down_proj INT8 too (its input, act(gate) * up, carries the largest outliers)
+    #: with down_proj: this fraction of its input channels (the largest calibrated max |x|) goes through a float
+    #: MatMul beside the INT8 one (export/outlier_split.py); 0: none, the INT8 range covers every channel
+    outlier_fraction: float = 0.0
 
 
 SCHEMES = {
@@ -29,6 +32,12 @@ SCHEMES = {
                               "calibration)", True,
                               "as w8a8-static, and down_proj INT8 too (its input smoothed through up_proj's "
                               "columns): every decoder linear INT8", down_proj=True),
+    "w8a8-static-outliers": Scheme("int8 symmetric per output channel, in [-63, 63] (exact in ONNX Runtime on CPUs without VNNI)", "uint8 asymmetric per tensor, static (min/max "
+                                   "calibration)", True,
+                                   "as w8a8-static-all (every decoder linear INT8), and the 1% of down_proj's input "
+                                   "channels with the largest calibrated magnitude split off into a small float32 "
+                                   "MatMul beside its INT8 one (LLM.int8()-style; their int8 rows are zero bytes)",
+                                   down_proj=True, outlier_fraction=0.01),
 }
 #: schemes users ask for that the DeepSparse path does not run, and what to do instead
 NOT_RUNNABLE = {

@@ -246,7 +246,7 @@ class QuantizeSection(StrictSection):
     """INT8 quantization of the exported artifact (export/quantize.py): RUN/artifact-int8 beside RUN/artifact."""
 
     enabled: bool = Field(False, description="write RUN/artifact-int8 (needs export.enabled)")
-    scheme: str = Field("w8a8-static", description="w8a8-static: int8 weights (symmetric, per channel), uint8 activations (static) in q/k/v/o/gate/up; w8a8-static-all: down_proj too")
+    scheme: str = Field("w8a8-static", description="w8a8-static: int8 weights (symmetric, per channel), uint8 activations (static) in q/k/v/o/gate/up; w8a8-static-all: down_proj too; w8a8-static-outliers: down_proj too, with the 1% of its input channels of largest calibrated magnitude in a small float32 MatMul beside the INT8 one (export/outlier_split.py)")
     num_samples: int = Field(16, gt=0, description="calibration windows for the activation ranges (calibration text)")
     seq_len: int = Field(128, gt=1, description="tokens per activation-range calibration window")
     smoothing_strength: Optional[float] = Field(
