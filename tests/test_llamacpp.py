@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import platform
 
 import numpy as np
 import pytest
@@ -307,6 +308,11 @@ def test_runner_returns_tokens_per_s_like_the_other_engines(written, mode):
     assert result["gguf_type"] == "q8_0" and result["iterations"] >= 3
     step = {"decode": 1, "prefill": 16, "batch": 4}[mode]
     assert result["tokens_per_s"] == pytest.approx(step * 1000.0 / result["ms_median"])
+    machine = result["machine"]  # what llama.cpp was compiled for, and how it fits this CPU (the report shows it)
+    assert machine["system_info"].startswith("CPU : ") and machine["build"] in ("native", "portable", "unrecorded")
+    assert machine["features"] or platform.machine() != "x86_64"
+    assert all(f"{f} = 1" in machine["system_info"] for f in machine["features"])
+    assert machine["cpu_lacks"] == []  # it just ran here
 
 
 

@@ -25,8 +25,8 @@ from benchmarks.engines.timing import time_steps
 from pipeline.common.errors import PipelineError
 
 MODEL_FILE = "model.gguf"  # export/gguf_writer.py writes it; named here too, benchmarks must not import export's heavy side
-INSTALL = ("pip install 'dass-pipeline[llamacpp]' (llama-cpp-python; pip builds llama.cpp from source, about "
-           "15-25 minutes on 2 cores), or drop llamacpp from benchmark.engines")
+INSTALL = ("./install.sh --with-llamacpp (llama-cpp-python; pip builds llama.cpp from source for this CPU, about "
+           "10-15 minutes on 2 cores) or pip install 'dass-pipeline[llamacpp]', or drop llamacpp from benchmark.engines")
 
 
 def binding():
@@ -51,8 +51,17 @@ def open_gguf(path: Path, context: int, threads: int | None, logits_all: bool = 
 
 
 def system_info() -> str:
-    """What llama.cpp detected and was built with (AVX2, AVX512, ...)."""
+    """The instruction sets llama.cpp's CPU library was compiled for (AVX2, AVX512, ...; compile-time, not what the
+    CPU has: benchmarks/engines/llamacpp_build.py compares them with /proc/cpuinfo)."""
     return binding().llama_print_system_info().decode(errors="replace").strip()
+
+
+def machine() -> dict:
+    """llama.cpp's system info, the build (install.sh's record) and how it fits this CPU (llamacpp_build.describe)."""
+    from benchmarks.engines.llamacpp_build import describe
+
+    info = system_info()
+    return {"system_info": info, **describe(info)}
 
 
 def measure(spec: MeasureSpec) -> dict:
@@ -86,7 +95,7 @@ def measure(spec: MeasureSpec) -> dict:
 
 def _facts(folder: Path) -> dict:
     described = folder.parent / "gguf.json"
-    return {"engine_version": binding().__version__, "machine": {"system_info": system_info()},
+    return {"engine_version": binding().__version__, "machine": machine(),
             "gguf_type": json.loads(described.read_text())["type"] if described.is_file() else None}
 
 
