@@ -37,10 +37,11 @@ if [ "$WITH_LLAMACPP" = 1 ]; then
   # built on another CPU would be installed as it is. The build is recorded in .venv/llamacpp-build.json (this CPU's
   # model and flags, the library's hash); a later run rebuilds unless that record names this CPU and the installed
   # library (a venv built elsewhere, or a portable build, is rebuilt). benchmarks/engines/llamacpp_build.py.
+  # --force-reinstall --no-deps: the installed build stays until the new one is built, and the pinned set is kept.
   if ! .venv/bin/python -m benchmarks.engines.llamacpp_build check; then
-    .venv/bin/python -m pip uninstall -q -y llama-cpp-python
+    .venv/bin/python -m pip install -q --disable-pip-version-check diskcache==5.6.3
     CMAKE_ARGS="-DGGML_NATIVE=ON" .venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir \
-      llama-cpp-python==0.3.36 diskcache==5.6.3
+      --force-reinstall --no-deps llama-cpp-python==0.3.36
     .venv/bin/python -m benchmarks.engines.llamacpp_build record native --cmake-args=-DGGML_NATIVE=ON
   fi
 fi
