@@ -53,7 +53,8 @@ def run_row(run: Path) -> dict | None:
     prune_cost = (summary.get("resources") or {}).get("prune") or {}
     return {"run": str(run), "method": summary["method"], "sparsity": summary["sparsity"], "scope": summary["scope"],
             "allocation": (summary.get("allocation") or {}).get("scheme", "uniform"),
-            "calibration": (summary.get("calibration") or {}).get("dataset", "embedded"),
+            "calibration": "+".join([(summary.get("calibration") or {}).get("dataset", "embedded"),
+                                     *(summary.get("calibration") or {}).get("also", [])]),
             "reconstruct": record.get("mode", "none"), "block": record.get("block"),
             "block_seconds": record.get("block_seconds"),
             "sparsity_achieved": (summary.get("sparsity_achieved") or {}).get("overall"),

@@ -67,6 +67,26 @@ class CalibrationSection(StrictSection):
     seq_len: int = Field(2048, gt=1, description="tokens per calibration window")
     seed: int = Field(0, description="seed of the random window positions")
     bos_per_window: BosPerWindow = Field("auto", description=BOS_HELP)
+    also: list[PathlessDataset] = Field(default_factory=list, description="further calibration texts: num_samples "
+                                        "windows split evenly between dataset and these (a mix of the domains a "
+                                        "model will serve, e.g. [stdlib] beside embedded for a code model)")
+
+    @model_validator(mode="after")
+    def _mix_fits(self):
+        if self.dataset in self.also or len(set(self.also)) != len(self.also):
+            raise ValueError(f"calibration.also {self.also} repeats a text (dataset: {self.dataset}) — fix: list each "
+                             "text once")
+        if self.num_samples < len(self.texts()):
+            raise ValueError(f"calibration.num_samples {self.num_samples} is fewer than the {len(self.texts())} "
+                             "calibration texts — fix: give each text at least one window")
+        return self
+
+    def texts(self) -> list[str]:
+        """The calibration texts: ``dataset`` first, then ``also``."""
+        return [self.dataset, *self.also]
+
+    def label(self) -> str:
+        return "+".join(self.texts())
 
 
 #: (method, key): parameters older recipes gave flat in prune, now under prune.<method>

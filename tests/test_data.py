@@ -128,3 +128,28 @@ def test_stdlib_text_is_python_source_split_in_halves():
     tok = tiny_tokenizer()
     full = tok(text, return_tensors="pt").input_ids[0]
     assert torch.equal(evaluation_tokens(tok, "stdlib"), full[full.numel() // 2 :])
+
+
+def test_a_calibration_mix_splits_the_windows_between_its_texts_each_from_its_calibration_half():
+    from pipeline.core.data import mixed_calibration_windows
+
+    tok = tiny_tokenizer()
+    mixed = mixed_calibration_windows(tok, ["embedded", "stdlib"], 5, 64, seed=3)
+    assert mixed.shape == (5, 64)
+    # the first text takes the odd window; each share is exactly what that text alone draws with the seed
+    assert torch.equal(mixed[:3], calibration_windows(tok, "embedded", 3, 64, seed=3))
+    assert torch.equal(mixed[3:], calibration_windows(tok, "stdlib", 2, 64, seed=3))
+    code = tok(load_texts("stdlib", "calibration")[0], return_tensors="pt").input_ids[0]
+    half = code[: code.numel() // 2]
+    for w in mixed[3:]:  # the code windows come from the calibration half of the standard-library text
+        assert any(torch.equal(half[s : s + 64], w) for s in range(half.numel() - 63))
+
+
+def test_a_calibration_mix_is_validated_with_the_recipe():
+    from pipeline.recipe_sections import CalibrationSection
+
+    assert CalibrationSection(dataset="embedded", also=["stdlib"]).label() == "embedded+stdlib"
+    with pytest.raises(ValueError, match="repeats a text"):
+        CalibrationSection(dataset="stdlib", also=["stdlib"])
+    with pytest.raises(ValueError, match="fewer than the 2 calibration texts"):
+        CalibrationSection(dataset="embedded", also=["stdlib"], num_samples=1)

@@ -197,6 +197,16 @@ def calibration_windows(tokenizer, dataset: str, num_samples: int, seq_len: int,
     return torch.stack(windows)
 
 
+def mixed_calibration_windows(tokenizer, datasets: list[str], num_samples: int, seq_len: int, seed: int = 0,
+                              path: str | None = None, bos_token_id: int | None = None) -> torch.Tensor:
+    """``num_samples`` windows split evenly between ``datasets`` (the first ones take the remainder), each text's share
+    drawn as ``calibration_windows`` draws it (``path`` belongs to the first), stacked in the order given."""
+    shares = [num_samples // len(datasets) + (i < num_samples % len(datasets)) for i in range(len(datasets))]
+    return torch.cat([calibration_windows(tokenizer, dataset, share, seq_len, seed, path if i == 0 else None,
+                                          bos_token_id)
+                      for i, (dataset, share) in enumerate(zip(datasets, shares)) if share])
+
+
 def evaluation_tokens(tokenizer, dataset: str, path: str | None = None, bos_per_window: bool = False) -> torch.Tensor:
     """One long token stream for perplexity (documents joined as Wanda does). ``bos_per_window``: the text
     without special tokens (pipeline/core/evaluate.py puts a BOS before each window's share of it)."""

@@ -190,7 +190,7 @@ def summary(recipe, run_dir) -> dict:
     sparsity = read_json(run_dir / OUTPUT / "sparsity.json", "re-run the recipe with --from prune")
     calibrated = p.method not in ("magnitude", "none") or (p.method != "none" and (p.allocation != "uniform" or
                                                                                  p.reconstruct != "none"))
-    return {"calibration": {"dataset": cal.dataset, "num_samples": cal.num_samples, "seq_len": cal.seq_len,
+    return {"calibration": {"dataset": cal.dataset, **({"also": cal.also} if cal.also else {}), "num_samples": cal.num_samples, "seq_len": cal.seq_len,
                             "seed": cal.seed, "bos_per_window": sparsity.get("calibration_bos_per_window")}
             if calibrated else None,
             "prune_seconds": sparsity.get("prune_seconds"), "streamed": sparsity.get("streamed", False),

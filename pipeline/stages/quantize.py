@@ -106,14 +106,14 @@ def run(ctx: Context) -> None:
     from export.engines import generation_spec, run_engine
     from export.artifact import disk_bytes
     from export.quantize import quantize_artifact
-    from pipeline.core.data import calibration_windows, evaluation_tokens
+    from pipeline.core.data import evaluation_tokens, mixed_calibration_windows
 
     recipe, run_dir, q, cal = ctx.recipe, ctx.run_dir, ctx.recipe.quantize, ctx.recipe.calibration
     ctx.models.release()
     source, target = run_dir / "artifact", run_dir / "artifact-int8"
     tokenizer = AutoTokenizer.from_pretrained(source / recipe.export.engines[0])
-    windows = calibration_windows(tokenizer, cal.dataset, q.num_samples, q.seq_len, cal.seed, cal.path,
-                                  ctx.bos_token_id("calibration", tokenizer)).numpy()
+    windows = mixed_calibration_windows(tokenizer, cal.texts(), q.num_samples, q.seq_len, cal.seed, cal.path,
+                                        ctx.bos_token_id("calibration", tokenizer)).numpy()
     prompt = tokenizer(recipe.export.smoke_prompt, return_tensors="np").input_ids
     skipped = unheld_engines(source, recipe.export.engines) if q.check_tokens or q.perplexity else {}
     specs = {engine: generation_spec(engine, recipe.export.smoke_prompt, q.check_tokens,

@@ -183,14 +183,14 @@ class Context:
     def calibration_ids(self):
         """The calibration windows [num_samples, seq_len] (tokenized once per run)."""
         if "calibration" not in self._cache:
-            from pipeline.core.data import calibration_windows
+            from pipeline.core.data import mixed_calibration_windows
 
             cal = self.recipe.calibration
             _, tokenizer = self.model_for_checks()
-            self._cache["calibration"] = calibration_windows(tokenizer, cal.dataset, cal.num_samples, cal.seq_len,
-                                                             cal.seed, cal.path,
-                                                             self.bos_token_id("calibration", tokenizer))
-            log.info("calibration: %d windows of %d tokens from %s", *self._cache["calibration"].shape, cal.dataset)
+            self._cache["calibration"] = mixed_calibration_windows(tokenizer, cal.texts(), cal.num_samples,
+                                                                   cal.seq_len, cal.seed, cal.path,
+                                                                   self.bos_token_id("calibration", tokenizer))
+            log.info("calibration: %d windows of %d tokens from %s", *self._cache["calibration"].shape, cal.label())
         return self._cache["calibration"]
 
     def evaluation_ids(self, dataset: str | None = None):
