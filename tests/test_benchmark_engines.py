@@ -57,3 +57,49 @@ def test_recipe_comparing_with_a_run_of_its_own_name_is_refused_up_front(tiny_ar
     other = parse_recipe({"name": "other", "model": {"source": "x"}, "export": {"enabled": True},
                           "benchmark": {"enabled": True, "compare": [str(folder.parent)]}})
     assert [a["key"] for a in preflight_benchmark(other)] == [name]
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "pytorch", "openvino"])
+def test_a_batch_measurement_decodes_each_of_its_sequences(tiny_artifact, engine):
+    """Counted from the timed step's own logits (the runner in this process): batch-4 decodes 4 sequences, one new
+    token each, all 4 different (each its own prompt and cache, no row a copy); a prefill of 16 tokens is one
+    sequence of 16 positions. So batch-N tokens/s counts N sequences really decoded."""
+    import importlib
+
+    if engine == "openvino":
+        pytest.importorskip("openvino")
+    _, folder, _ = tiny_artifact
+    runner = importlib.import_module(engines.ENGINES[engine].runner)
+    settings = BenchmarkSettings(sequence_length=64, prefill_length=16, warmup_seconds=0, seconds=0.1)
+    for batch in (4, 7) if engine != "openvino" else (4,):  # OpenVINO compiles per measurement: one is enough
+        assert runner.measure(MeasureSpec.of(engine, folder, "batch", settings, size=batch))["decoded"] == {
+            "sequences": batch, "new_tokens": 1, "distinct": batch}
+    if engine == "openvino":
+        return
+    assert runner.measure(MeasureSpec.of(engine, folder, "decode", settings))["decoded"] == {
+        "sequences": 1, "new_tokens": 1, "distinct": 1}
+    assert runner.measure(MeasureSpec.of(engine, folder, "prefill", settings))["decoded"] == {
+        "sequences": 1, "new_tokens": 16, "distinct": 1}
+
+
+def test_a_step_that_decodes_other_sequences_than_asked_is_refused(monkeypatch):
+    """measure() checks the runner's count against the spec: one sequence, or four copies of one, where batch-4 was
+    asked is an error, not a tokens/s four times too high."""
+    import re
+
+    import numpy as np
+
+    from benchmarks.engines.counted import decoded
+
+    spec = MeasureSpec.of("onnxruntime", "/fake/artifact", "batch", BenchmarkSettings(), size=4)
+    rng = np.random.default_rng(0)
+    one = rng.standard_normal((1, 1, 32))
+    for logits, expected in ((one, "decoded 1 sequence(s) x 1 token(s), 1 of them distinct"),
+                             (np.repeat(one, 4, axis=0), "decoded 4 sequence(s) x 1 token(s), 1 of them distinct")):
+        monkeypatch.setattr(engines, "run_child", lambda *a, counted=decoded(logits): {"ms_median": 10.0,
+                                                                                        "decoded": counted})
+        with pytest.raises(PipelineError, match=re.escape(f"{expected}, where the measurement asks for 4 x 1")):
+            measure(spec)
+    monkeypatch.setattr(engines, "run_child", lambda *a: {"ms_median": 10.0,
+                                                          "decoded": decoded(rng.standard_normal((4, 1, 32)))})
+    assert measure(spec)["tokens_per_s"] == pytest.approx(400.0)

@@ -15,6 +15,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks.engines.counted import check_decoded
 from benchmarks.settings import BenchmarkSettings
 from pipeline.common.child import run_child
 from pipeline.common.errors import PipelineError
@@ -128,6 +129,9 @@ def measure(spec: MeasureSpec, stage: str = "benchmark", timeout: float = 1800) 
     """Run one measurement in a child process; returns the runner's result with tokens/s added."""
     check_engine(spec.engine)
     check_threads(spec.threads)
-    result = run_child("benchmarks.engines", asdict(spec), f"{spec.engine} on {spec.artifact} ({spec.mode})", stage, timeout)
+    what = f"{spec.engine} on {spec.artifact} ({spec.mode})"
+    result = run_child("benchmarks.engines", asdict(spec), what, stage, timeout)
+    rows, new, _ = spec.step_shape
+    check_decoded(result.get("decoded"), rows, new, what)  # the sequences the step really decoded
     result["tokens_per_s"] = spec.tokens_per_step * 1000.0 / result["ms_median"]
     return result

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from benchmarks.engines import MeasureSpec, graph_folder
+from benchmarks.engines.counted import decoded
 from benchmarks.engines.timing import time_steps
 
 
@@ -26,6 +27,11 @@ def measure(spec: MeasureSpec) -> dict:
     rows, q, past = spec.step_shape
     ids = rng.integers(0, config.vocab_size, (rows, q))
     feed = onnxruntime_graph_feed({i.name for i in session.get_inputs()}, config, ids, past, rng)
-    result = time_steps(lambda: session.run(["logits"], feed), spec.warmup_seconds, spec.seconds)
-    return {**result, "load_seconds": load_s, "threads": spec.threads or os.cpu_count(),
+    last = []  # the latest step's logits, to count what it decoded
+
+    def step():
+        last[:] = session.run(["logits"], feed)
+
+    result = time_steps(step, spec.warmup_seconds, spec.seconds)
+    return {**result, "decoded": decoded(last[0]), "load_seconds": load_s, "threads": spec.threads or os.cpu_count(),
             "engine_version": onnxruntime.__version__, "kv_cache": "external (inputs)"}

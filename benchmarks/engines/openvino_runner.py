@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.engines import MeasureSpec
+from benchmarks.engines.counted import decoded
 from benchmarks.engines.timing import time_steps
 
 SPARSE_ENGINE = "openvino-sparse"
@@ -43,7 +44,7 @@ def measure(spec: MeasureSpec) -> dict:
     result = time_steps(lambda: request.infer(feed, share_inputs=True, share_outputs=True), spec.warmup_seconds,
                         spec.seconds)
     found = ovg.kernels(compiled)
-    return {**result, "load_seconds": load_s, "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+    return {**result, "decoded": decoded(request.get_tensor("logits").data), "load_seconds": load_s, "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
             "engine_version": ov.__version__, "kv_cache": "external (inputs)", "graph": graph.relative_to(root).as_posix(),
             "kernels": found, "int8_matmuls": ovg.int8_kernels(found), "sparse_matmuls": ovg.sparse_kernels(found),
             "sparse_weights": sparse.as_dict(), "machine": ovg.machine(core)}

@@ -12,6 +12,7 @@ import time
 import torch
 
 from benchmarks.engines import MeasureSpec, graph_folder
+from benchmarks.engines.counted import decoded
 from benchmarks.engines.timing import time_steps
 
 
@@ -27,6 +28,7 @@ def measure(spec: MeasureSpec) -> dict:
     load_s = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(0)
     rows, _, past = spec.step_shape
+    last = []  # the latest step's logits, to count what it decoded
     if spec.mode != "prefill":  # decode, one sequence or a batch of them
         with torch.no_grad():
             cache = DynamicCache()
@@ -38,15 +40,17 @@ def measure(spec: MeasureSpec) -> dict:
 
         def step():
             with torch.no_grad():
-                model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache, use_cache=True)
+                last[:] = [model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,
+                                 use_cache=True).logits]
             cache.crop(past)
     else:
         ids = torch.randint(0, config.vocab_size, (1, spec.prefill_length), generator=gen)
 
         def step():
             with torch.no_grad():
-                model(input_ids=ids, use_cache=True)
+                last[:] = [model(input_ids=ids, use_cache=True).logits]
 
     result = time_steps(step, spec.warmup_seconds, spec.seconds)
-    return {**result, "load_seconds": load_s, "threads": torch.get_num_threads(), "engine_version": torch.__version__,
+    return {**result, "decoded": decoded(last[0].numpy()), "load_seconds": load_s, "threads": torch.get_num_threads(),
+            "engine_version": torch.__version__,
             "kv_cache": "transformers DynamicCache", "weights": "re-initialised from config.json (dense)"}
