@@ -47,6 +47,7 @@ from export.deepsparse_families import quirks_for
 from export.deepsparse_graph import PATCHES
 from export.graph_formats import GRAPHS, ONNX_GRAPHS, graph_logits
 from export.shared_weights import share_weights
+from export.tied_embedding import store_tied_once
 from pipeline.common.errors import PipelineError
 from pipeline.common.outputs import StagingDir, read_json, write_json_atomic
 
@@ -210,6 +211,8 @@ def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = O
                     _export_deepsparse(model, folder, max_positions)
                 else:
                     _export_onnxruntime(model, folder)
+                tied = store_tied_once(folder / "model.onnx", model.config.vocab_size) \
+                    if getattr(model.config, "tie_word_embeddings", False) else None
                 if graph.pads_weights_file:
                     pad_external_data(folder)
                 logits = graph_logits(engine, folder / graph.graph_file, model.config, prompt.numpy())
@@ -231,6 +234,8 @@ def export_artifact(model, tokenizer, target: Path, engines: tuple[str, ...] = O
                     "kv_cache": graph.kv_cache,
                     "sparsity_in_onnx": sparsity,
                 }
+                if tied:
+                    engine_info[engine]["tied_embedding"] = tied
                 if graph.internal_cache:
                     engine_info[engine].update(max_sequence_length=max_positions, patches=list(PATCHES))
                 engine_info[engine]["load"] = graph.load
