@@ -10,7 +10,7 @@ outliers: the ``fraction`` of channels of largest calibrated magnitude) and R (t
 
     X --> MatMul(X, W_R)                           (rewritten by export/quantize.py:integer_matmuls into
       |                                              QuantizeLinear -> MatMulInteger -> Cast -> Mul) --> Add --> Y
-      '-> Gather(X, O, axis=-1) -> MatMul(., W[O, :] float32) ------------------------------------------'
+      '-> Gather(X, O, last axis) -> MatMul(., W[O, :] float32) ------------------------------------------'
 
 The first term keeps the whole X and the whole weight shape, so it is the same MatMulInteger with a constant int8
 weight as every other linear (DeepSparse's dense or sparse INT8 kernel); X's uint8 range is calibrated over the
@@ -46,6 +46,7 @@ def split_outliers(store, matmuls: list[str], stats: dict[str, tuple[np.ndarray,
 
     graph = store.model.graph
     wanted = set(matmuls)
+    ranks = _ranks(store.model, {n.input[0] for n in graph.node if n.name in wanted})
     ranges, chosen, nodes, ratios, float_bytes = {}, {}, [], [], 0
     for node in graph.node:
         nodes.append(node)
@@ -69,7 +70,7 @@ def split_outliers(store, matmuls: list[str], stats: dict[str, tuple[np.ndarray,
         y = node.output[0]
         node.output[0] = f"{y}.int8_part"
         nodes += [helper.make_node("Gather", [x, f"{x}.outlier_channels"], [f"{x}.outliers"],
-                                   f"{node.name}.outlier_gather", axis=-1),
+                                   f"{node.name}.outlier_gather", axis=ranks[x] - 1),
                   helper.make_node("MatMul", [f"{x}.outliers", f"{w}.outlier_rows"], [f"{y}.float_part"],
                                    f"{node.name}.outlier_matmul"),
                   helper.make_node("Add", [f"{y}.int8_part", f"{y}.float_part"], [y], f"{node.name}.outlier_add")]
@@ -80,6 +81,25 @@ def split_outliers(store, matmuls: list[str], stats: dict[str, tuple[np.ndarray,
              "%.0fx that of the other channels)", counts[-1] if counts else 0, len(chosen), max(ratios, default=0))
     return ranges, {"fraction": fraction, "matmuls": len(matmuls), "channels": counts,
                     "float_weight_bytes": float_bytes, "max_range_ratio": max(ratios, default=0.0)}
+
+
+def _ranks(model, names: set[str]) -> dict[str, int]:
+    """The rank of each tensor ``names`` by ONNX shape inference on the graph's structure (the weights' dims suffice);
+    3 ([batch, sequence, channels], what both exported graphs feed their linears) where inference leaves it open.
+    The Gather's axis is written as rank - 1: DeepSparse 1.8 refuses the graph with axis=-1 (an assertion in its
+    execution provider, measured on the tiny artifact), and runs it with the positive axis."""
+    import onnx
+
+    structure = onnx.ModelProto()
+    structure.CopyFrom(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(structure).graph
+    except Exception as exc:  # a graph the checker cannot type: every linear input is [batch, sequence, channels]
+        log.info("shape inference failed (%s); the outlier channels are gathered on axis 2", exc)
+        return dict.fromkeys(names, 3)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.value_info, *inferred.input]
+             if v.name in names and v.type.tensor_type.HasField("shape")}
+    return {name: ranks.get(name, 3) for name in names}
 
 
 def _zero_rows(value: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -15,7 +15,8 @@ than the float graph (benchmarks/results/int8_profile/). ONNX Runtime runs the s
 
 The scheme (export/schemes.py) says which linears: q/k/v/o/gate/up (``w8a8-static``; down_proj —
 whose input has the outliers, see ``linear_matmuls`` — stays float32) or all seven
-(``w8a8-static-all``), and with ``lm_head`` the LM head too (its weight is the largest single read of a
+(``w8a8-static-all``; ``w8a8-static-outliers``: with down_proj's few outlier input channels in a float MatMul beside
+its INT8 one, export/outlier_split.py), and with ``lm_head`` the LM head too (its weight is the largest single read of a
 decode step: 32000 x 4096 for LLaMA-2-7B). The attention score MatMuls (two activations) and everything
 else stay float32. Before quantizing, SmoothQuant smoothing (export/smooth.py, ``smoothing_strength``)
 moves the outlier channels of the norm outputs (and of down_proj's input, when it is quantized) into

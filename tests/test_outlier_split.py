@@ -77,3 +77,37 @@ def test_split_keeps_the_float_logits_where_int8_of_the_whole_input_does_not(tin
         assert (q[list(PLANTED)] == 0).all() and (q[[c for c in range(128) if c not in PLANTED]] != 0).any()
         np.testing.assert_array_equal(rows, down[list(PLANTED)])  # the float rows: copies (no smoothing here)
 
+
+def test_both_graphs_split_alike_share_one_weights_file_and_run_in_deepsparse(tiny_artifact, tmp_path):
+    """The artifact's two graphs (smoothed as the recipe default) get the same split from one calibration, so the
+    onnxruntime graph still reads the deepsparse graph's weights file; DeepSparse compiles and decodes the INT8
+    graph with its Gather / float MatMul / Add beside each down_proj."""
+    import os
+
+    import torch
+
+    from export.engines import run_engine
+
+    model, folder, _ = tiny_artifact
+    rng = np.random.default_rng(0)
+    target = tmp_path / "int8"
+    manifest = quantize_artifact(folder, target, "w8a8-static-outliers", rng.integers(2, 96, (8, 32)),
+                                 rng.integers(2, 96, (1, 16)), smoothing_strength=0.5)
+    pruned = [m.weight.detach().T.numpy() for n, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear) and ".layers." in f".{n}"]
+    for engine, info in manifest["engines"].items():
+        assert info["quantized_matmuls"] == 14 and info["pruned_zeros_kept"], engine
+        assert info["outlier_split"]["matmuls"] == 2 and info["outlier_split"]["channels"] == [1]
+        assert info["top1_agreement_vs_float"] >= 0.9, engine
+        graph = onnx.load(str(target / engine / "model.onnx")).graph
+        int8 = [numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8
+                and len(i.dims) == 2]
+        assert len(int8) == 14
+        for q in int8:  # read from the file, independently of the manifest
+            assert any(w.shape == q.shape and ((w == 0) <= (q == 0)).all() for w in pruned)
+    ds, ort = target / "deepsparse" / "model.onnx_data", target / "onnxruntime" / "model.onnx_data"
+    assert os.stat(ds).st_ino == os.stat(ort).st_ino
+    spec = {"sequence_length": 64, "prompt_sequence_length": 4, "internal_kv_cache": True}
+    a = run_engine("deepsparse", folder, "test", prompt="Hello there", max_new_tokens=8, **spec)
+    b = run_engine("deepsparse", target, "test", prompt="Hello there", max_new_tokens=8, **spec)
+    assert len(b["ids"]) == len(a["ids"]) and b["ids"][:4] == a["ids"][:4]
