@@ -1,13 +1,13 @@
 """The paper's CPU table (DaSS, Table "CPU", LLaMA-2-7B in DeepSparse on a 24-core Intel Xeon 8160: dense 3.05,
 50% 5.64 (1.85x), 70% 8.27 (2.71x) tokens/s) beside ours: the table, the depth fit that extrapolates our shallower
 measurements to the paper's depth, and their two figures (decode speed against sparsity, speedups against the
-paper's)."""
+paper's). The paper's engine and its dense peer are the ENGINES table's (``paper_engine``, its ``dense_peer``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.engines import ENGINE_NAMES
+from benchmarks.engines import ENGINE_NAMES, ENGINES, PAPER_ENGINE
 from benchmarks.report_format import finish_figure, layers_label, plot_context, ratio, sparsity_label
 
 PAPER = {"machine": "24-core Intel Xeon Platinum 8160, LLaMA-2-7B, DeepSparse",
@@ -23,6 +23,7 @@ def _paper_row(sparsity) -> str:
 
 
 SCOPE_LABELS = {"mlp": "MLP only", "attention+mlp": "attention + MLP"}
+ENGINE, PEER = PAPER_ENGINE, ENGINES[PAPER_ENGINE].dense_peer  # DeepSparse, and ONNX Runtime on the dense artifact
 
 
 def paper_table(results: dict) -> list[str]:
@@ -41,11 +42,12 @@ def paper_table(results: dict) -> list[str]:
     scopes = sorted({a.get("scope") or "scope not recorded" for a in rows if a["method"] != "none"})
     head = [f"model (DaSS, {', '.join(SCOPE_LABELS.get(s, s) for s in scopes) or 'dense only'}; the paper: "
             "attention + MLP)", f"paper: {PAPER['machine']}"]
+    label = ENGINE_NAMES[ENGINE]
     for d in depths:
-        head.append(f"ours, DeepSparse, {layers_label(d)} (measured)")
+        head.append(f"ours, {label}, {layers_label(d)} (measured)")
     if extrap:
-        head.append(f"ours, DeepSparse, {target} layers (extrapolated)")
-    head.append("ours, DeepSparse sparse / ONNX Runtime dense" + (f" ({target} layers, extrapolated)" if extrap else ""))
+        head.append(f"ours, {label}, {target} layers (extrapolated)")
+    head.append(f"ours, {label} sparse / {ENGINE_NAMES[PEER]} dense" + (f" ({target} layers, extrapolated)" if extrap else ""))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     names = []
     for a in sorted(rows, key=lambda a: (a["requested_sparsity"] or 0)):
@@ -55,14 +57,14 @@ def paper_table(results: dict) -> list[str]:
         line = [sparsity_label(a), _paper_row(a["requested_sparsity"] if a["method"] == "dass" else None)]
         for d in depths:
             here = [k for k, x in arts.items() if x["name"] == a["name"] and x["layers"] == d]
-            cell = cells.get((here[0], "deepsparse", "decode")) if here else None
+            cell = cells.get((here[0], ENGINE, "decode")) if here else None
             text = f"{cell['tokens_per_s']['median']:.2f}" if cell else "–"
             if cell and a["method"] != "none":
-                text += f" ({ratio(speed.get((here[0], 'deepsparse', 'decode', 'deepsparse')))})"
+                text += f" ({ratio(speed.get((here[0], ENGINE, 'decode', ENGINE)))})"
             line.append(text)
         vs_ort = "–"
         if extrap:
-            e = extrap.get((a["name"], "deepsparse", "decode"))
+            e = extrap.get((a["name"], ENGINE, "decode"))
             line.append(f"{e['tokens_per_s']:.2f}" + (f" ({e['speedup_vs_dense']:.2f}x)"
                                                        if e["speedup_vs_dense"] is not None and a["method"] != "none"
                                                        else "") if e else "–")
@@ -71,7 +73,7 @@ def paper_table(results: dict) -> list[str]:
         else:
             deepest = [k for k, x in arts.items() if x["name"] == a["name"] and x["layers"] == depths[-1]]
             if deepest:
-                vs_ort = ratio(speed.get((deepest[0], "deepsparse", "decode", "onnxruntime")))
+                vs_ort = ratio(speed.get((deepest[0], ENGINE, "decode", PEER)))
         line.append(vs_ort)
         lines.append("| " + " | ".join(line) + " |")
     return ["## The paper's CPU table beside ours (decode tokens/s, batch 1)", ""] + lines + [
@@ -118,7 +120,7 @@ def paper_figures(results: dict, out: Path, made: list[str]) -> None:
         ext = [e for e in s.get("extrapolation", []) if e["mode"] == "decode" and e["method"] in ("none", "dass")]
         for engine in ENGINE_NAMES:
             pts = sorted((e["sparsity"], e["tokens_per_s"]) for e in ext if e["engine"] == engine)
-            if len(pts) > 1 or (pts and engine != "deepsparse"):
+            if len(pts) > 1 or (pts and not ENGINES[engine].paper_engine):
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="s", linestyle="--",
                         label=f"{ENGINE_NAMES[engine]} ({results['settings']['extrapolate_to_layers']} layers, extrapolated)")
         ax.set_xlabel("sparsity of the decoder linears")
@@ -129,12 +131,12 @@ def paper_figures(results: dict, out: Path, made: list[str]) -> None:
     arts = {a["key"]: a for a in results["artifacts"]}
     for x in s["speedups"]:
         a = arts[x["artifact"]]
-        if x["engine"] == x["vs"] == "deepsparse" and x["mode"] == "decode" and a["method"] == "dass" \
+        if x["engine"] == x["vs"] == ENGINE and x["mode"] == "decode" and a["method"] == "dass" \
                 and a["requested_sparsity"] in (0.5, 0.7):
             bars.setdefault(f"ours, {layers_label(a['layers'])} (measured)", [None, None])[
                 0 if a["requested_sparsity"] == 0.5 else 1] = x["ratio"]
     for e in s.get("extrapolation", []):
-        if e["engine"] == "deepsparse" and e["mode"] == "decode" and e["method"] == "dass" and e["sparsity"] is not None:
+        if e["engine"] == ENGINE and e["mode"] == "decode" and e["method"] == "dass" and e["sparsity"] is not None:
             req = [a["requested_sparsity"] for a in results["artifacts"] if a["name"] == e["name"]][0]
             if req in (0.5, 0.7):
                 bars.setdefault(f"ours, {results['settings']['extrapolate_to_layers']} layers (extrapolated)",
@@ -147,5 +149,5 @@ def paper_figures(results: dict, out: Path, made: list[str]) -> None:
             ax.bar(xs, [v for v in values if v is not None], width, label=label)
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_xticks([j + width * (len(bars) - 1) / 2 for j in range(2)], ["50%", "70%"])
-        finish_figure(fig, ax, "DeepSparse decode speedup over dense", "Speedup: ours vs the paper\n" + plot_context(results),
+        finish_figure(fig, ax, f"{ENGINE_NAMES[ENGINE]} decode speedup over dense", "Speedup: ours vs the paper\n" + plot_context(results),
                 out / "speedup_vs_paper.png", made)

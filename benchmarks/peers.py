@@ -4,7 +4,7 @@ weights decompression asked against without."""
 
 from __future__ import annotations
 
-from benchmarks.engines import ENGINE_NAMES
+from benchmarks.engines import ENGINE_NAMES, GGUF_ENGINE
 from benchmarks.report_format import batch_size, measured_modes, prompt_length, ratio, sparsity_label, tps
 from benchmarks.verdict import entry_verdict, first_win
 
@@ -24,7 +24,7 @@ def llamacpp_table(results: dict) -> list[str]:
              "verdict |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        mine, peer = cells[(r["artifact"], r["engine"], r["mode"])], cells[(r["gguf"], "llamacpp", r["mode"])]
+        mine, peer = cells[(r["artifact"], r["engine"], r["mode"])], cells[(r["gguf"], GGUF_ENGINE, r["mode"])]
         ppl = (arts[r["gguf"]].get("perplexity") or {}).get("perplexity")
         lines.append(f"| {r['mode']} | {r['artifact']} | {sparsity_label(arts[r['artifact']])} | "
                      f"{ENGINE_NAMES[r['engine']]} | {tps(mine['tokens_per_s'])} | {r['gguf_type']} | "

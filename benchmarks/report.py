@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.engines import ENGINE_NAMES
+from benchmarks.engines import ENGINE_NAMES, ENGINES, PAPER_ENGINE, engine_facts
 from benchmarks.engines.llamacpp_build import report_lines as llamacpp_build_lines
 from benchmarks.paper import fit_table, paper_figures, paper_table
 from benchmarks.peers import crossover_table, llamacpp_table, openvino_table
@@ -27,20 +27,24 @@ def cells_table(results: dict, mode: str) -> list[str]:
     cells = [c for c in s["cells"] if c["mode"] == mode]
     if not cells:
         return []
+    peers = dict.fromkeys(f.dense_peer for f in ENGINES.values() if f.dense_peer)  # the dense peers (ONNX Runtime)
     lines = [f"## {mode.capitalize()} tokens/s, every measurement", "",
              "| artifact | layers | method | sparsity (in the ONNX file) | engine | tokens/s median (min–max) | "
-             "vs dense, same engine | vs ONNX Runtime dense |", "|---|---|---|---|---|---|---|---|"]
+             f"vs dense, same engine | vs {' / '.join(ENGINE_NAMES[p] for p in peers)} dense |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in sorted(cells, key=lambda c: (c["layers"], c["engine"], c["sparsity"], c["artifact"])):
         a = arts[c["artifact"]]
         same = speed.get((c["artifact"], c["engine"], mode, c["engine"]))
-        ort = speed.get((c["artifact"], c["engine"], mode, "onnxruntime")) if c["engine"] == "deepsparse" else None
+        peer = engine_facts(c["engine"]).dense_peer
+        ort = speed.get((c["artifact"], c["engine"], mode, peer)) if peer else None
         lines.append(f"| {c['artifact']} | {c['layers']} | {sparsity_label(a)} | {c['sparsity']:.3f} | "
                      f"{ENGINE_NAMES[c['engine']]} | {tps(c['tokens_per_s'])} | {ratio(same)} | {ratio(ort)} |")
     return lines
 
 
 def _equal_speed(results: dict) -> list[str]:
-    """Artifacts of the same depth and requested sparsity, different methods, side by side (DeepSparse decode)."""
+    """Artifacts of the same depth and requested sparsity, different methods, side by side (decode in the paper's
+    engine, DeepSparse)."""
     s = results["summary"]
     cells = {(c["artifact"], c["engine"], c["mode"]): c for c in s["cells"]}
     groups: dict[tuple, list[dict]] = {}
@@ -51,12 +55,12 @@ def _equal_speed(results: dict) -> list[str]:
     for (layers, sparsity, _), arts in sorted(groups.items(), key=lambda kv: str(kv[0])):
         if len({a["method"] for a in arts}) < 2:
             continue
-        found = [(a, cells.get((a["key"], "deepsparse", "decode"))) for a in arts]
+        found = [(a, cells.get((a["key"], PAPER_ENGINE, "decode"))) for a in arts]
         found = [(a, c) for a, c in found if c]
         if len(found) < 2:
             continue
         ref = found[0][1]["tokens_per_s"]["median"]
-        lines += ["", f"### {sparsity} sparsity, {layers} layers: DeepSparse decode", "",
+        lines += ["", f"### {sparsity} sparsity, {layers} layers: {ENGINE_NAMES[PAPER_ENGINE]} decode", "",
                   "| method | sparsity in the ONNX file | tokens/s median (min–max) | vs " + found[0][0]["method"] + " |",
                   "|---|---|---|---|"]
         for a, c in found:

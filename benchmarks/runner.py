@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from benchmarks.cpu_kinds import read_cpuinfo
-from benchmarks.engines import ENGINES, MeasureSpec, check_engine, check_threads, measure
+from benchmarks.engines import ENGINES, GGUF_ENGINE, MeasureSpec, check_engine, check_threads, measure
 from benchmarks.graph_limits import check_lengths, graph_limits
 from benchmarks.settings import BenchmarkSettings
 from benchmarks.stats import summarize
@@ -103,7 +103,8 @@ def plan(artifacts: list[dict], settings: BenchmarkSettings) -> list[tuple[str, 
             graph = ENGINES[engine].graph
             if graph is None:  # PyTorch: one per depth, the dense artifact where there is one
                 chosen: dict[int, dict] = {}
-                for a in (a for a in artifacts if "llamacpp" not in a["graphs"]):  # a GGUF is no ONNX artifact
+                gguf = ENGINES[GGUF_ENGINE].graph  # a GGUF folder is no ONNX artifact
+                for a in (a for a in artifacts if gguf not in a["graphs"]):
                     if a["layers"] not in chosen or (a["method"] == "none" and chosen[a["layers"]]["method"] != "none"):
                         chosen[a["layers"]] = a
                 keys = [a["key"] for a in artifacts if chosen.get(a["layers"]) is a]
@@ -118,7 +119,7 @@ def check_machine(settings: BenchmarkSettings) -> None:
     for engine in settings.engines:
         check_engine(engine)
     check_threads(settings.threads)
-    if "openvino-sparse" in settings.engines:  # asked on a CPU without AMX: one line, and the run goes on dense
+    if any(ENGINES[e].needs_amx for e in settings.engines):  # on a CPU without AMX: one line, the run goes on dense
         from export.openvino_graph import warn_if_no_amx
 
         warn_if_no_amx()

@@ -6,15 +6,22 @@
   overhead); ``extrapolate`` reads it at another depth.
 - ``summarize``: every cell (artifact x engine x mode), speedups over the dense artifact of the same
   depth in the same engine (ratio of medians, and the range of the per-round paired ratios, since
-  rounds interleave dense and sparse), DeepSparse-sparse over ONNX-Runtime-dense, the extrapolation, and
-  each ONNX artifact's tokens/s over the dense model's GGUF in llama.cpp (``vs_llamacpp``), and OpenVINO with its
-  sparse weights decompression asked over without it, on the same artifact (``openvino_sparse``).
+  rounds interleave dense and sparse), a sparse engine over its dense peer's dense artifact (DeepSparse-sparse over
+  ONNX-Runtime-dense), the extrapolation, and each ONNX artifact's tokens/s over the dense model's GGUF in llama.cpp
+  (``vs_llamacpp``), and an engine with its sparse path asked over the same engine without it, on the same artifact
+  (``openvino_sparse``: OpenVINO's sparse weights decompression).
+
+Which engine is compared with which is read from the engines' entries (benchmarks/engines/__init__.py: ENGINES),
+never decided by an engine's name here (tests/test_engine_table.py).
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+
+from benchmarks.engines import GGUF_ENGINE
+from benchmarks.engines import engine_facts as facts
 
 
 def spread(values: list[float]) -> dict:
@@ -68,7 +75,7 @@ def summarize(results: dict, target_layers: int | None = None) -> dict:
         for (k, engine, mode) in sorted(cells):
             if k != key:
                 continue
-            peers = [engine] + (["onnxruntime"] if engine == "deepsparse" else [])
+            peers = [engine] + ([facts(engine).dense_peer] if facts(engine).dense_peer else [])
             for peer in peers:
                 ratio = paired_ratio(cells, (key, engine, mode), (ref, peer, mode))
                 if ratio:
@@ -81,15 +88,17 @@ def summarize(results: dict, target_layers: int | None = None) -> dict:
 
 
 def openvino_sparse(cells: dict) -> list[dict]:
-    """Per artifact and mode measured by both ``openvino`` and ``openvino-sparse``: tokens/s with the sparse weights
-    decompression asked over without (paired by round), whether it was on (and why not), and the MatMul kernels
-    each ran (the last measurement's; the CPU plugin chooses the same ones every round)."""
+    """Per artifact and mode measured by both an engine and its sparse variant (``openvino-sparse``, the table's
+    ``sparse_variant_of``): tokens/s with the sparse weights decompression asked over without (paired by round),
+    whether it was on (and why not), and the MatMul kernels each ran (the last measurement's; the CPU plugin chooses
+    the same ones every round)."""
     rows = []
     for (key, engine, mode) in sorted(cells):
-        if engine != "openvino-sparse" or (key, "openvino", mode) not in cells:
+        base = facts(engine).sparse_variant_of
+        if base is None or (key, base, mode) not in cells:
             continue
-        sparse, dense = cells[(key, engine, mode)][-1], cells[(key, "openvino", mode)][-1]
-        rows.append({"artifact": key, "mode": mode, **paired_ratio(cells, (key, engine, mode), (key, "openvino", mode)),
+        sparse, dense = cells[(key, engine, mode)][-1], cells[(key, base, mode)][-1]
+        rows.append({"artifact": key, "mode": mode, **paired_ratio(cells, (key, engine, mode), (key, base, mode)),
                      "sparse_weights": sparse.get("sparse_weights"), "kernels": sparse.get("kernels"),
                      "kernels_dense": dense.get("kernels"), "int8_matmuls": sparse.get("int8_matmuls"),
                      "sparse_matmuls": sparse.get("sparse_matmuls")})
@@ -104,12 +113,12 @@ def vs_llamacpp(results: dict, cells: dict | None = None) -> list[dict]:
     ggufs = [a for a in results["artifacts"] if "gguf_type" in a]
     rows = []
     for (key, engine, mode) in sorted(cells):
-        if engine in ("llamacpp", "pytorch") or "gguf_type" in artifacts[key]:
+        if not facts(engine).runs_onnx or "gguf_type" in artifacts[key]:
             continue
         for g in ggufs:
             if g["layers"] != artifacts[key]["layers"]:
                 continue
-            ratio = paired_ratio(cells, (key, engine, mode), (g["key"], "llamacpp", mode))
+            ratio = paired_ratio(cells, (key, engine, mode), (g["key"], GGUF_ENGINE, mode))
             if ratio:
                 rows.append({"artifact": key, "engine": engine, "mode": mode, "gguf": g["key"],
                              "gguf_type": g["gguf_type"], **ratio})
@@ -144,8 +153,9 @@ def _extrapolation(table: list[dict], target_layers: int) -> list[dict]:
     for r in rows:
         ref = dense.get((r["engine"], r["mode"]))
         r["speedup_vs_dense"] = r["tokens_per_s"] / ref["tokens_per_s"] if ref else None
-        ort = dense.get(("onnxruntime", r["mode"]))
-        r["vs_onnxruntime_dense"] = r["tokens_per_s"] / ort["tokens_per_s"] if ort and r["engine"] == "deepsparse" else None
+        peer = facts(r["engine"]).dense_peer  # the key keeps its name: DeepSparse's peer is ONNX Runtime
+        ort = dense.get((peer, r["mode"])) if peer else None
+        r["vs_onnxruntime_dense"] = r["tokens_per_s"] / ort["tokens_per_s"] if ort else None
     return rows
 
 

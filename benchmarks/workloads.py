@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from benchmarks.engines import ENGINE_NAMES
+from benchmarks.engines import ENGINE_NAMES, engine_facts
 from benchmarks.report_format import prompt_length, sparsity_label
 
 PROMPTS = (128, 512, 2048)
@@ -35,7 +35,7 @@ def rates(results: dict) -> list[dict]:
     st = results["settings"]
     found: dict[tuple, dict] = {}
     for c in results["summary"]["cells"]:
-        if c["engine"] == "pytorch":
+        if engine_facts(c["engine"]).reinitialised:  # PyTorch: fresh weights, no artifact's perplexity
             continue
         a = arts[c["artifact"]]
         row = found.setdefault((c["artifact"], c["engine"]), {

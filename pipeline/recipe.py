@@ -66,7 +66,9 @@ class Recipe(StrictSection):
                 raise ValueError(f"benchmark.engines has {missing} but export.engines does not export the graph it "
                                  f"runs ({', '.join(graphs)}): add {', '.join(graphs)} to export.engines or drop "
                                  f"{', '.join(missing)} from benchmark.engines")
-            if "llamacpp" in bench.engines and "source" in bench.gguf_types and not self.model.gguf_file:
+            from benchmarks.engines import asks_ggufs
+
+            if asks_ggufs(bench.engines) and "source" in bench.gguf_types and not self.model.gguf_file:
                 raise ValueError("benchmark.gguf_types has source (the GGUF file the model came from), but "
                                  "model.gguf_file is not set: drop source or load the model from its GGUF file")
         return self

@@ -32,6 +32,31 @@ class EngineFacts:
     #: whose recorded perplexity is this engine's own (export/engine_perplexity.py: the engine that computed it);
     #: None: none is (OpenVINO with sparse weights asked: other kernels than the figure's, on a CPU with AMX)
     perplexity_in: str | None = None
+    #: what it runs is the dense model's GGUF files (benchmarks/llamacpp.py), not an ONNX artifact: the benchmark
+    #: stage writes GGUFs when one such engine is asked, and every ONNX cell is compared with its cells (vs_llamacpp)
+    runs_gguf: bool = False
+    #: the engine whose measurement of the dense artifact this engine's artifacts are also compared with (besides
+    #: the dense artifact in this engine itself): the speedup of a sparse engine over a dense one (stats.py)
+    dense_peer: str | None = None
+    #: the engine this one is a variant of, with its sparse path asked: each artifact is compared in both, the
+    #: same rounds (stats.py: openvino_sparse)
+    sparse_variant_of: str | None = None
+    #: its sparse kernels need AMX; asked on a CPU without it, the run says so in one line and goes on
+    needs_amx: bool = False
+    #: the engine of the paper's CPU table, whose decode speedups benchmarks/paper.py sets beside the paper's and in
+    #: which report.py compares pruning methods at equal sparsity (exactly one engine)
+    paper_engine: bool = False
+
+    @property
+    def reinitialised(self) -> bool:
+        """It runs the architecture rebuilt from config.json with fresh weights (graph None): its speed is that of
+        the shapes, its perplexity no artifact's (left out of the workloads and of the comparisons with GGUFs)."""
+        return self.graph is None
+
+    @property
+    def runs_onnx(self) -> bool:
+        """It runs an ONNX artifact's own graph (and weights)."""
+        return not self.runs_gguf and not self.reinitialised
 
 
 OPENVINO_INSTALL = "pip install 'dass-pipeline[openvino]' (openvino==2026.4.1; or ./install.sh --with-openvino)"
@@ -39,7 +64,7 @@ OPENVINO_INSTALL = "pip install 'dass-pipeline[openvino]' (openvino==2026.4.1; o
 ENGINES: dict[str, EngineFacts] = {
     "deepsparse": EngineFacts("deepsparse", "pip install deepsparse==1.8.0 (x86-64 Linux, Python 3.8-3.11)",
                               "deepsparse", "benchmarks.engines.deepsparse_runner", True, "DeepSparse",
-                              perplexity_in="deepsparse"),
+                              perplexity_in="deepsparse", dense_peer="onnxruntime", paper_engine=True),
     "onnxruntime": EngineFacts("onnxruntime", "pip install onnxruntime==1.26.0", "onnxruntime",
                                "benchmarks.engines.onnxruntime_runner", False, "ONNX Runtime",
                                perplexity_in="onnxruntime"),
@@ -48,17 +73,34 @@ ENGINES: dict[str, EngineFacts] = {
     # the dense model as GGUF files (export/gguf_writer.py), one folder per type; the binding is an optional extra
     "llamacpp": EngineFacts("llama_cpp", "pip install 'dass-pipeline[llamacpp]' (llama-cpp-python; pip builds "
                             "llama.cpp from source, about 15-25 minutes on 2 cores)", "llamacpp",
-                            "benchmarks.engines.llamacpp_runner", False, "llama.cpp", perplexity_in="llamacpp"),
+                            "benchmarks.engines.llamacpp_runner", False, "llama.cpp", perplexity_in="llamacpp",
+                            runs_gguf=True),
     # OpenVINO's CPU plugin on the ONNX Runtime graph (or the artifact's IR, export/openvino_graph.py); the sparse
     # variant asks for its sparse weights decompression (INT8 MatMuls on CPUs with AMX; reported off elsewhere)
     "openvino": EngineFacts("openvino", OPENVINO_INSTALL, "onnxruntime", "benchmarks.engines.openvino_runner", False,
                             "OpenVINO", perplexity_in="openvino"),
     "openvino-sparse": EngineFacts("openvino", OPENVINO_INSTALL, "onnxruntime", "benchmarks.engines.openvino_runner",
-                                   True, "OpenVINO, sparse weights asked"),
+                                   True, "OpenVINO, sparse weights asked", sparse_variant_of="openvino",
+                                   needs_amx=True),
 }
 
 
 ENGINE_NAMES = {name: facts.label for name, facts in ENGINES.items()}
+
+#: the engine that runs the GGUF files (llama.cpp), and the paper's engine (DeepSparse): one each in the table
+GGUF_ENGINE = next(name for name, facts in ENGINES.items() if facts.runs_gguf)
+PAPER_ENGINE = next(name for name, facts in ENGINES.items() if facts.paper_engine)
+_UNKNOWN = EngineFacts("", "", "", "", False, "")  # an engine no entry describes: an ONNX engine with no peers
+
+
+def asks_ggufs(engines) -> bool:
+    """One of ``engines`` runs the dense model as GGUF files (llama.cpp): the benchmark stage writes them."""
+    return any(ENGINES[engine].runs_gguf for engine in engines)
+
+
+def engine_facts(engine: str) -> EngineFacts:
+    """The table's entry of ``engine``; results may name one this version has no entry for (a plain ONNX engine)."""
+    return ENGINES.get(engine, _UNKNOWN)
 
 
 @dataclass(frozen=True)

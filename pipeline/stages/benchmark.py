@@ -17,12 +17,13 @@ log = logging.getLogger(__name__)
 
 def check(ctx: Context) -> list[dict]:
     """The engines and threads exist here; the compared artifacts exist and their names differ from ours."""
+    from benchmarks.engines import asks_ggufs
     from benchmarks.graph_limits import check_lengths
     from benchmarks.runner import check_machine, find_artifact
 
     recipe = ctx.recipe
     check_machine(recipe.benchmark.settings())
-    if "llamacpp" in recipe.benchmark.engines:  # the GGUF writer refuses an architecture before any weight loads
+    if asks_ggufs(recipe.benchmark.engines):  # the GGUF writer refuses an architecture before any weight loads
         from export.gguf_writer import check_gguf_config
 
         check_gguf_config(ctx.models.config(), recipe.benchmark.gguf_types)
@@ -123,13 +124,14 @@ def _with_perplexity(described: dict) -> dict:
 def run(ctx: Context) -> None:
     """Benchmark this run's artifacts (the dense one first) interleaved with the compared ones;
     RUN/benchmark/{results.json, report.md, *.png} and RUN/benchmark.json."""
+    from benchmarks.engines import asks_ggufs
     from benchmarks.report import write_report
     from benchmarks.llamacpp import describe_gguf
     from benchmarks.runner import describe_artifact, run_benchmark
     from benchmarks.stats import variant_rows
 
     recipe, run_dir = ctx.recipe, ctx.run_dir
-    ggufs = write_ggufs(ctx) if "llamacpp" in recipe.benchmark.engines else []
+    ggufs = write_ggufs(ctx) if asks_ggufs(recipe.benchmark.engines) else []
     ctx.models.release()  # the engines run in child processes; free the parent's copy for them
     roles = variants(recipe)
     folder = {**FOLDERS, "dense": "artifact" if recipe.prune.method == "none" else FOLDERS["dense"]}
