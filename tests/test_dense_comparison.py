@@ -4,10 +4,13 @@ dense -> pruned summary computed from those measurements; ``compare: []`` makes 
 export resumes like every stage and depends on the model and export settings only (real engines, tiny model)."""
 
 import json
+import os
+import shutil
 
 import pytest
 
 from conftest import save_checkpoint, tiny_model
+from export.artifact import disk_bytes
 from pipeline.recipe import parse_recipe
 from pipeline.runner import run_recipe
 
@@ -62,6 +65,9 @@ def test_dense_artifact_is_benchmarked_interleaved_and_summarised_then_resumes(s
     assert f"{row['dense']['tokens_per_s']['median']:.2f}" in block
     assert "| engine | mode | dense | pruned |" in block and "perplexity" in block and "artifact size on disk: dense" in block
     assert "tokens_by_artifact.png" in bench["files"]
+    measured = disk_bytes(run / "artifact-dense")  # the trade-off table's size and the summary's: the files on disk
+    assert {a["key"]: a["bytes"] for a in results["artifacts"]}["with-dense-dense"] == measured
+    assert f"dense {measured / 2**20:.1f} MiB" in block
 
     again = run_recipe(r, progress=False)
     assert again["stages"]["export_dense"] == "skipped (complete)"
@@ -77,3 +83,36 @@ def test_compare_without_dense_makes_no_dense_artifact(source):
     results = json.loads((source / "alone" / "benchmark" / "results.json").read_text())
     assert [a["key"] for a in results["artifacts"]] == ["alone"]
     assert "| engine | mode | pruned |" in (source / "alone" / "report.md").read_text()
+
+
+def test_the_dense_size_is_measured_on_disk_not_the_manifests_figure(tmp_path):
+    """A sweep point copies the dense artifact from an earlier point file by file (pipeline/resume.py:adopt_complete),
+    so the two graphs' hard-linked weights file becomes two: the run's summary and report give the copy's measured
+    size, not the figure the manifest recorded at export."""
+    from pipeline.report import summary_block
+    from pipeline.stages import export_dense
+
+    donor = tmp_path / "donor" / export_dense.OUTPUT
+    for graph in ("deepsparse", "onnxruntime"):
+        (donor / graph).mkdir(parents=True)
+        (donor / graph / "model.onnx").write_bytes(b"g" * 1000)
+    (donor / "deepsparse" / "model.onnx_data").write_bytes(b"w" * (3 << 20))
+    os.link(donor / "deepsparse" / "model.onnx_data", donor / "onnxruntime" / "model.onnx_data")  # shared weights
+    files = {p.relative_to(donor).as_posix(): {"bytes": p.stat().st_size} for p in donor.rglob("*") if p.is_file()}
+    manifest = {"export_seconds": 1.0, "files": files, "disk_bytes": disk_bytes(donor),
+                "sparsity": {"overall_decoder_linears": 0.0},
+                "engines": {g: {"logits_max_abs_diff_vs_pytorch": 1e-5} for g in ("deepsparse", "onnxruntime")}}
+    (donor / "manifest.json").write_text(json.dumps(manifest))
+    copy = tmp_path / "point" / export_dense.OUTPUT
+    for p in sorted(donor.rglob("*")):
+        if p.is_file():
+            (copy / p.relative_to(donor)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, copy / p.relative_to(donor))
+
+    measured = disk_bytes(copy)
+    assert measured == disk_bytes(donor) + (3 << 20) > manifest["disk_bytes"] + (3 << 20)  # the weights file twice now
+    assert export_dense.summary(None, donor.parent)["export_dense"]["disk_bytes"] == disk_bytes(donor)
+    summary = export_dense.summary(None, copy.parent)
+    assert summary["export_dense"]["disk_bytes"] == measured
+    assert f"artifact size on disk: dense {measured / 2**20:.1f} MiB" in "\n".join(summary_block(summary))
+    assert f"{measured / 2**20:.1f} MiB on disk" in export_dense.report(summary)[2]

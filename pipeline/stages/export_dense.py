@@ -50,13 +50,16 @@ def run(ctx: Context) -> None:
 
 
 def summary(recipe, run_dir: Path) -> dict:
-    from export.artifact import MANIFEST
+    """``disk_bytes``: the artifact's files measured on disk now, a hard-linked file once (export/artifact.py:
+    disk_bytes), not the figure its manifest recorded at export: a sweep point copies the folder from an earlier
+    point (pipeline/resume.py:adopt_complete), which gives the two graphs a weights file each."""
+    from export.artifact import MANIFEST, disk_bytes
     from pipeline.stages.export import logits_checks
 
     manifest = read_json(run_dir / OUTPUT / MANIFEST, "re-run the recipe with --from export_dense")
     return {"export_dense": {"path": str(run_dir / OUTPUT), "export_seconds": manifest["export_seconds"],
                              "bytes": sum(f["bytes"] for f in manifest["files"].values()),
-                             "disk_bytes": manifest.get("disk_bytes"),
+                             "disk_bytes": disk_bytes(run_dir / OUTPUT),
                              "sparsity_in_onnx": manifest["sparsity"]["overall_decoder_linears"],
                              "logits_max_abs_diff": logits_checks(manifest)}}
 
