@@ -55,7 +55,8 @@ def test_recipe_comparing_with_a_run_of_its_own_name_is_refused_up_front(tiny_ar
     with pytest.raises(PipelineError, match="two benchmarked artifacts would share a name"):
         preflight_benchmark(recipe)
     other = parse_recipe({"name": "other", "model": {"source": "x"}, "export": {"enabled": True},
-                          "benchmark": {"enabled": True, "compare": [str(folder.parent)]}})
+                          "benchmark": {"enabled": True, "compare": [str(folder.parent)],
+                                        "sequence_length": 96, "prefill_length": 32}})  # the tiny graph holds 128
     assert [a["key"] for a in preflight_benchmark(other)] == [name]
 
 

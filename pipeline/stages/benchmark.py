@@ -28,11 +28,11 @@ def check(ctx: Context) -> list[dict]:
 
         check_gguf_config(ctx.models.config(), recipe.benchmark.gguf_types)
     others = [find_artifact(entry, "benchmark.compare:") for entry in recipe.benchmark.compared_folders()]
-    check_lengths(others, recipe.benchmark.settings())  # this run's own graphs: export.max_sequence_length (recipe)
     names = [a["key"] for a in others] + list(variants(recipe).values())
     if len(set(names)) != len(names):
         raise PipelineError(f"benchmark.compare: two benchmarked artifacts would share a name in {names}",
                             "compare runs whose folder names differ from each other and from this recipe's name")
+    check_lengths(others, recipe.benchmark.settings())  # this run's own graphs: export.max_sequence_length (recipe)
     return others
 
 
