@@ -199,3 +199,25 @@ def tiny_recipe_file(tmp_path: Path, name: str, prune: dict) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+# --- walkers of the code for decisions by name (test_graph_formats.py, test_engine_table.py) ---
+
+def name_comparisons(tree, names, questions_are_switches: bool) -> list[str]:
+    """Comparisons in ``tree`` with one of ``names`` as a literal on either side (``x == "a"``, ``x in ("a", "b")``).
+    ``questions_are_switches`` False: ``"a" in collection`` (asking what a list holds) is let pass."""
+    import ast
+
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        if not questions_are_switches and isinstance(node.left, ast.Constant) and any(
+                isinstance(op, (ast.In, ast.NotIn)) for op in node.ops):
+            continue
+        for side in (node.left, *node.comparators):
+            values = [side] if isinstance(side, ast.Constant) else list(getattr(side, "elts", []))
+            hits = [v.value for v in values if isinstance(v, ast.Constant) and v.value in names]
+            if hits:
+                found.append(f"line {node.lineno}: compares with {hits}")
+    return found

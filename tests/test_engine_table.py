@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import name_comparisons
 from benchmarks.engines import ENGINES, GGUF_ENGINE, PAPER_ENGINE, asks_ggufs, engine_facts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,16 +22,7 @@ ALLOWED: dict[str, set[str]] = {}
 def switches_on_an_engine_name(tree) -> list[str]:
     """Comparisons with an engine's name on either side: ``engine == "deepsparse"``, ``e in ("llamacpp", "pytorch")``,
     and ``"llamacpp" in engines`` too (asking whether llama.cpp is among the engines is the table's ``runs_gguf``)."""
-    found = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Compare):
-            continue
-        for side in (node.left, *node.comparators):
-            values = [side] if isinstance(side, ast.Constant) else list(getattr(side, "elts", []))
-            hits = [v.value for v in values if isinstance(v, ast.Constant) and v.value in ENGINES]
-            if hits:
-                found.append(f"line {node.lineno}: compares with {hits}")
-    return found
+    return name_comparisons(tree, ENGINES, questions_are_switches=True)
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))

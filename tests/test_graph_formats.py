@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import name_comparisons
 from export.graph_formats import GRAPHS, ONNX_GRAPHS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,18 +15,9 @@ SOURCES = sorted(p for folder in ("pipeline", "export") for p in (ROOT / folder)
 
 
 def switches_on_a_graph_name(tree) -> list[str]:
-    """Comparisons with a graph's name: ``engine == "deepsparse"``, ``name != "openvino"``, ``x in ("a", "b")``."""
-    found = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Compare) or any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops
-                                                    if isinstance(node.left, ast.Constant)):
-            continue  # "openvino" in recipe.export.engines asks what was exported: a question, not a switch
-        for side in (node.left, *node.comparators):
-            values = [side] if isinstance(side, ast.Constant) else list(getattr(side, "elts", []))
-            hits = [v.value for v in values if isinstance(v, ast.Constant) and v.value in GRAPHS]
-            if hits:
-                found.append(f"line {node.lineno}: compares with {hits}")
-    return found
+    """Comparisons with a graph's name: ``engine == "deepsparse"``, ``name != "openvino"``, ``x in ("a", "b")``;
+    ``"openvino" in recipe.export.engines`` asks what was exported: a question, not a switch."""
+    return name_comparisons(tree, GRAPHS, questions_are_switches=False)
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
