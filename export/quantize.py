@@ -222,13 +222,16 @@ def integer_matmuls(store, linears: list[str], ranges: dict[str, tuple[float, fl
 
 def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme, config,
                    smoothing_strength: float | None = None, lm_head: bool = False,
-                   calibration: SharedCalibration | None = None) -> dict:
+                   calibration: SharedCalibration | None = None, outlier_fraction: float | None = None,
+                   smooth_split: bool = True) -> dict:
     """Quantize ``source`` (model.onnx + model.onnx_data) into ``target`` folder; returns what was done.
 
     Activation ranges are calibrated once on the float graph (min/max over ``feeds``, ONNX Runtime reading
     the weights file it maps); SmoothQuant divides a smoothed activation's channel j by s_j, so its range
     after smoothing is read from the same per-channel statistics. ``lm_head``: the LM head's MatMul INT8 too.
-    ``calibration``: ranges another graph of the same model recorded (export/shared_calibration.py); used when
+    ``outlier_fraction``: with a scheme that splits down_proj's outlier channels off, the fraction split (None: the
+    scheme's). ``smooth_split``: False leaves the split MatMuls' input unsmoothed (SmoothQuant then acts on the norm
+    outputs only). ``calibration``: ranges another graph of the same model recorded (export/shared_calibration.py); used when
     they cover every activation here, else this graph is calibrated and its ranges are recorded there. The float graph is never loaded whole: the rewrite is planned on its structure and each weight is read,
     smoothed, quantized and written in turn (export/graph_tensors.py), so memory does not grow with depth.
     """
@@ -246,8 +249,9 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme
     linears, others = linear_matmuls(store.model.graph, config.vocab_size, None if scheme.down_proj else intermediate,
                                      lm_head)
     # down_proj, whose input channels with outliers go through a float MatMul beside its INT8 one (outlier_split.py)
+    fraction = scheme.outlier_fraction if outlier_fraction is None else outlier_fraction
     split = sorted(set(linears) - set(linear_matmuls(store.model.graph, config.vocab_size, intermediate, lm_head)[0])) \
-        if scheme.outlier_fraction else []
+        if fraction else []
     if not linears:
         raise PipelineError(f"{source} has no MatMul with a weight matrix to quantize", "re-run the export stage")
     done = {"quantized_matmuls": len(linears), "float_matmuls": len(others)}
@@ -266,7 +270,7 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme
     del structure
     stats = dict(stats)  # the shared ranges stay unsmoothed
     if smoothing_strength:
-        groups = smoothing_groups(store.model.graph, set(linears))
+        groups = smoothing_groups(store.model.graph, set(linears) - (set() if smooth_split else set(split)))
         maxima = {g.activation: np.maximum(-stats[g.activation][0], stats[g.activation][1]) for g in groups}
         done["smoothing"] = smooth(store, groups, maxima, smoothing_strength)
         for g in groups:  # X is now X / s, channel by channel
@@ -276,7 +280,7 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme
     if split:
         from export.outlier_split import split_outliers
 
-        split_ranges, done["outlier_split"] = split_outliers(store, split, stats, scheme.outlier_fraction)
+        split_ranges, done["outlier_split"] = split_outliers(store, split, stats, fraction)
         ranges.update(split_ranges)
         kept_float = done["outlier_split"]["float_weight_bytes"]
     done["float_weight_bytes_saved"] = integer_matmuls(store, linears, ranges, scheme.per_channel) - kept_float
@@ -329,7 +333,8 @@ def _share_int8_weights(tmp: Path, original: dict, config, check_ids: np.ndarray
 
 def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.ndarray, check_ids: np.ndarray,
                       metadata: dict | None = None, smoothing_strength: float | None = None,
-                      check_from: int = 0, lm_head: bool = False, share: bool = True) -> dict:
+                      check_from: int = 0, lm_head: bool = False, share: bool = True,
+                      outlier_fraction: float | None = None, smooth_split: bool = True) -> dict:
     """Quantize every graph of the artifact ``source`` into the artifact ``target`` (atomic); returns its manifest.
 
     ``share``: when both the deepsparse and onnxruntime graphs are quantized, the onnxruntime graph reads its int8
@@ -347,6 +352,10 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
     from export.graph_formats import graph_logits
 
     scheme = check_scheme(scheme_name)
+    if outlier_fraction is not None and not scheme.outlier_fraction:
+        raise PipelineError(f"an outlier fraction was given with scheme {scheme_name!r}, which splits no channels off",
+                            "use scheme w8a8-static-outliers, or leave the fraction out")
+    fraction = scheme.outlier_fraction if outlier_fraction is None else outlier_fraction
     source, target = Path(source), Path(target)
     original = open_artifact(source)
     started = time.time()
@@ -362,7 +371,7 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
             graph = source / engine / "model.onnx"
             log.info("quantizing the %s graph (%s, %d calibration windows)", engine, scheme_name, len(windows))
             done = quantize_graph(graph, folder, _feeds(engine, graph, config, windows), scheme, config,
-                                  smoothing_strength, lm_head, calibration)
+                                  smoothing_strength, lm_head, calibration, fraction, smooth_split)
             if GRAPHS[engine].pads_weights_file:
                 pad_external_data(folder)
             before = graph_logits(engine, graph, config, check_ids)
@@ -391,7 +400,8 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
         files = file_table(tmp)
         manifest = {**{k: v for k, v in original.items() if k not in ("files", "engines", "export_seconds")},
                     **(metadata or {}), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "quantization": {"scheme": scheme_name, **scheme.__dict__, "lm_head": lm_head, "source": str(source),
+                    "quantization": {"scheme": scheme_name, **scheme.__dict__, "outlier_fraction": fraction,
+                                     "smooth_split": smooth_split, "lm_head": lm_head, "source": str(source),
                                      "smoothing_strength": smoothing_strength,
                                      "calibration_windows": list(windows.shape)},
                     "engines": engines, "quantize_seconds": time.time() - started, "files": files}

@@ -266,12 +266,18 @@ class QuantizeSection(StrictSection):
     """INT8 quantization of the exported artifact (export/quantize.py): RUN/artifact-int8 beside RUN/artifact."""
 
     enabled: bool = Field(False, description="write RUN/artifact-int8 (needs export.enabled)")
-    scheme: str = Field("w8a8-static", description="w8a8-static: int8 weights (symmetric, per channel), uint8 activations (static) in q/k/v/o/gate/up; w8a8-static-all: down_proj too; w8a8-static-outliers: down_proj too, with the 1% of its input channels of largest calibrated magnitude in a small float32 MatMul beside the INT8 one (export/outlier_split.py)")
+    scheme: str = Field("w8a8-static", description="w8a8-static: int8 weights (symmetric, per channel), uint8 activations (static) in q/k/v/o/gate/up; w8a8-static-all: down_proj too; w8a8-static-outliers: down_proj too, with the quantize.outlier_fraction (default 1%) of its input channels of largest calibrated magnitude in a small float32 MatMul beside the INT8 one (export/outlier_split.py)")
     num_samples: int = Field(16, gt=0, description="calibration windows for the activation ranges (calibration text)")
     seq_len: int = Field(128, gt=1, description="tokens per activation-range calibration window")
     smoothing_strength: Optional[float] = Field(
         0.5, gt=0, lt=1, description="SmoothQuant migration strength (export/smooth.py): moves activation outliers "
                                      "of the norm outputs into the weights before INT8; null: no smoothing")
+    outlier_fraction: Optional[float] = Field(
+        None, gt=0, lt=0.5, description="w8a8-static-outliers: the fraction of down_proj's input channels (largest "
+                                        "calibrated max |x| first) kept in the float32 MatMul; null: the scheme's 1%")
+    outlier_smoothing: bool = Field(True, description="w8a8-static-outliers: SmoothQuant smooths down_proj's input "
+                                                      "too (through up_proj) before the split; false: the norm "
+                                                      "outputs only")
     lm_head: bool = Field(False, description="the LM head's MatMul INT8 too (int8 per channel, its input the final "
                                              "norm's output, smoothed like the other norm outputs): a decode step "
                                              "reads the head's whole weight, the largest single linear")
@@ -284,6 +290,16 @@ class QuantizeSection(StrictSection):
                                                        "compared with its float graph, teacher-forced, position by "
                                                        "position (next-token top-1, run in ONNX Runtime); 0: none; "
                                                        "needs evaluation.enabled")
+
+    @model_validator(mode="after")
+    def _outlier_keys_need_the_split(self):
+        asked = [key for key, default in (("outlier_fraction", None), ("outlier_smoothing", True))
+                 if getattr(self, key) != default]
+        if asked and not check_scheme(self.scheme).outlier_fraction:
+            raise ValueError(f"quantize.{asked[0]} acts on the outlier channels split off down_proj, and scheme "
+                             f"'{self.scheme}' splits none — fix: use scheme: w8a8-static-outliers, or drop "
+                             f"quantize.{asked[0]}")
+        return self
 
     @field_validator("scheme")
     @classmethod

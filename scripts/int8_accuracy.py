@@ -21,11 +21,13 @@ from pathlib import Path
 
 def measure(run_dir: Path, schemes: list[str], strengths: list[float | None], graph: str, keep: bool,
             lm_heads: tuple[bool, ...] = (False,), dataset: str = "embedded", num_samples: int = 16, seq_len: int = 128, seed: int = 0,
-            context_length: int = 512, max_windows: int | None = None) -> dict:
+            context_length: int = 512, max_windows: int | None = None, fractions: tuple = (None,),
+            split_smoothing: tuple[bool, ...] = (True,)) -> dict:
     from transformers import AutoConfig, AutoTokenizer
 
     from export.onnx_perplexity import artifact_perplexity
     from export.quantize import quantize_artifact
+    from export.schemes import check_scheme
     from pipeline.core.data import bos_id, calibration_windows, evaluation_tokens
     from pipeline.core.window_protocol import bos_per_window
 
@@ -44,21 +46,29 @@ def measure(run_dir: Path, schemes: list[str], strengths: list[float | None], gr
               "calibration_windows": list(windows.shape), "float": ppl(source), "int8": []}
     base = result["float"]["perplexity"]
     logging.info("float artifact: perplexity %.3f", base)
-    for scheme, strength, lm_head in itertools.product(schemes, strengths, lm_heads):
-        target = run_dir / "int8-accuracy" / f"{scheme}-s{strength}{'-head' if lm_head else ''}"
+    for scheme, strength, lm_head, fraction, smooth_split in itertools.product(schemes, strengths, lm_heads,
+                                                                              fractions, split_smoothing):
+        if not check_scheme(scheme).outlier_fraction:  # the split's settings mean nothing to it: one row
+            if (fraction, smooth_split) != (fractions[0], split_smoothing[0]):
+                continue
+            fraction, smooth_split = None, True
+        target = run_dir / "int8-accuracy" / (f"{scheme}-s{strength}{'-head' if lm_head else ''}"
+                                              f"{f'-f{fraction}' if fraction else ''}{'' if smooth_split else '-rough'}")
         if target.exists():
             shutil.rmtree(target)
         manifest = quantize_artifact(source, target, scheme, windows, check, smoothing_strength=strength,
-                                     lm_head=lm_head)
+                                     lm_head=lm_head, outlier_fraction=fraction, smooth_split=smooth_split)
         got = ppl(target)
         info = manifest["engines"][graph]
         row = {"scheme": scheme, "smoothing_strength": strength, "lm_head": lm_head,
+               "outlier_fraction": manifest["quantization"]["outlier_fraction"], "outlier_smoothing": smooth_split,
                "quantized_matmuls": info["quantized_matmuls"], "perplexity": got["perplexity"],
                "vs_float": got["perplexity"] / base - 1, "windows": got["windows"],
                "bytes": sum(f["bytes"] for f in manifest["files"].values())}
         result["int8"].append(row)
-        logging.info("%s, smoothing %s, LM head %s: perplexity %.3f (%+.1f%%)", scheme, strength,
-                     "INT8" if lm_head else "float", row["perplexity"], 100 * row["vs_float"])
+        logging.info("%s, smoothing %s, LM head %s, split %s%s: perplexity %.3f (%+.1f%%)", scheme, strength,
+                     "INT8" if lm_head else "float", row["outlier_fraction"], "" if smooth_split else " unsmoothed",
+                     row["perplexity"], 100 * row["vs_float"])
         if not keep:
             shutil.rmtree(target)
     return result
@@ -73,6 +83,10 @@ def main() -> None:
     parser.add_argument("--smoothing", nargs="+", default=["0.5"], help="SmoothQuant strengths; 'none': off")
     parser.add_argument("--lm-head", nargs="+", choices=["float", "int8"], default=["float"],
                         help="the LM head float32 and/or INT8 (quantize.lm_head); each is a row")
+    parser.add_argument("--outlier-fractions", nargs="+", type=float, default=None,
+                        help="w8a8-static-outliers: fractions of down_proj's input channels split off (default: 1%%)")
+    parser.add_argument("--outlier-smoothing", nargs="+", choices=["on", "off"], default=["on"],
+                        help="w8a8-static-outliers: SmoothQuant on down_proj's input before the split, and/or not")
     parser.add_argument("--graph", choices=["onnxruntime", "deepsparse"], default="onnxruntime")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--keep", action="store_true", help="keep the INT8 copies")
@@ -81,11 +95,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     strengths = [None if s.lower() == "none" else float(s) for s in args.smoothing]
     result = measure(args.run_dir, args.schemes, strengths, args.graph, args.keep,
-                     tuple(head == "int8" for head in args.lm_head), max_windows=args.max_windows)
+                     tuple(head == "int8" for head in args.lm_head), max_windows=args.max_windows,
+                     fractions=tuple(args.outlier_fractions or [None]),
+                     split_smoothing=tuple(s == "on" for s in args.outlier_smoothing))
     result["command"] = "python -m scripts.int8_accuracy " + " ".join(sys.argv[1:])
     write_json_atomic(args.out, result)
     for row in result["int8"]:
-        print(f"{row['scheme']} smoothing {row['smoothing_strength']} LM head {'INT8' if row['lm_head'] else 'float'}: "
+        print(f"{row['scheme']} smoothing {row['smoothing_strength']} LM head {'INT8' if row['lm_head'] else 'float'} "
+              f"split {row['outlier_fraction']}{'' if row['outlier_smoothing'] else ' unsmoothed'}: "
               f"{row['perplexity']:.3f} "
               f"({100 * row['vs_float']:+.2f}% vs float {result['float']['perplexity']:.3f})")
 

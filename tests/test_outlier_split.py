@@ -111,3 +111,38 @@ def test_both_graphs_split_alike_share_one_weights_file_and_run_in_deepsparse(ti
     a = run_engine("deepsparse", folder, "test", prompt="Hello there", max_new_tokens=8, **spec)
     b = run_engine("deepsparse", target, "test", prompt="Hello there", max_new_tokens=8, **spec)
     assert len(b["ids"]) == len(a["ids"]) and b["ids"][:4] == a["ids"][:4]
+
+
+def test_the_fraction_and_the_smoothing_of_the_split_are_the_callers(tiny_artifact, tmp_path):
+    """quantize.outlier_fraction: 5% of 128 channels is 6 split off per down_proj, the planted one among them;
+    quantize.outlier_smoothing false: down_proj's input is not smoothed (the norm outputs still are), so the float
+    rows are the pruned weights' own rows, and up_proj's weight read by the INT8 MatMul is unscaled."""
+    from export.checks import onnxruntime_graph_logits
+
+    _, folder, _ = tiny_artifact
+    planted, config, feeds, ids, downs = _planted(folder, tmp_path)
+    want = onnxruntime_graph_logits(folder / "onnxruntime" / "model.onnx", config, ids)
+    out = tmp_path / "wide"
+    out.mkdir()
+    done = quantize_graph(planted, out, feeds, check_scheme("w8a8-static-outliers"), config, 0.5,
+                          outlier_fraction=0.05, smooth_split=False)
+    assert done["outlier_split"]["channels"] == [6] and done["outlier_split"]["fraction"] == 0.05
+    assert done["smoothing"]["norm"] == done["smoothing"]["groups"] == 4  # the norm outputs; no down_proj input
+    graph = onnx.load(str(out / "model.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for name, down in downs.items():
+        rows = inits[f"{name}.outlier_rows"]
+        assert rows.shape == (6, down.shape[1])
+        hits = [c for c in range(down.shape[0]) if any(np.array_equal(down[c], r) for r in rows)]
+        assert set(PLANTED) <= set(hits) and len(hits) >= 6  # unsmoothed: the rows are copies
+    error = np.abs(onnxruntime_graph_logits(out / "model.onnx", config, ids) - want).max()
+    assert error < 0.03 * np.abs(want).max(), error
+
+
+def test_a_split_setting_with_a_scheme_that_splits_nothing_is_refused(tiny_artifact, tmp_path):
+    from pipeline.common.errors import PipelineError
+
+    _, folder, _ = tiny_artifact
+    with pytest.raises(PipelineError, match="splits no channels off"):
+        quantize_artifact(folder, tmp_path / "x", "w8a8-static-all", np.zeros((1, 8), np.int64),
+                          np.zeros((1, 4), np.int64), outlier_fraction=0.05)

@@ -130,8 +130,10 @@ def run(ctx: Context) -> None:
                                  metadata={"recipe_hash": recipe.content_hash()},
                                  smoothing_strength=q.smoothing_strength,
                                  check_from=prompt.shape[1] - 1 if first else 0, lm_head=q.lm_head,
-                                 share=recipe.export.share_weights)
+                                 share=recipe.export.share_weights, outlier_fraction=q.outlier_fraction,
+                                 smooth_split=q.outlier_smoothing)
     result = {"path": str(target), "scheme": q.scheme, "lm_head": q.lm_head, "smoothing_strength": q.smoothing_strength,
+              "outlier_fraction": manifest["quantization"]["outlier_fraction"], "outlier_smoothing": q.outlier_smoothing,
               "quantize_seconds": manifest["quantize_seconds"],
               "bytes": sum(f["bytes"] for f in manifest["files"].values()), "disk_bytes": disk_bytes(target),
               "engines": {e: {k: i[k] for k in ("logits_max_abs_diff_vs_float", "shared_weights", "top1_agreement_vs_float",
