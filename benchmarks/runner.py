@@ -35,6 +35,7 @@ RESULTS = "results.json"
 
 def describe_artifact(path: Path, key: str | None = None, name: str | None = None) -> dict:
     """What the report needs to know about an artifact, from its manifest and config (validated)."""
+    from benchmarks.artifact_folders import benchmark_label
     from export.artifact import open_artifact
 
     path = Path(path)
@@ -51,8 +52,7 @@ def describe_artifact(path: Path, key: str | None = None, name: str | None = Non
         method = "unknown"
     if manifest.get("quantization"):  # an INT8 artifact is never the float dense reference
         method = f"{method}+int8"
-    run_folders = {"artifact": "", "artifact-dense": "-dense", "artifact-int8": "-int8"}  # a run's artifact folders
-    label = path.parent.name + run_folders[path.name] if path.name in run_folders else path.name
+    label = benchmark_label(path)
     model = (manifest.get("recipe") or {}).get("model", {}).get("source") or config.get("_name_or_path") or label
     from export.artifact import disk_bytes
     from export.weight_kinds import weight_bytes_by_kind
@@ -70,14 +70,14 @@ def describe_artifact(path: Path, key: str | None = None, name: str | None = Non
 def find_artifact(entry: str | Path, what: str = "artifact") -> dict:
     """An artifact folder, a run folder holding one in artifact/, or a GGUF folder, described; a clear error
     otherwise."""
+    from benchmarks.artifact_folders import MANIFEST, manifest_folder
     from benchmarks.llamacpp import describe_gguf, is_gguf_folder
-    from export.artifact import MANIFEST
 
     path = Path(entry)
     if is_gguf_folder(path):  # the dense model as GGUF, for the llamacpp engine (benchmarks/llamacpp.py)
         return describe_gguf(path)
-    folder = path / "artifact" if (path / "artifact" / MANIFEST).is_file() else path
-    if not (folder / MANIFEST).is_file():
+    folder = manifest_folder(path)
+    if folder is None:
         raise PipelineError(f"{what} {entry} holds no artifact (no {MANIFEST} in it or in its artifact/ folder)",
                             "give an artifact folder (RUN/artifact) or run its recipe with export enabled first")
     return describe_artifact(folder)

@@ -339,7 +339,16 @@ def main(argv: list[str] | None = None) -> int:
                 estimates = check_resources(config, recipe, applicable(recipe), recipe.run_dir(), quiet=True)
                 stage, peak = max(estimates.items(), key=lambda item: item[1]["ram_gib"])
                 resources = f"peak RAM about {peak['ram_gib']:.1f} GiB (stage {stage}), fits; from {origin}"
+            compared = ""
+            if recipe.benchmark.enabled and recipe.benchmark.compare:  # as the run's preflight checks them
+                from pipeline.stages.benchmark import compared_artifacts
+
+                found, absent = compared_artifacts(recipe, outline_only=True)
+                compared = f"# compared artifacts: {len(found)} checked" + (
+                    f"; not there yet (the run refuses to start without them): {', '.join(absent)}" if absent else "")
             print(f"recipe {args.recipe} is valid")
+            if compared:
+                print(compared)
             print(f"# resources: {resources}")
             print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")
             sys.stdout.flush()  # here, where a reader that left is caught, not at exit

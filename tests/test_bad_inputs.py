@@ -336,11 +336,12 @@ def test_prefill_or_context_beyond_the_exported_graph_is_refused_up_front(worksp
     recipe = write_recipe(workspace, "compare-short", export__enabled=True, export__max_sequence_length=256,
                           benchmark__enabled=True, benchmark__sequence_length=200, benchmark__engines=["deepsparse"],
                           benchmark__prefill_lengths=[32, 128], benchmark__compare=[str(folder)])
-    proc = run_cli("run", str(recipe), cwd=workspace, log_dir=tmp_path / "logs-compare")
-    line = assert_one_clear_line(proc, f"artifact {folder.parent.name} ({folder}): its deepsparse graph, which deepsparse runs, "
-                                 "holds at most 128 tokens", tmp_path / "logs-compare")
-    assert "fix: lower benchmark.sequence_length to at most 128" in line
-    assert not (workspace / "runs" / "compare-short").exists()
+    for command in ("validate", "run"):  # validate reads the compared artifact's manifest as the run's preflight does
+        proc = run_cli(command, str(recipe), cwd=workspace, log_dir=tmp_path / f"logs-compare-{command}")
+        line = assert_one_clear_line(proc, f"artifact {folder.parent.name} ({folder}): its deepsparse graph, which "
+                                     "deepsparse runs, holds at most 128 tokens", tmp_path / f"logs-compare-{command}")
+        assert "fix: lower benchmark.sequence_length to at most 128" in line
+        assert not (workspace / "runs" / "compare-short").exists()
 
 
 def test_each_graph_has_its_own_limit():

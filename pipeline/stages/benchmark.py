@@ -18,8 +18,7 @@ log = logging.getLogger(__name__)
 def check(ctx: Context) -> list[dict]:
     """The engines and threads exist here; the compared artifacts exist and their names differ from ours."""
     from benchmarks.engines import asks_ggufs
-    from benchmarks.graph_limits import check_lengths
-    from benchmarks.runner import check_machine, find_artifact
+    from benchmarks.runner import check_machine
 
     recipe = ctx.recipe
     check_machine(recipe.benchmark.settings())
@@ -27,13 +26,32 @@ def check(ctx: Context) -> list[dict]:
         from export.gguf_writer import check_gguf_config
 
         check_gguf_config(ctx.models.config(), recipe.benchmark.gguf_types)
-    others = [find_artifact(entry, "benchmark.compare:") for entry in recipe.benchmark.compared_folders()]
+    return compared_artifacts(recipe)[0]
+
+
+def compared_artifacts(recipe, outline_only: bool = False) -> tuple[list[dict], list[str]]:
+    """The artifacts of ``benchmark.compare`` described, and those not there: no two benchmarked artifacts share a
+    name, and each graph measured holds the benchmark's sequence length. The run needs each there, described in
+    full (benchmarks/runner.py: files checked, graphs parsed). ``outline_only`` (``pipeline validate``): each read
+    from its JSON files alone, and one not there yet (a run a later recipe makes) returned as absent."""
+    from benchmarks.artifact_folders import outline
+    from benchmarks.graph_limits import check_lengths
+    from benchmarks.runner import find_artifact
+
+    others, absent = [], []
+    for entry in recipe.benchmark.compared_folders():
+        if not outline_only:
+            others.append(find_artifact(entry, "benchmark.compare:"))
+        elif (found := outline(entry)) is not None:
+            others.append(found)
+        else:
+            absent.append(str(entry))
     names = [a["key"] for a in others] + list(variants(recipe).values())
     if len(set(names)) != len(names):
         raise PipelineError(f"benchmark.compare: two benchmarked artifacts would share a name in {names}",
                             "compare runs whose folder names differ from each other and from this recipe's name")
     check_lengths(others, recipe.benchmark.settings())  # this run's own graphs: export.max_sequence_length (recipe)
-    return others
+    return others, absent
 
 
 def variants(recipe) -> dict[str, str]:
