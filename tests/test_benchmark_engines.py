@@ -104,3 +104,28 @@ def test_a_step_that_decodes_other_sequences_than_asked_is_refused(monkeypatch):
     monkeypatch.setattr(engines, "run_child", lambda *a: {"ms_median": 10.0,
                                                           "decoded": decoded(rng.standard_normal((4, 1, 32)))})
     assert measure(spec)["tokens_per_s"] == pytest.approx(400.0)
+
+
+def test_deepsparse_times_again_until_a_cell_rests_on_three_steps(monkeypatch, tmp_path):
+    """DeepSparse's benchmark times whole seconds; a step slower than a third of them (a slow or loaded machine) is
+    timed again for long enough to give MIN_STEPS steps, as the other runners' loop guarantees."""
+    import deepsparse.benchmark.benchmark_model as bm
+
+    from benchmarks.engines import MeasureSpec
+    from benchmarks.engines import deepsparse_runner
+    from benchmarks.engines.timing import MIN_STEPS
+
+    (tmp_path / "deepsparse").mkdir()
+    (tmp_path / "deepsparse" / "model.onnx").write_bytes(b"")
+    calls = []
+
+    def fake(path, time, **kw):  # 800 ms a step: one second holds one step
+        calls.append(time)
+        return {"benchmark_result": {"median": 800.0, "mean": 800.0, "iterations": max(1, int(time / 0.8))},
+                "num_cores": 2}
+
+    monkeypatch.setattr(bm, "benchmark_model", fake)
+    monkeypatch.setattr(deepsparse_runner, "machine", lambda: {})
+    spec = MeasureSpec("deepsparse", str(tmp_path), "decode", 64, 16, 2, 0.5, 1.0)
+    got = deepsparse_runner.measure(spec)
+    assert calls == [1, 4] and got["iterations"] >= MIN_STEPS

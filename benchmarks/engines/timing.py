@@ -7,7 +7,12 @@ import time
 from typing import Callable
 
 
-def time_steps(step: Callable[[], object], warmup_seconds: float, seconds: float, min_steps: int = 3) -> dict:
+#: every timed cell rests on at least this many steps, whatever its seconds (a step slower than seconds / 3 on a
+#: loaded or slow machine still gets a median of three)
+MIN_STEPS = 3
+
+
+def time_steps(step: Callable[[], object], warmup_seconds: float, seconds: float, min_steps: int = MIN_STEPS) -> dict:
     """Warm up, then time single calls of ``step`` for ``seconds`` (at least ``min_steps`` calls)."""
     end = time.perf_counter() + warmup_seconds
     step()
