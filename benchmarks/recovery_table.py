@@ -90,6 +90,16 @@ def _cell(entry: dict | None) -> str:
     return f"{entry['pruned']:.3f} ({(entry['ratio'] - 1) * 100:+.0f}%)"
 
 
+def verdict(entry: dict, limit: float) -> str:
+    """Whether a cell meets a target ratio against dense, and whether two paired standard errors of its mean loss
+    change reach across the target (then the windows cannot tell, and the verdict says so)."""
+    ratio, se = entry["ratio"], entry.get("paired_standard_error") or 0.0
+    margin = math.exp(2 * se)
+    if ratio <= limit:
+        return "(met)" if ratio * margin <= limit else f"(met, within the noise: x{margin:.3f} at two standard errors)"
+    return "(not met)" if ratio / margin > limit else f"(not met, within the noise: x{margin:.3f} at two standard errors)"
+
+
 def render(rows: list[dict], command: str | None, cpu: str, notes: dict[str, str] | None = None) -> str:
     """``notes``: a word on the cost of the runs under a folder (by the folder's name), e.g. where it ran."""
     notes = notes or {}
@@ -133,7 +143,9 @@ def render(rows: list[dict], command: str | None, cpu: str, notes: dict[str, str
         lines.append(f"| {name} | {(limit - 1) * 100:+.0f}% | "
                      + (f"{config(best_family)} ({best_family['allocation']}) | "
                         f"{(best_family['texts'][main]['ratio'] - 1) * 100:+.1f}% "
-                        f"{'(met)' if best_family['texts'][main]['ratio'] <= limit else '(not met)'}"
+                        f"{verdict(best_family['texts'][main], limit)}"
+                        + "".join(f"; {text} {(entry['ratio'] - 1) * 100:+.0f}%"
+                                  for text, entry in best_family["texts"].items() if text != main)
                         if best_family else "not run | ")
                      + " | " + (f"{config(best_any)} | {(best_any['texts'][main]['ratio'] - 1) * 100:+.1f}%"
                                 if best_any else "not run | ") + " |")

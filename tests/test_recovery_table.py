@@ -30,7 +30,7 @@ def test_cells_targets_and_noise(tmp_path):
     assert len(rows) == 3
     text = render(rows, "pipeline sweep ...", "Test CPU")
     assert "| dass_outlier + obs | " in text and "(+11%)" in text  # exp(0.1) - 1
-    assert "| 0.5 MLP | +15% | dass_outlier + obs (uniform) | +10.5% (met)" in text
+    assert "| 0.5 MLP | +15% | dass_outlier + obs (uniform) | +10.5% (met); stdlib +12% |" in text
     assert "| 2:4 MLP | +35% | not run" in text
     assert "## stdlib" in text and "paired standard error" in text and "pipeline sweep ..." in text
 
@@ -45,3 +45,15 @@ def test_the_calibration_text_block_time_and_a_cost_note_are_shown(tmp_path):
     text = render(collect([tmp_path]), None, "Test CPU", {"earlier": "another CPU instance"})
     assert "| dass_outlier + obs+block, calibrated on stdlib | 0.5 | 100 | 42 | 8.00 |  |" in text
     assert "| dass_outlier + obs | 0.5 | 100 | – | 8.00 | another CPU instance |" in text
+
+
+def test_a_target_inside_the_noise_is_called_so():
+    """Two paired standard errors of the mean loss change that reach across the target: the verdict says the windows
+    cannot tell; beyond them it is a plain met / not met."""
+    from benchmarks.recovery_table import verdict
+
+    assert verdict({"ratio": 2.92, "paired_standard_error": 0.03}, 3.0).startswith("(met, within the noise: x1.062")
+    assert verdict({"ratio": 3.05, "paired_standard_error": 0.03}, 3.0).startswith("(not met, within the noise")
+    assert verdict({"ratio": 2.5, "paired_standard_error": 0.03}, 3.0) == "(met)"
+    assert verdict({"ratio": 1.25, "paired_standard_error": 0.01}, 1.15) == "(not met)"
+    assert verdict({"ratio": 1.10, "paired_standard_error": None}, 1.15) == "(met)"
