@@ -360,3 +360,11 @@ def test_each_graph_has_its_own_limit():
         check_lengths(art, BenchmarkSettings(engines=["onnxruntime", "deepsparse"], sequence_length=200))
     with pytest.raises(PipelineError, match="its onnxruntime graph, which openvino runs, holds at most 256"):
         check_lengths(art, BenchmarkSettings(engines=["openvino"], sequence_length=300))
+
+
+def test_validate_reads_the_manifest_the_export_writes():
+    """benchmarks/artifact_folders.py names the manifest without importing the export layer (onnx, torch)."""
+    from benchmarks.artifact_folders import MANIFEST
+    from export.artifact import MANIFEST as WRITTEN
+
+    assert MANIFEST == WRITTEN
