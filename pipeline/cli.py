@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                 from pipeline.stages.benchmark import compared_artifacts
 
                 found, absent = compared_artifacts(recipe, outline_only=True)
-                compared = f"# compared artifacts: {len(found)} checked" + (
+                compared = "" if not found and not absent else f"# compared artifacts: {len(found)} checked" + (
                     f"; not there yet (the run refuses to start without them): {', '.join(absent)}" if absent else "")
             print(f"recipe {args.recipe} is valid")
             if compared:
