@@ -8,7 +8,7 @@ outliers: the ``fraction`` of channels of largest calibrated magnitude) and R (t
 
     X W = X W_R + X[:, O] W[O, :]          W_R: W with the rows O set to 0
 
-    X --> MatMul(X, W_R)                           (rewritten by export/quantize.py:integer_matmuls into
+    X --> MatMul(X, W_R)                           (rewritten by export/int8_matmul_form.py:integer_matmuls into
       |                                              QuantizeLinear -> MatMulInteger -> Cast -> Mul) --> Add --> Y
       '-> Gather(X, O, last axis) -> MatMul(., W[O, :] float32) ------------------------------------------'
 

@@ -118,7 +118,7 @@ def test_block_by_block_arithmetic_equals_the_whole_tensor_formula():
     """by_rows and weight_params work a block of rows at a time (BLOCK_ROWS); the numbers are those of the
     whole-tensor formula, bit for bit, across block edges."""
     from export.graph_tensors import BLOCK_ROWS, by_rows
-    from export.quantize import WEIGHT_MAX, weight_params
+    from export.int8_matmul_form import WEIGHT_MAX, weight_params
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((2 * BLOCK_ROWS + 77, 40)).astype(np.float32)

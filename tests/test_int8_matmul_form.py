@@ -18,7 +18,7 @@ def test_integer_matmul_form_computes_the_dequantized_product_and_keeps_zeros(tm
 
     from export.checks import ort_session
     from export.graph_tensors import GraphTensors
-    from export.quantize import activation_params, integer_matmuls
+    from export.int8_matmul_form import activation_params, integer_matmuls
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((16, 8)).astype(np.float32) * np.linspace(0.01, 2.0, 8, dtype=np.float32)
@@ -40,7 +40,7 @@ def test_integer_matmul_form_computes_the_dequantized_product_and_keeps_zeros(tm
     assert "w" not in inits
     q = inits["w.int8"]
     assert q.dtype == np.int8 and q.shape == w.shape and (q[w == 0] == 0).all()
-    step = np.abs(w).max(0) / 63  # export.quantize.WEIGHT_MAX
+    step = np.abs(w).max(0) / 63  # export.int8_matmul_form.WEIGHT_MAX
     rescale = inits["proj.rescale"]
     x_scale, x_zero = activation_params(*ranges["x"])
     assert rescale.shape == (8,)
@@ -61,7 +61,7 @@ def test_the_int8_form_is_exact_in_onnx_runtime_at_the_extremes_on_this_cpu(tmp_
     from onnx import TensorProto, helper
 
     from export.checks import ort_session
-    from export.quantize import WEIGHT_MAX
+    from export.int8_matmul_form import WEIGHT_MAX
 
     assert 2 * 255 * WEIGHT_MAX <= 32767
     k, n = 64, 8
@@ -84,7 +84,7 @@ def test_a_matmul_without_a_constant_weight_is_refused_by_name():
     from onnx import TensorProto, helper
 
     from export.graph_tensors import GraphTensors
-    from export.quantize import integer_matmuls
+    from export.int8_matmul_form import integer_matmuls
 
     graph = helper.make_graph([helper.make_node("MatMul", ["w", "x"], ["y"], "weight_first")], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 4])],
