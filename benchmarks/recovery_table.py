@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections import Counter
+from functools import partial
 from pathlib import Path
 
 from benchmarks.runner import cpu_name
@@ -55,6 +57,7 @@ def run_row(run: Path) -> dict | None:
             "allocation": (summary.get("allocation") or {}).get("scheme", "uniform"),
             "calibration": "+".join([(summary.get("calibration") or {}).get("dataset", "embedded"),
                                      *(summary.get("calibration") or {}).get("also", [])]),
+            "calibration_windows": (summary.get("calibration") or {}).get("num_samples"),
             "reconstruct": record.get("mode", "none"), "block": record.get("block"),
             "block_seconds": record.get("block_seconds"),
             "sparsity_achieved": (summary.get("sparsity_achieved") or {}).get("overall"),
@@ -79,8 +82,17 @@ def pattern(row: dict) -> str:
     return f"{row['sparsity']}{scope}{alloc}"
 
 
-def config(row: dict) -> str:
+def usual_windows(rows: list[dict]) -> int | None:
+    """The number of calibration windows most runs used; a run with another number says its own in its label."""
+    counts = Counter(r.get("calibration_windows") for r in rows if r.get("calibration_windows"))
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def config(row: dict, usual: int | None = None) -> str:
     calibration = "" if row.get("calibration", "embedded") == "embedded" else f", calibrated on {row['calibration']}"
+    windows = row.get("calibration_windows")
+    if usual and windows and windows != usual:
+        calibration += f", {windows} calibration windows"
     return row["method"] + ("" if row["reconstruct"] == "none" else f" + {row['reconstruct']}") + calibration
 
 
@@ -103,9 +115,11 @@ def verdict(entry: dict, limit: float) -> str:
 def render(rows: list[dict], command: str | None, cpu: str, notes: dict[str, str] | None = None) -> str:
     """``notes``: a word on the cost of the runs under a folder (by the folder's name), e.g. where it ran."""
     notes = notes or {}
+    usual = usual_windows(rows)
+    label = partial(config, usual=usual)
     texts = list(dict.fromkeys(t for r in rows for t in r["texts"]))
     patterns = list(dict.fromkeys(pattern(r) for r in sorted(rows, key=lambda r: (r["scope"], r["sparsity"]))))
-    configs = list(dict.fromkeys(config(r) for r in rows))
+    configs = list(dict.fromkeys(label(r) for r in rows))
     lines = ["# Qwen2.5-Coder-1.5B: Table 1 with recovery", ""]
     if command:
         lines += ["Made by:", "", "```", command, "```", ""]
@@ -119,7 +133,7 @@ def render(rows: list[dict], command: str | None, cpu: str, notes: dict[str, str
         for c in configs:
             cells = []
             for p in patterns:
-                hit = [r for r in rows if config(r) == c and pattern(r) == p and text in r["texts"]]
+                hit = [r for r in rows if label(r) == c and pattern(r) == p and text in r["texts"]]
                 cells.append(_cell(hit[0]["texts"][text]) if hit else "")
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
         noise = [r["texts"][text]["paired_standard_error"] for r in rows
@@ -141,13 +155,13 @@ def render(rows: list[dict], command: str | None, cpu: str, notes: dict[str, str
         best_any = min(here, key=lambda r: r["texts"][main]["ratio"], default=None)
         name = f"{sparsity} {'MLP' if scope == 'mlp' else 'attn+MLP'}"
         lines.append(f"| {name} | {(limit - 1) * 100:+.0f}% | "
-                     + (f"{config(best_family)} ({best_family['allocation']}) | "
+                     + (f"{label(best_family)} ({best_family['allocation']}) | "
                         f"{(best_family['texts'][main]['ratio'] - 1) * 100:+.1f}% "
                         f"{verdict(best_family['texts'][main], limit)}"
                         + "".join(f"; {text} {(entry['ratio'] - 1) * 100:+.0f}%"
                                   for text, entry in best_family["texts"].items() if text != main)
                         if best_family else "not run | ")
-                     + " | " + (f"{config(best_any)} | {(best_any['texts'][main]['ratio'] - 1) * 100:+.1f}%"
+                     + " | " + (f"{label(best_any)} | {(best_any['texts'][main]['ratio'] - 1) * 100:+.1f}%"
                                 if best_any else "not run | ") + " |")
     lines += ["", "## Cost of pruning", "",
               "| run | pattern | prune s | of which block s | prune peak RSS GiB | note |", "|---|---|---|---|---|---|"]
@@ -155,7 +169,7 @@ def render(rows: list[dict], command: str | None, cpu: str, notes: dict[str, str
         rss = f"{r['prune_peak_rss_gib']:.2f}" if r["prune_peak_rss_gib"] else "–"
         block = f"{r['block_seconds']:.0f}" if r.get("block_seconds") is not None else "–"
         note = next((text for folder, text in notes.items() if folder in Path(r["run"]).parts), "")
-        lines.append(f"| {config(r)} | {pattern(r)} | {r['prune_seconds']:.0f} | {block} | {rss} | {note} |")
+        lines.append(f"| {label(r)} | {pattern(r)} | {r['prune_seconds']:.0f} | {block} | {rss} | {note} |")
     return "\n".join(lines) + "\n\n![perplexity change by configuration](recovery.png)\n"
 
 
@@ -166,14 +180,16 @@ def plot(rows: list[dict]) -> bytes:
     import matplotlib.pyplot as plt
 
     main = next(iter(rows[0]["texts"])) if rows else None
+    usual = usual_windows(rows)
+    label = partial(config, usual=usual)
     patterns = list(dict.fromkeys(pattern(r) for r in sorted(rows, key=lambda r: (r["scope"], r["sparsity"]))))
-    configs = list(dict.fromkeys(config(r) for r in rows))
+    configs = list(dict.fromkeys(label(r) for r in rows))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.8 / max(len(configs), 1)
     for i, c in enumerate(configs):
         xs, ys = [], []
         for j, p in enumerate(patterns):
-            hit = [r for r in rows if config(r) == c and pattern(r) == p and main in r["texts"]]
+            hit = [r for r in rows if label(r) == c and pattern(r) == p and main in r["texts"]]
             if hit:
                 xs.append(j + i * width)
                 ys.append((hit[0]["texts"][main]["ratio"] - 1) * 100)

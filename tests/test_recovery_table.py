@@ -57,3 +57,17 @@ def test_a_target_inside_the_noise_is_called_so():
     assert verdict({"ratio": 2.5, "paired_standard_error": 0.03}, 3.0) == "(met)"
     assert verdict({"ratio": 1.25, "paired_standard_error": 0.01}, 1.15) == "(not met)"
     assert verdict({"ratio": 1.10, "paired_standard_error": None}, 1.15) == "(met)"
+
+
+def test_a_run_with_another_number_of_calibration_windows_says_so(tmp_path):
+    """Two runs of one method that differ only in how many calibration windows they saw are two rows, and the one
+    that differs from the usual count names its count; the usual ones keep their plain label."""
+    for name, windows in (("a", 16), ("b", 16), ("c", 64)):
+        fake_run(tmp_path / name, "wanda" if name != "b" else "dass_outlier", "0.5", "obs", 0.2)
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        summary["calibration"] = {"dataset": "embedded", "num_samples": windows}
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    text = render(collect([tmp_path]), None, "Test CPU")
+    assert "| wanda + obs, 64 calibration windows | " in text
+    assert "| wanda + obs | " in text and "| dass_outlier + obs | " in text
+    assert "16 calibration windows" not in text
