@@ -121,8 +121,9 @@ def check_resources(config, recipe, stages: list, run_dir: Path, quiet: bool = F
 
 
 def local_config(model) -> tuple[object | None, str]:
-    """The source's config.json as attributes, read without the network and without torch (``pipeline validate``):
-    (config, where) or (None, why not). A GGUF-only source or a hub model that is not in the local cache has none."""
+    """The source's config as attributes, read without the network and without torch (``pipeline validate``):
+    (config, where) or (None, why not). A GGUF source (``model.gguf_file``) gives its shapes from the GGUF header;
+    a hub model that is not in the local cache has none."""
     import json
     from types import SimpleNamespace
 
@@ -132,14 +133,20 @@ def local_config(model) -> tuple[object | None, str]:
         folder: Path | None = Path(resolve_source(model.source)).expanduser()
     except PipelineError as exc:  # a fetched model not fetched yet, an embedded-model package not installed
         return None, exc.problem
-    if not folder.exists():  # a hub id: its config.json only where the hub cache already has it
+    if not folder.exists():  # a hub id: its config (or GGUF) only where the hub cache already has it
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(model.source, "config.json", revision=model.revision)
+        cached = try_to_load_from_cache(model.source, model.gguf_file or "config.json", revision=model.revision)
         folder = Path(cached).parent if isinstance(cached, str) else None
+    gguf = Path(folder) / model.gguf_file if folder is not None and model.gguf_file else None
+    if gguf is not None and gguf.is_file():  # the weights' own shapes (a config.json beside it is not what loads)
+        from pipeline.core.gguf_config import gguf_config
+
+        return gguf_config(gguf), str(gguf)
     path = Path(folder) / "config.json" if folder is not None else None
     if path is None or not path.is_file():
-        return None, f"no config.json of {model.source} on this machine (a hub model not downloaded yet, or GGUF only)"
+        return None, (f"no {model.gguf_file or 'config.json'} of {model.source} on this machine (a hub model not "
+                      "downloaded yet)")
     data = json.loads(path.read_text())
     if "hidden_size" not in data and isinstance(data.get("text_config"), dict):
         data = {**data, **data["text_config"]}  # a multimodal checkpoint: the language model's shapes

@@ -4,7 +4,7 @@ The grid, the points' recipes, the sweep folder's lock and the table are the loc
 where the points run differs. Each point is one Ray task that runs ``run_recipe`` on its run folder, on whichever node
 has room, asking for ``num_cpus`` (``--cpus-per-point``; default: the CPUs of the smallest node, so one point holds a
 node) and ``memory``: the highest RAM estimate of the point's stages (pipeline/resources.py, from the model's
-config.json on this machine, as the preflight computes it). A worker or node that dies makes Ray run the task again
+config.json or GGUF header on this machine, as the preflight computes it). A worker or node that dies makes Ray run the task again
 (``--max-retries``, 3 by default); the new attempt waits for the point folder's lock (the dead attempt's is free) and
 resumes from the last finished stage. A point that fails for a reason of its own (a PipelineError: bad input, out of
 memory, ...) is reported with its one-line error and the other points go on. The task first checks that the sweep
@@ -28,13 +28,13 @@ GiB = 2**30
 
 
 def point_memory(name: str, recipe: Recipe) -> int:
-    """The RAM the point's stages estimate at their peak (bytes), from the model's config.json on this machine."""
+    """The RAM the point's stages estimate at their peak (bytes), from the model's config on this machine."""
     from pipeline.resources import local_config, peak_ram
     from pipeline.resume import applicable
 
     config, origin = local_config(recipe.model)
     if config is None:
-        raise PipelineError(f"sweep point {name}: its memory request for Ray comes from the model's config.json, "
+        raise PipelineError(f"sweep point {name}: its memory request for Ray comes from the model's config, "
                             f"and {origin}",
                             "make the model available on this machine too (pipeline fetch, a local folder, the hub "
                             "cache), or pass --skip-preflight to submit the points without a memory request")
