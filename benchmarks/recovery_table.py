@@ -50,7 +50,8 @@ def run_row(run: Path) -> dict | None:
         change = paired_change(d, p)
         cells[text] = {"dense": d["perplexity"], "pruned": p["perplexity"], "windows": p["windows"],
                        "ratio": p["perplexity"] / d["perplexity"],
-                       "paired_standard_error": change["standard_error"] if change else None}
+                       "paired_standard_error": change["standard_error"] if change else None,
+                       "window_nll": p.get("window_nll")}  # for the rules compared run against run
     record = summary.get("reconstruct") or {}
     prune_cost = (summary.get("resources") or {}).get("prune") or {}
     return {"run": str(run), "method": summary["method"], "sparsity": summary["sparsity"], "scope": summary["scope"],
@@ -112,6 +113,55 @@ def verdict(entry: dict, limit: float) -> str:
     return "(not met)" if ratio / margin > limit else f"(not met, within the noise: x{margin:.3f} at two standard errors)"
 
 
+def rule_lines(rows: list[dict], texts: list[str]) -> list[str]:
+    """Which pruning rule wins once every rule gets the same weight update: runs that differ in the method alone
+    (same pattern, reconstruction, calibration text and windows), the best on the first text against each other,
+    as the paired ratio of their perplexities on the same windows with its standard error."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = (pattern(r), r["reconstruct"], r.get("calibration"), r.get("calibration_windows"))
+        groups.setdefault(key, []).append(r)
+    main = texts[0] if texts else None
+    table, verdicts = [], []
+    for (pat, reconstruct, _, _), group in groups.items():
+        group = [r for r in group if main in r["texts"]]
+        if len({r["method"] for r in group}) < 2:
+            continue
+        best = min(group, key=lambda r: r["texts"][main]["ratio"])
+        for other in (r for r in group if r["method"] != best["method"]):
+            cells, wins = [], 0
+            for text in texts:
+                a, b = best["texts"].get(text), other["texts"].get(text)
+                change = paired_change(a, b) if a and b else None
+                if change is None:
+                    cells.append("")
+                    continue
+                z = change["nll_difference"] / change["standard_error"] if change["standard_error"] else math.inf
+                wins += z > 2
+                cells.append(f"x{change['ratio']:.3f} " + (f"({z:.1f} standard errors)" if math.isfinite(z)
+                                                           else "(the same on every window)"))
+            table.append(f"| {pat} | {reconstruct} | {best['method']} | {other['method']} | " + " | ".join(cells) + " |")
+            verdicts.append((pat, reconstruct, best["method"], other["method"], wins, len(texts)))
+    if not table:
+        return []
+    lines = ["## Which rule wins under the same weight update", "",
+             "Runs that differ in the pruning rule alone (same pattern, reconstruction and calibration): the better "
+             f"one on {main}, and the other's perplexity against it on the same windows (paired ratio; the mean loss "
+             "difference in paired standard errors).", "",
+             "| pattern | reconstruction | better rule | against | " + " | ".join(texts) + " |",
+             "|---|---|---|---|" + "---|" * len(texts)]
+    lines += table
+    winners = {v[2] for v in verdicts}
+    lines.append("")
+    if len(winners) == 1 and all(v[4] == v[5] for v in verdicts):
+        lines.append(f"In every pair measured, {verdicts[0][2]} is the better rule on every text, each by more than "
+                     "two standard errors.")
+    else:
+        lines.append("The better rule depends on the pattern or reconstruction (above), or some margins are within two "
+                     "standard errors.")
+    return lines + [""]
+
+
 def render(rows: list[dict], command: str | None, cpu: str, notes: dict[str, str] | None = None) -> str:
     """``notes``: a word on the cost of the runs under a folder (by the folder's name), e.g. where it ran."""
     notes = notes or {}
@@ -144,6 +194,7 @@ def render(rows: list[dict], command: str | None, cpu: str, notes: dict[str, str
                           f"x{math.exp(2 * max(noise)):.3f} at two standard errors); the evaluation is deterministic, "
                           "so the same run twice gives the same figure."]
         lines.append("")
+    lines += rule_lines(rows, texts)
     lines += ["## Targets (asked of a DaSS-family configuration)", "",
               "| pattern | target | best DaSS-family configuration | its change | best of any method | its change |",
               "|---|---|---|---|---|---|"]

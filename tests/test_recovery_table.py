@@ -71,3 +71,21 @@ def test_a_run_with_another_number_of_calibration_windows_says_so(tmp_path):
     assert "| wanda + obs, 64 calibration windows | " in text
     assert "| wanda + obs | " in text and "| dass_outlier + obs | " in text
     assert "16 calibration windows" not in text
+
+
+def test_the_rule_that_wins_under_the_same_update_is_named_with_its_margin(tmp_path):
+    """Two rules with the same reconstruction on the same windows: the better one, and the other's paired ratio
+    against it in standard errors; a run with another reconstruction is not paired with them."""
+    fake_run(tmp_path / "w", "wanda", "0.5", "obs", 0.10)
+    fake_run(tmp_path / "d", "dass_outlier", "0.5", "obs", 0.20)
+    fake_run(tmp_path / "m", "magnitude", "0.5", "obs+block", 0.05)
+    perplexity = json.loads((tmp_path / "d" / "perplexity.json").read_text())
+    nll = perplexity["pruned"]["window_nll"]
+    perplexity["pruned"]["window_nll"] = [v + e for v, e in zip(nll, (0.01, -0.01, 0.02, -0.02))]  # a spread
+    (tmp_path / "d" / "perplexity.json").write_text(json.dumps(perplexity))
+    text = render(collect([tmp_path]), None, "Test CPU")
+    section = text.split("## Which rule wins under the same weight update")[1].split("## Targets")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| 0.5")]
+    assert len(rows) == 1 and rows[0].startswith("| 0.5 | obs | wanda | dass_outlier | x1.105 (")  # exp(0.1)
+    assert "In every pair measured, wanda is the better rule on every text" in section
+    assert "magnitude" not in section
