@@ -122,26 +122,28 @@ def rule_lines(rows: list[dict], texts: list[str]) -> list[str]:
         key = (pattern(r), r["reconstruct"], r.get("calibration"), r.get("calibration_windows"))
         groups.setdefault(key, []).append(r)
     main = texts[0] if texts else None
-    table, verdicts = [], []
+    table, winners, decisive = [], set(), True
     for (pat, reconstruct, _, _), group in groups.items():
         group = [r for r in group if main in r["texts"]]
         if len({r["method"] for r in group}) < 2:
             continue
         best = min(group, key=lambda r: r["texts"][main]["ratio"])
         for other in (r for r in group if r["method"] != best["method"]):
-            cells, wins = [], 0
+            cells = []
             for text in texts:
                 a, b = best["texts"].get(text), other["texts"].get(text)
                 change = paired_change(a, b) if a and b else None
-                if change is None:
+                if change is None:  # not measured on this text: "on every text" cannot be said
                     cells.append("")
+                    decisive = False
                     continue
                 z = change["nll_difference"] / change["standard_error"] if change["standard_error"] else math.inf
-                wins += z > 2
+                decisive = decisive and z > 2
                 cells.append(f"x{change['ratio']:.3f} " + (f"({z:.1f} standard errors)" if math.isfinite(z)
                                                            else "(the same on every window)"))
-            table.append(f"| {pat} | {reconstruct} | {best['method']} | {other['method']} | " + " | ".join(cells) + " |")
-            verdicts.append((pat, reconstruct, best["method"], other["method"], wins, len(texts)))
+            table.append(f"| {pat} | {reconstruct} | {best['method']} | {other['method']} | "
+                         + " | ".join(cells) + " |")
+            winners.add(best["method"])
     if not table:
         return []
     lines = ["## Which rule wins under the same weight update", "",
@@ -151,11 +153,10 @@ def rule_lines(rows: list[dict], texts: list[str]) -> list[str]:
              "| pattern | reconstruction | better rule | against | " + " | ".join(texts) + " |",
              "|---|---|---|---|" + "---|" * len(texts)]
     lines += table
-    winners = {v[2] for v in verdicts}
     lines.append("")
-    if len(winners) == 1 and all(v[4] == v[5] for v in verdicts):
-        lines.append(f"In every pair measured, {verdicts[0][2]} is the better rule on every text, each by more than "
-                     "two standard errors.")
+    if len(winners) == 1 and decisive:
+        lines.append(f"In every pair measured, {next(iter(winners))} is the better rule on every text, each by more "
+                     "than two standard errors.")
     else:
         lines.append("The better rule depends on the pattern or reconstruction (above), or some margins are within two "
                      "standard errors.")

@@ -4,8 +4,8 @@ The grid, the points' recipes, the sweep folder's lock and the table are the loc
 where the points run differs. Each point is one Ray task that runs ``run_recipe`` on its run folder, on whichever node
 has room, asking for ``num_cpus`` (``--cpus-per-point``; default: the CPUs of the smallest node, so one point holds a
 node) and ``memory``: the highest RAM estimate of the point's stages (pipeline/resources.py, from the model's
-config.json or GGUF header on this machine, as the preflight computes it). A worker or node that dies makes Ray run the task again
-(``--max-retries``, 3 by default); the new attempt waits for the point folder's lock (the dead attempt's is free) and
+config.json or GGUF header on this machine, as the preflight computes it). A worker or node that dies makes Ray run
+the task again (``--max-retries``, 3 by default); the new attempt waits for the point folder's lock (the dead attempt's is free) and
 resumes from the last finished stage. A point that fails for a reason of its own (a PipelineError: bad input, out of
 memory, ...) is reported with its one-line error and the other points go on. The task first checks that the sweep
 folder is the same folder on its node (pipeline/ray_cluster.py). Points running at the same time each compute the

@@ -4,30 +4,21 @@ memory request estimate from equals what the run's own preflight reads through t
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig
 
 from pipeline.common.errors import PipelineError
 from pipeline.core.gguf_config import gguf_config
 from pipeline.resources import Shapes
 
 
-def _tiny(tied: bool) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                        tie_word_embeddings=tied)).eval()
-
-
 @pytest.mark.parametrize("tied", [False, True])
 def test_gguf_shapes_equal_the_models_and_transformers_reading_of_the_file(tmp_path, tied):
-    from test_llamacpp import bpe_tokenizer
+    from test_llamacpp import bpe_tokenizer, tiny_llama
 
     from export.gguf_writer import write_gguf
 
     tokenizer = bpe_tokenizer()
-    model = _tiny(tied)
-    model.resize_token_embeddings(len(tokenizer))
+    model = tiny_llama(len(tokenizer), tied=tied)
     write_gguf(model, tokenizer, tmp_path / "g", "f32", "tiny")
     folder = tmp_path / "g" / "llamacpp"
     read = gguf_config(folder / "model.gguf")

@@ -37,11 +37,12 @@ def _read(path: str, size: int, mtime_ns: int) -> SimpleNamespace:
         content = field.contents()
         return max(content) if isinstance(content, list) else content  # per-layer counts: the largest layer
 
-    arch = value("general.architecture") or "(no general.architecture)"
+    arch = value("general.architecture")
     required = {"hidden_size": "embedding_length", "intermediate_size": "feed_forward_length",
                 "num_hidden_layers": "block_count", "num_attention_heads": "attention.head_count"}
     shapes = {name: value(f"{arch}.{key}") for name, key in required.items()}
-    missing = [f"{arch}.{required[name]}" for name, found in shapes.items() if found is None]
+    missing = ["general.architecture"] if arch is None else [
+        f"{arch}.{required[name]}" for name, found in shapes.items() if found is None]
     if missing:
         raise PipelineError(f"{path} does not give the model's shapes (missing: {', '.join(missing)})",
                             "use a GGUF written by llama.cpp's converter or `pipeline fetch`, or a checkpoint "
