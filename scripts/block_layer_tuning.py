@@ -1,9 +1,12 @@
-"""Block reconstruction's learning rate tried on the first decoder layers of a real model, in one process: each
-layer is pruned (method + obs, as the sequential loop does), then trained from that same start at every learning
-rate; the relative output error on the calibration windows before and after each is printed and written.
+"""Block reconstruction's settings tried on the first decoder layers of a real model, in one process: each layer is
+pruned (method + obs, as the sequential loop does), then trained from that same start with every setting; the
+relative output error before and after each, on the calibration windows and on held-out windows of the same text
+(never used to prune or train), is printed and written.
 
     python -m scripts.block_layer_tuning --source fetched:qwen2.5-coder-1.5b --layers 3 \
         --lrs 1e-3 3e-4 1e-4 3e-5 1e-5 --out benchmarks/results/qwen2.5-coder-1.5b/recovery/block_lr.json
+    python -m scripts.block_layer_tuning --source fetched:qwen2.5-coder-1.5b --layers 6 --tune-from 4 \
+        --configs 16:1e-4:constant 48:2e-4:cosine --held-out 8 --out ...
 
 A few minutes where a whole run takes most of an hour: how prune.block.lr is chosen for a model before its run.
 The next layer gets the outputs of this one pruned with obs only (no training), so every rate sees the same inputs.
@@ -41,40 +44,70 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--steps", type=int, default=BlockOptions().steps)
-    parser.add_argument("--lrs", type=float, nargs="+", required=True)
+    parser.add_argument("--lrs", type=float, nargs="+", default=[], help="constant rates, --steps steps each")
+    parser.add_argument("--configs", nargs="+", default=[], help="steps:lr:schedule, e.g. 48:2e-4:cosine")
+    parser.add_argument("--tune-from", type=int, default=0, help="layers below this one are pruned with obs only")
+    parser.add_argument("--held-out", type=int, default=0, help="windows kept apart to measure the error on")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    configs = [BlockOptions(lr=lr, steps=args.steps) for lr in args.lrs]
+    for text in args.configs:
+        steps, lr, schedule = text.split(":")
+        configs.append(BlockOptions(steps=int(steps), lr=float(lr), schedule=schedule))
+    if not configs:
+        parser.error("give --lrs or --configs")
     logging.basicConfig(level=logging.WARNING)
     model, tokenizer = load_model(args.source, gguf_file=args.gguf_file, dtype="float32")
-    ids = calibration_windows(tokenizer, "embedded", args.samples, args.seq_len)
+    ids = calibration_windows(tokenizer, "embedded", args.samples + args.held_out, args.seq_len)
+    ids, held_ids = ids[: args.samples], ids[args.samples :]
     spec = SparsitySpec.parse(args.sparsity)
     method = with_reconstruction(make_method(args.method), "obs")
     plan = plan_projections(model, make_method(args.method), spec, "mlp")
     inputs = capture_layer_inputs(model, ids, progress=False)
+    held = capture_layer_inputs(model, held_ids, progress=False) if args.held_out else None
     rows = []
     for index, layer in list(enumerate(decoder_layers(model)))[: args.layers]:
         step = _LayerStep(layer, inputs, inputs.kwargs, torch.device("cpu"), method.statistic, one_shot=False)
+        held_step = _LayerStep(layer, held, held.kwargs, torch.device("cpu"), None, one_shot=False) if held else None
         targets = step.outputs()
+        held_targets = held_step.outputs() if held_step else None
         masks = {}
         for pruned in method.prune_layer(step, plan[index], spec, f"layers.{index}"):
             pruned.proj.weight(layer).data.copy_(pruned.weight)
             masks[pruned.proj.path] = pruned.mask
         start = copy.deepcopy(layer.state_dict())
-        for lr in args.lrs:
+        held_before = held_error(held_step, held_targets) if held_step else None
+        for options in configs if index >= args.tune_from else []:
             layer.load_state_dict(start)
             began = time.perf_counter()
-            fit = reconstruct_block(layer, masks, inputs.hidden, targets, inputs.kwargs,
-                                    BlockOptions(lr=lr, steps=args.steps), torch.device("cpu"), progress=False)
-            row = {"layer": index, "lr": lr, "error_before": fit.loss_before,
+            fit = reconstruct_block(layer, masks, inputs.hidden, targets, inputs.kwargs, options,
+                                    torch.device("cpu"), progress=False)
+            row = {"layer": index, "lr": options.lr, "steps": options.steps, "schedule": options.schedule,
+                   "error_before": fit.loss_before,
                    "error_after": fit.trained_error if fit.trained_error is not None else fit.loss_after,
                    "seconds": time.perf_counter() - began}
+            if held_step:
+                row.update(held_before=held_before, held_after=held_error(held_step, held_targets),
+                           kept=fit.trained_error is None)
             rows.append(row)
             print(json.dumps(row), flush=True)
         layer.load_state_dict(start)
         step.forward(update=True)  # obs-pruned outputs feed the next layer
+        if held_step:
+            held_step.forward(update=True)
     write_json_atomic(args.out, {"source": args.source, "method": args.method, "sparsity": args.sparsity,
-                                 "samples": args.samples, "seq_len": args.seq_len, "steps": args.steps, "rows": rows})
+                                 "samples": args.samples, "held_out": args.held_out, "seq_len": args.seq_len,
+                                 "rows": rows})
     return 0
+
+
+@torch.no_grad()
+def held_error(step: _LayerStep, targets: torch.Tensor) -> float:
+    """The layer's relative output error on the held-out windows (the block loss's normalisation)."""
+    hidden = step.inputs.hidden
+    outputs = step.outputs()
+    scale = max((targets.float() - hidden.float()).pow(2).mean().item(), 1e-20)
+    return (outputs.float() - targets.float()).pow(2).mean().item() / scale
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch
 
 from conftest import calibration_ids, tiny_model
 from pipeline.core.models import decoder_layers, layer_projections
-from pipeline.core.prune.block_reconstruct import _cut, reconstruct_block
+from pipeline.core.prune.block_reconstruct import _cut, lr_factor, reconstruct_block
 from pipeline.core.prune.masks import select_mask
 from pipeline.core.prune.methods import make_method
 from pipeline.core.prune.options import BlockOptions
@@ -123,6 +123,29 @@ def test_block_reconstruction_never_moves_a_pruned_weight_even_with_adams_moment
     for proj in layer_projections(layer):
         assert torch.equal(proj.weight(layer) == 0, ~masks[proj.path])
     assert not any(p.requires_grad for p in layer.parameters())
+
+
+def test_the_cosine_schedule_warms_up_decays_to_a_tenth_and_keeps_the_mask(monkeypatch):
+    options = BlockOptions(steps=40, lr=5e-3, schedule="cosine", train=["pruned", "norms", "dense"])
+    factors = [lr_factor(step, options) for step in range(options.steps)]
+    assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # warm-up over the first tenth of the steps
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:])) and factors[-1] == pytest.approx(0.1, abs=0.01)
+    assert lr_factor(7, BlockOptions(steps=40)) == 1.0  # constant: the default
+    layer, feeds, targets, masks = _masked_first_layer(seed=1, seq_len=16, pattern="2:4")
+    seen = []
+    step = torch.optim.Adam.step
+
+    def recording(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    fit = reconstruct_block(layer, masks, feeds.hidden, targets, feeds.kwargs, options, torch.device("cpu"),
+                            progress=False)
+    assert seen == pytest.approx([5e-3 * f for f in factors]), "the optimizer ran at the scheduled rate"
+    assert fit.loss_after < fit.loss_before
+    for proj in layer_projections(layer):
+        assert torch.equal(proj.weight(layer) == 0, ~masks[proj.path])
 
 
 def test_cut_keeps_the_first_tokens_of_every_per_position_tensor():

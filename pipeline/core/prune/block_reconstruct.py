@@ -12,6 +12,7 @@ contribution), so one learning rate suits layers whose residual stream differs i
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -94,6 +95,7 @@ def _train(layer: nn.Module, masks: dict[str, torch.Tensor], inputs: torch.Tenso
         p.requires_grad_(True)
     masks_on = [(p, m.to(p.device) if m is not None else None) for p, m in params]
     optimizer = torch.optim.Adam([p for p, _ in params], lr=options.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, options))
 
     def window(s: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = inputs[s : s + 1, :tokens].detach().to(compute, torch.float32)
@@ -121,6 +123,7 @@ def _train(layer: nn.Module, masks: dict[str, torch.Tensor], inputs: torch.Tenso
                     if m is not None and p.grad is not None:
                         p.grad.mul_(m)
                 optimizer.step()
+                scheduler.step()
                 with torch.no_grad():
                     for p, m in masks_on:
                         if m is not None:
@@ -139,6 +142,17 @@ def _train(layer: nn.Module, masks: dict[str, torch.Tensor], inputs: torch.Tenso
         return BlockResult(before, before, trained_error=after)
     log.info("%s: relative output error %.4g -> %.4g (%d steps)", desc, before, after, options.steps)
     return BlockResult(before, after)
+
+
+def lr_factor(step: int, options: BlockOptions) -> float:
+    """The share of ``options.lr`` used at optimizer step ``step`` (0-based)."""
+    if options.schedule == "constant":
+        return 1.0
+    warmup = max(1, options.steps // 10)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, options.steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 @torch.no_grad()

@@ -73,6 +73,9 @@ class BlockOptions(MethodOptions):
                                               "tried layer's error, 1e-4 halved layer 0's: benchmarks/results/"
                                               "qwen2.5-coder-1.5b/recovery/block_lr.json; the embedded model "
                                               "prefers 1e-3: block_tuning_embedded.json)")
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning rate over the steps: constant, or cosine (a linear warm-up over the first "
+                                "tenth of the steps, then a cosine decay to a tenth of lr)")
     retries: int = Field(1, ge=0, description="where training raised a layer's error, it is redone from the same start "
                                               "at a third of the learning rate, up to this many times (then the "
                                               "layer is kept as it was)")
