@@ -26,7 +26,7 @@ import torch
 from pipeline.common.outputs import write_json_atomic
 from pipeline.core.data import calibration_windows
 from pipeline.core.models import decoder_layers, load_model
-from pipeline.core.prune.block_reconstruct import reconstruct_block
+from pipeline.core.prune.block_reconstruct import reconstruct_block, relative_error
 from pipeline.core.prune.methods import make_method
 from pipeline.core.prune.options import BlockOptions
 from pipeline.core.prune.reconstruct import with_reconstruction
@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_projections(model, make_method(args.method), spec, "mlp")
     inputs = capture_layer_inputs(model, ids, progress=False)
     held = capture_layer_inputs(model, held_ids, progress=False) if args.held_out else None
-    rows = []
+    rows, cpu = [], torch.device("cpu")
     for index, layer in list(enumerate(decoder_layers(model)))[: args.layers]:
-        step = _LayerStep(layer, inputs, inputs.kwargs, torch.device("cpu"), method.statistic, one_shot=False)
-        held_step = _LayerStep(layer, held, held.kwargs, torch.device("cpu"), None, one_shot=False) if held else None
+        step = _LayerStep(layer, inputs, inputs.kwargs, cpu, method.statistic, one_shot=False)
+        held_step = _LayerStep(layer, held, held.kwargs, cpu, None, one_shot=False) if held else None
         targets = step.outputs()
         held_targets = held_step.outputs() if held_step else None
         masks = {}
@@ -76,18 +76,19 @@ def main(argv: list[str] | None = None) -> int:
             pruned.proj.weight(layer).data.copy_(pruned.weight)
             masks[pruned.proj.path] = pruned.mask
         start = copy.deepcopy(layer.state_dict())
-        held_before = held_error(held_step, held_targets) if held_step else None
+        held_before = relative_error(layer, held.hidden, held_targets, held.kwargs, cpu) if held else None
         for options in configs if index >= args.tune_from else []:
             layer.load_state_dict(start)
             began = time.perf_counter()
             fit = reconstruct_block(layer, masks, inputs.hidden, targets, inputs.kwargs, options,
-                                    torch.device("cpu"), progress=False)
+                                    cpu, progress=False)
             row = {"layer": index, "lr": options.lr, "steps": options.steps, "schedule": options.schedule,
                    "error_before": fit.loss_before,
                    "error_after": fit.trained_error if fit.trained_error is not None else fit.loss_after,
                    "seconds": time.perf_counter() - began}
             if held_step:
-                row.update(held_before=held_before, held_after=held_error(held_step, held_targets),
+                row.update(held_before=held_before,
+                           held_after=relative_error(layer, held.hidden, held_targets, held.kwargs, cpu),
                            kept=fit.trained_error is None)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -99,15 +100,6 @@ def main(argv: list[str] | None = None) -> int:
                                  "samples": args.samples, "held_out": args.held_out, "seq_len": args.seq_len,
                                  "rows": rows})
     return 0
-
-
-@torch.no_grad()
-def held_error(step: _LayerStep, targets: torch.Tensor) -> float:
-    """The layer's relative output error on the held-out windows (the block loss's normalisation)."""
-    hidden = step.inputs.hidden
-    outputs = step.outputs()
-    scale = max((targets.float() - hidden.float()).pow(2).mean().item(), 1e-20)
-    return (outputs.float() - targets.float()).pow(2).mean().item() / scale
 
 
 if __name__ == "__main__":

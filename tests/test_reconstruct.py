@@ -9,7 +9,7 @@ import torch
 
 from conftest import calibration_ids, tiny_model
 from pipeline.core.models import decoder_layers, layer_projections
-from pipeline.core.prune.block_reconstruct import _cut, lr_factor, reconstruct_block
+from pipeline.core.prune.block_reconstruct import _cut, lr_factor, reconstruct_block, relative_error
 from pipeline.core.prune.masks import select_mask
 from pipeline.core.prune.methods import make_method
 from pipeline.core.prune.options import BlockOptions
@@ -146,6 +146,18 @@ def test_the_cosine_schedule_warms_up_decays_to_a_tenth_and_keeps_the_mask(monke
     assert fit.loss_after < fit.loss_before
     for proj in layer_projections(layer):
         assert torch.equal(proj.weight(layer) == 0, ~masks[proj.path])
+
+
+def test_relative_error_is_the_block_losss_measure_before_and_after_training():
+    """What scripts/block_layer_tuning.py reports for held-out windows is the measure the training reports."""
+    layer, feeds, targets, masks = _masked_first_layer(seed=2, seq_len=16, pattern="0.5")
+    cpu = torch.device("cpu")
+    before = relative_error(layer, feeds.hidden, targets, feeds.kwargs, cpu)
+    fit = reconstruct_block(layer, masks, feeds.hidden, targets, feeds.kwargs,
+                            BlockOptions(steps=10, lr=2e-3, tokens=None), cpu, progress=False)
+    assert fit.loss_after < fit.loss_before
+    assert before == pytest.approx(fit.loss_before, rel=1e-6)
+    assert relative_error(layer, feeds.hidden, targets, feeds.kwargs, cpu) == pytest.approx(fit.loss_after, rel=1e-6)
 
 
 def test_cut_keeps_the_first_tokens_of_every_per_position_tensor():

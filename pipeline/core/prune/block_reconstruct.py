@@ -155,6 +155,17 @@ def lr_factor(step: int, options: BlockOptions) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def relative_error(layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, kwargs: dict,
+                   compute: torch.device) -> float:
+    """The block loss's measure of ``layer`` on whole windows: ``layer(inputs[s])`` against ``targets[s]``, relative
+    to what the dense layer adds to its input (for windows never trained on, e.g. held out)."""
+
+    def window(s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (inputs[s : s + 1].to(compute, torch.float32), targets[s : s + 1].to(compute, torch.float32))
+
+    return _mean_error(layer, inputs.shape[0], window, kwargs, _contribution_scale(inputs, targets))
+
+
 @torch.no_grad()
 def _mean_error(layer, windows: int, window, kwargs, scale: float) -> float:
     total = 0.0
