@@ -22,10 +22,12 @@ from pathlib import Path
 from benchmarks.runner import cpu_name
 from pipeline.common.outputs import figure_png, write_bytes_atomic, write_json_atomic, write_text_atomic
 from pipeline.core.evaluate import paired_change
+from pipeline.core.prune.options import BlockOptions
 
 #: what the issue asks of a DaSS-family configuration: the largest perplexity ratio against dense, by pattern
 TARGETS = {("0.5", "mlp"): 1.15, ("2:4", "mlp"): 1.35, ("0.7", "mlp"): 3.0, ("0.5", "attention+mlp"): 1.25}
 DASS_FAMILY = ("dass", "dass_outlier")
+DEFAULT_BLOCK_STEPS = BlockOptions().steps  # a run trained for another number of steps says so in its label
 
 
 def _read(path: Path) -> dict | None:
@@ -94,6 +96,9 @@ def config(row: dict, usual: int | None = None) -> str:
     windows = row.get("calibration_windows")
     if usual and windows and windows != usual:
         calibration += f", {windows} calibration windows"
+    steps = (row.get("block") or {}).get("steps")
+    if "block" in row["reconstruct"] and steps and steps != DEFAULT_BLOCK_STEPS:
+        calibration += f", block {steps} steps"
     return row["method"] + ("" if row["reconstruct"] == "none" else f" + {row['reconstruct']}") + calibration
 
 
@@ -119,11 +124,12 @@ def rule_lines(rows: list[dict], texts: list[str]) -> list[str]:
     as the paired ratio of their perplexities on the same windows with its standard error."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (pattern(r), r["reconstruct"], r.get("calibration"), r.get("calibration_windows"))
+        key = (pattern(r), r["reconstruct"], r.get("calibration"), r.get("calibration_windows"),
+               (r.get("block") or {}).get("steps"))
         groups.setdefault(key, []).append(r)
     main = texts[0] if texts else None
     table, winners, decisive = [], set(), True
-    for (pat, reconstruct, _, _), group in groups.items():
+    for (pat, reconstruct, *_), group in groups.items():
         group = [r for r in group if main in r["texts"]]
         if len({r["method"] for r in group}) < 2:
             continue

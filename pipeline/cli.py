@@ -347,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                 compared = "" if not found and not absent else f"# compared artifacts: {len(found)} checked" + (
                     f"; not there yet (the run refuses to start without them): {', '.join(absent)}" if absent else "")
             print(f"recipe {args.recipe} is valid")
+            for note in recipe.advisories():
+                print(f"# note: {note}")
             if compared:
                 print(compared)
             print(f"# resources: {resources}")

@@ -73,6 +73,20 @@ class Recipe(StrictSection):
                                  "model.gguf_file is not set: drop source or load the model from its GGUF file")
         return self
 
+    def advisories(self) -> list[str]:
+        """Settings that are valid but probably not what the user meant: printed by ``pipeline validate`` and
+        logged as warnings when a run starts."""
+        notes = []
+        block = self.prune.block
+        seen = block.steps * block.batch_windows
+        if "block" in self.prune.reconstruct and seen < self.calibration.num_samples:
+            notes.append(f"prune.block trains on {seen} windows per layer (steps {block.steps} x batch_windows "
+                         f"{block.batch_windows}) of the {self.calibration.num_samples} calibration windows, so "
+                         f"{self.calibration.num_samples - seen} are never trained on (they still shape the masks and "
+                         f"obs): raise prune.block.steps to {-(-self.calibration.num_samples // block.batch_windows)} "
+                         f"for one pass over every window")
+        return notes
+
     def run_dir(self, base: Path | None = None) -> Path:
         out = Path(self.output_dir) if self.output_dir else Path("runs") / self.name
         return out if out.is_absolute() or base is None else base / out

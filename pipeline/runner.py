@@ -133,6 +133,8 @@ def run_recipe(recipe: Recipe, progress: bool = True, force: bool = False, start
             early.setTarget(handler)
             early.flush()
             root.removeHandler(early)
+            for note in recipe.advisories():
+                log.warning("recipe: %s", note)
             for stage, run, why in steps:
                 log.info("stage %s: %s (%s)", stage.name, "to run" if run else "complete, skipped", why)
             remove_leftovers(run_dir)

@@ -13,6 +13,11 @@ def test_validate_prints_the_full_recipe(workspace):
     proc = run_cli("validate", str(recipe(workspace, "ok-validate")), cwd=workspace)
     assert proc.returncode == 0, proc.stderr
     assert "is valid" in proc.stdout and "alpha: 0.5" in proc.stdout
+    assert "# note:" not in proc.stdout
+    skipped = recipe(workspace, "ok-validate-note", prune__reconstruct="block", prune__block={"steps": 1})
+    proc = run_cli("validate", str(skipped), cwd=workspace)
+    assert proc.returncode == 0, proc.stderr
+    assert "# note: prune.block trains on 2 windows per layer" in proc.stdout and "steps to 2" in proc.stdout
 
 
 def test_validate_into_a_pipe_nobody_reads_is_quiet(workspace):

@@ -145,3 +145,17 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(PipelineError, match="not valid YAML"):
         load_recipe(bad)
+
+
+def test_block_training_that_skips_calibration_windows_is_named_with_the_steps_that_cover_them():
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    data["calibration"] = {"num_samples": 64}
+    data["prune"] = {"method": "wanda", "reconstruct": "obs+block", "block": {"steps": 16, "batch_windows": 2}}
+    (note,) = parse_recipe(data, "r.yaml").advisories()
+    assert "trains on 32 windows" in note and "32 are never trained on" in note
+    assert "raise prune.block.steps to 32" in note
+    data["prune"]["block"]["steps"] = 32
+    assert parse_recipe(data, "r.yaml").advisories() == []
+    data["prune"]["reconstruct"] = "obs"  # no block training: nothing to say
+    data["prune"]["block"]["steps"] = 1
+    assert parse_recipe(data, "r.yaml").advisories() == []
