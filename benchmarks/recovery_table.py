@@ -267,12 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--command", help="the commands that made the runs, printed at the top")
     parser.add_argument("--note", action="append", default=[], metavar="FOLDER=TEXT",
                         help="a word on the cost of the runs in a folder of that name (e.g. another CPU instance)")
+    parser.add_argument("--cpu", help="the CPU(s) the runs ran on, where not all on this machine's (default: its "
+                                      "model name)")
     args = parser.parse_args(argv)
     notes = dict(n.split("=", 1) for n in args.note)
     rows = collect(args.folders)
     if not rows:
         raise SystemExit("no finished run under " + ", ".join(map(str, args.folders)))
-    cpu = cpu_name()
+    cpu = args.cpu or cpu_name()
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "recovery.json", {"cpu": cpu, "command": args.command, "notes": notes, "rows": rows})
     write_text_atomic(args.out / "recovery.md", render(rows, args.command, cpu, notes))

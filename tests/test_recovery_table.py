@@ -100,3 +100,12 @@ def test_the_rule_that_wins_under_the_same_update_is_named_with_its_margin(tmp_p
     assert len(rows) == 1 and rows[0].startswith("| 0.5 | obs | wanda | dass_outlier | x1.105 (")  # exp(0.1)
     assert "In every pair measured, wanda is the better rule on every text" in section
     assert "magnitude" not in section
+
+
+def test_the_cpu_line_names_what_it_is_given(tmp_path):
+    from benchmarks.recovery_table import main
+
+    fake_run(tmp_path / "runs" / "a", "wanda", "0.5", "obs", 0.2)
+    main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--cpu", "CPU A for run a, CPU B for the rest"])
+    assert "CPU: CPU A for run a, CPU B for the rest." in (tmp_path / "out" / "recovery.md").read_text()
+    assert json.loads((tmp_path / "out" / "recovery.json").read_text())["cpu"] == "CPU A for run a, CPU B for the rest"
