@@ -118,3 +118,27 @@ def test_the_installed_llama_cpp_is_described_against_this_cpu():
     if platform.machine() == "x86_64":
         assert "AVX" in facts["features"] or "SSE3" in facts["features"]
         assert facts["cpu_lacks"] == []  # this process runs it: it uses nothing this CPU lacks
+
+
+def test_a_build_with_amx_loads_weights_without_the_extra_buffer_types_and_the_report_says_so():
+    """llama.cpp's AMX matmul crashes on quantized weights (benchmarks/engines/llamacpp_runner.AMX_CRASH): a build
+    with AMX-INT8 keeps its weights in the plain layout, every other build uses llama.cpp's default."""
+    from types import SimpleNamespace
+
+    from benchmarks.engines.llamacpp_runner import AMX_CRASH, _extra_buffers, uses_extra_buffers
+
+    assert uses_extra_buffers(AVX2_INFO)
+    assert not uses_extra_buffers("CPU : AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 | REPACK = 1 |")
+    made = []
+    module = SimpleNamespace(llama_model_default_params=lambda: SimpleNamespace(use_extra_bufts=True))
+    original = module.llama_model_default_params
+    binding = SimpleNamespace(llama_cpp=module)
+    with _extra_buffers(binding, enabled=False):
+        made.append(module.llama_model_default_params())
+    with _extra_buffers(binding, enabled=True):
+        made.append(module.llama_model_default_params())
+    assert [p.use_extra_bufts for p in made] == [False, True]
+    assert module.llama_model_default_params is original  # restored once the model has loaded
+    lines = lb.report_lines({"system_info": "AMX_INT8 = 1", "extra_buffers": False, "extra_buffers_off": AMX_CRASH})
+    assert any("without its extra buffer types" in line and "issue 20824" in line for line in lines)
+    assert not any("extra buffer" in line for line in lb.report_lines({"system_info": AVX2_INFO}))

@@ -20,13 +20,15 @@ from pipeline.common.errors import PipelineError
 
 class BatchedDecoder:
     def __init__(self, path: Path, sequences: int, sequence_length: int, threads: int | None, seed: int = 0):
-        from benchmarks.engines.llamacpp_runner import binding
+        from benchmarks.engines.llamacpp_runner import binding, system_info, uses_extra_buffers
 
         self.api = api = binding()
         if not Path(path).is_file():
             raise PipelineError(f"no GGUF file at {path}", "write it first (pipeline gguf, or the benchmark stage)")
         api.llama_backend_init()
-        self.model = api.llama_model_load_from_file(str(path).encode(), api.llama_model_default_params())
+        model_params = api.llama_model_default_params()
+        model_params.use_extra_bufts = uses_extra_buffers(system_info())  # llamacpp_runner.AMX_CRASH
+        self.model = api.llama_model_load_from_file(str(path).encode(), model_params)
         if not self.model:
             raise PipelineError(f"llama.cpp could not load {path}", "check the file (pipeline gguf writes it)")
         params = api.llama_context_default_params()

@@ -169,6 +169,9 @@ def report_lines(info: dict | None) -> list[str]:
              f"system info `{info.get('system_info')}`"]
     if info.get("warning"):
         lines.append(f"- **llama.cpp build**: {info['warning']}")
+    if info.get("extra_buffers_off"):
+        lines.append(f"- **llama.cpp runs without its extra buffer types** (AMX, repacked weights): "
+                     f"{info['extra_buffers_off']}; its tokens/s are those of the plain layout")
     return lines
 
 

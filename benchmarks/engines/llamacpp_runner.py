@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,44 @@ def open_gguf(path: Path, context: int, threads: int | None, logits_all: bool = 
     if not Path(path).is_file():
         raise PipelineError(f"no GGUF file at {path}", "write it first (pipeline gguf, or the benchmark stage)")
     threads = threads or os.cpu_count()
-    return llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context, n_threads=threads,
-                           n_threads_batch=threads, logits_all=logits_all, verbose=False, seed=0,
-                           **({"type_k": 0, "type_v": 0} if f32_cache else {}))  # 0: GGML_TYPE_F32
+    with _extra_buffers(llama_cpp, uses_extra_buffers(system_info())):
+        return llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context,
+                               n_threads=threads, n_threads_batch=threads, logits_all=logits_all, verbose=False,
+                               seed=0, **({"type_k": 0, "type_v": 0} if f32_cache else {}))  # 0: GGML_TYPE_F32
+
+
+#: why a build with AMX runs without llama.cpp's extra buffer types (its AMX and repacked weight layouts)
+AMX_CRASH = ("llama.cpp's AMX matmul crashes (segmentation fault) on quantized weights in llama-cpp-python 0.3.36 "
+             "(llama.cpp issue 20824; seen here on an Intel Xeon with AMX-INT8, on a tiny test model and on "
+             "Qwen2.5-Coder-1.5B Q4_K_M), so the weights stay in llama.cpp's plain layout")
+
+
+def uses_extra_buffers(info: str) -> bool:
+    """Whether llama.cpp may put weights in its extra buffer types (AMX tiles, repacked Q4_0): not where the build
+    has AMX-INT8 (``AMX_CRASH``); everywhere else yes, llama.cpp's own default."""
+    return "AMX_INT8 = 1" not in info
+
+
+@contextmanager
+def _extra_buffers(llama_cpp, enabled: bool):
+    """llama-cpp-python's ``Llama`` takes no ``use_extra_bufts``: the model parameters it starts from get it set
+    while one model loads."""
+    if enabled:
+        yield
+        return
+    module = llama_cpp.llama_cpp
+    default = module.llama_model_default_params
+
+    def without():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    module.llama_model_default_params = without
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = default
 
 
 def system_info() -> str:
@@ -61,7 +97,9 @@ def machine() -> dict:
     from benchmarks.engines.llamacpp_build import describe
 
     info = system_info()
-    return {"system_info": info, **describe(info)}
+    extra = uses_extra_buffers(info)
+    return {"system_info": info, **describe(info), "extra_buffers": extra,
+            **({} if extra else {"extra_buffers_off": AMX_CRASH})}
 
 
 def measure(spec: MeasureSpec) -> dict:
