@@ -72,6 +72,18 @@ FUSED_ARCHITECTURES = {
 }
 
 
+#: tests that run one after another on one pytest-xdist worker: the end-to-end runs (GBs of disk each, which must
+#: not add up on a small CI disk) and the local Ray clusters (each sized to the whole machine)
+SERIAL_FILES = {"test_sweep_ray.py", "test_cpu_kinds.py", "test_kill_resume.py",
+                "test_embedded_e2e.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("e2e") or item.path.name in SERIAL_FILES:
+            item.add_marker(pytest.mark.xdist_group("serial"))
+
+
 def tiny_model(arch: str = "llama", seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = {**ARCHITECTURES, **FUSED_ARCHITECTURES}[arch]().eval()
