@@ -91,12 +91,17 @@ def usual_windows(rows: list[dict]) -> int | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
+def block_steps(row: dict) -> int | None:
+    """The block training's steps per layer the run recorded (None where it recorded no block settings)."""
+    return (row.get("block") or {}).get("steps")
+
+
 def config(row: dict, usual: int | None = None) -> str:
     calibration = "" if row.get("calibration", "embedded") == "embedded" else f", calibrated on {row['calibration']}"
     windows = row.get("calibration_windows")
     if usual and windows and windows != usual:
         calibration += f", {windows} calibration windows"
-    steps = (row.get("block") or {}).get("steps")
+    steps = block_steps(row)
     if "block" in row["reconstruct"] and steps and steps != DEFAULT_BLOCK_STEPS:
         calibration += f", block {steps} steps"
     return row["method"] + ("" if row["reconstruct"] == "none" else f" + {row['reconstruct']}") + calibration
@@ -124,8 +129,7 @@ def rule_lines(rows: list[dict], texts: list[str]) -> list[str]:
     as the paired ratio of their perplexities on the same windows with its standard error."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (pattern(r), r["reconstruct"], r.get("calibration"), r.get("calibration_windows"),
-               (r.get("block") or {}).get("steps"))
+        key = (pattern(r), r["reconstruct"], r.get("calibration"), r.get("calibration_windows"), block_steps(r))
         groups.setdefault(key, []).append(r)
     main = texts[0] if texts else None
     table, winners, decisive = [], set(), True

@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from benchmarks.cpu_kinds import read_cpuinfo
 from export.quantize import linear_matmuls, quantize_artifact, quantize_graph
 from export.schemes import check_scheme
 from pipeline.common.errors import PipelineError
@@ -79,18 +80,11 @@ def test_split_keeps_the_float_logits_where_int8_of_the_whole_input_does_not(tin
         np.testing.assert_array_equal(rows, down[list(PLANTED)])  # the float rows: copies (no smoothing here)
 
 
-def _cpu_has(flag: str) -> bool:
-    try:
-        return any(flag in line.split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
-    except OSError:
-        return False
-
-
 # Known crash, not a pass: on an Intel Xeon with AVX-512 VNNI and AMX (2026-12-07) DeepSparse 1.8.0 died with a
 # segmentation fault running this tiny INT8 graph with its outlier split, alone and in the full suite; the graph's
 # checks above it still ran and passed. On AVX2 CPUs it runs and must pass. Only the engine's crash (PipelineError) is
 # expected; any failed assertion still fails.
-@pytest.mark.xfail(_cpu_has("avx512_vnni"), raises=PipelineError, strict=False,
+@pytest.mark.xfail("avx512_vnni" in read_cpuinfo()[1], raises=PipelineError, strict=False,
                    reason="DeepSparse 1.8.0 segfaults on this split INT8 graph on AVX-512 VNNI CPUs")
 def test_both_graphs_split_alike_share_one_weights_file_and_run_in_deepsparse(tiny_artifact, tmp_path):
     """The artifact's two graphs (smoothed as the recipe default) get the same split from one calibration, so the
