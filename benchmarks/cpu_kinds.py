@@ -5,8 +5,8 @@ AMX), read from /proc/cpuinfo: ``AMD EPYC 7B13 64-Core Processor [AVX2]``. ``pip
 --every-cpu-kind`` (pipeline/benchmark_ray.py) groups a cluster's nodes by kind, benchmarks on one node of each into
 its own subfolder (the usual results.json and report.md), and this module merges them into one report.md: a
 table per kind and a table of each kind's tokens/s over the first kind's, cell by cell (same artifact, engine, mode).
-Nothing here imports Ray; the module itself imports nothing heavy (benchmarks/runner.py reads the CPU's name
-here).
+Nothing here imports Ray; the CPU's name and flags come from pipeline/common/cpuinfo.py, the reader every engine
+check shares.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pipeline.common.cpuinfo import read_cpuinfo
 from pipeline.common.outputs import write_json_atomic, write_text_atomic
 
 #: /proc/cpuinfo flags -> the name a kind shows (either flag of a pair counts: AVX-512 VNNI or the AVX VNNI of
@@ -23,23 +24,6 @@ ISA_FLAGS = ((("avx2",), "AVX2"), (("avx512f",), "AVX-512"), (("avx512_vnni", "a
 #: a node label (``ray start --labels cpu_kind=NAME``) that names a node's kind instead of its /proc/cpuinfo
 KIND_LABEL = "cpu_kind"
 JSON_FILE = "cpu_kinds.json"
-
-
-def read_cpuinfo(text: str | None = None) -> tuple[str | None, set[str]]:
-    """The first processor's model name and flags in /proc/cpuinfo (``text``: its contents; None: read it here)."""
-    if text is None:
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None, set()
-    model = flags = None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if model is None and key.strip() == "model name":
-            model = value.strip()
-        elif flags is None and key.strip() == "flags":
-            flags = set(value.split())
-    return model, flags or set()
 
 
 def cpu_kind(text: str | None = None) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from benchmarks.cpu_kinds import read_cpuinfo
+from pipeline.common.cpuinfo import read_cpuinfo
 from benchmarks.engines import ENGINES, GGUF_ENGINE, MeasureSpec, check_engine, check_threads, measure
 from benchmarks.graph_limits import check_lengths, graph_limits
 from benchmarks.settings import BenchmarkSettings

@@ -24,6 +24,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.common.cpuinfo import cpu_flags
 from pipeline.common.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -50,17 +51,6 @@ def openvino():
     except ImportError:
         raise PipelineError("the openvino engine needs OpenVINO, which is not installed", INSTALL) from None
     return ov
-
-
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The instruction-set flags the kernel reports for the first CPU (empty where there is no /proc/cpuinfo)."""
-    try:
-        for line in Path(cpuinfo).read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def has_amx(flags: set[str]) -> bool:

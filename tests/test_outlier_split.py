@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from benchmarks.cpu_kinds import read_cpuinfo
+from pipeline.common.cpuinfo import read_cpuinfo
 from export.quantize import linear_matmuls, quantize_artifact, quantize_graph
 from export.schemes import check_scheme
 from pipeline.common.errors import PipelineError

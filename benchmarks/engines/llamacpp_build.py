@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.cpu_kinds import read_cpuinfo
+from pipeline.common.cpuinfo import read_cpuinfo
 
 log = logging.getLogger(__name__)
 
