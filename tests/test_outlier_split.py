@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from pipeline.common.cpuinfo import read_cpuinfo
 from export.quantize import linear_matmuls, quantize_artifact, quantize_graph
 from export.schemes import check_scheme
+from pipeline.common.cpuinfo import read_cpuinfo
 from pipeline.common.errors import PipelineError
 
 #: channels of down_proj's input made PLANT times larger (up_proj's columns), its rows PLANT times smaller
