@@ -10,7 +10,14 @@ outliers: the ``fraction`` of channels of largest calibrated magnitude) and R (t
 
     X --> MatMul(X, W_R)                           (rewritten by export/int8_matmul_form.py:integer_matmuls into
       |                                              QuantizeLinear -> MatMulInteger -> Cast -> Mul) --> Add --> Y
-      '-> Gather(X, O, last axis) -> MatMul(., W[O, :] float32) ------------------------------------------'
+      '-> MatMul(X, S) -> MatMul(., W[O, :] float32) -----------------------------------------------------'
+
+S [in, |O|] is the one-hot selection of the channels O (S[O_k, k] = 1): X S is X[:, O] exactly (each output one
+product by 1.0). Not a Gather on X's last axis: DeepSparse 1.8.0 on AVX-512 VNNI CPUs crashes on a graph where X
+feeds both a Gather and the INT8 MatMul's QuantizeLinear (a segmentation fault, or an assertion in its graph
+optimizer, whatever the number of channels; measured on an Intel Xeon with AVX-512 VNNI and AMX, docs/int8.md),
+and runs the same graph with the selection as a MatMul. S costs in x |O| float32 (90 KiB per 1% at in = 2,400;
+3.2 MiB a layer on Qwen2.5-1.5B's 8,960), all but |O| of its entries zeros.
 
 The first term keeps the whole X and the whole weight shape, so it is the same MatMulInteger with a constant int8
 weight as every other linear (DeepSparse's dense or sparse INT8 kernel); X's uint8 range is calibrated over the
@@ -46,8 +53,7 @@ def split_outliers(store, matmuls: list[str], stats: dict[str, tuple[np.ndarray,
 
     graph = store.model.graph
     wanted = set(matmuls)
-    ranks = _ranks(store.model, {n.input[0] for n in graph.node if n.name in wanted})
-    ranges, chosen, nodes, ratios, float_bytes = {}, {}, [], [], 0
+    ranges, chosen, nodes, ratios, float_bytes, select_bytes = {}, {}, [], [], 0, 0
     for node in graph.node:
         nodes.append(node)
         if node.name not in wanted:
@@ -61,7 +67,10 @@ def split_outliers(store, matmuls: list[str], stats: dict[str, tuple[np.ndarray,
             ranges[x] = (float(low[rest].min()), float(high[rest].max()))
             peak = np.maximum(-low, high)
             ratios.append(float(peak.max() / max(peak[rest].max(), 1e-12)))
-            store.add_array(chosen[x], f"{x}.outlier_channels")
+            select = np.zeros((low.size, chosen[x].size), np.float32)
+            select[chosen[x], np.arange(chosen[x].size)] = 1.0
+            select_bytes += select.nbytes
+            store.add(f"{x}.outlier_select", np.float32, select.shape, lambda select=select: select)
         index = chosen[x]
         rows = np.ascontiguousarray(store.array(w)[index], np.float32)  # W[O, :], as smoothed so far
         float_bytes += rows.nbytes
@@ -69,8 +78,8 @@ def split_outliers(store, matmuls: list[str], stats: dict[str, tuple[np.ndarray,
         store.update(w, lambda value, index=index: _zero_rows(value, index))
         y = node.output[0]
         node.output[0] = f"{y}.int8_part"
-        nodes += [helper.make_node("Gather", [x, f"{x}.outlier_channels"], [f"{x}.outliers"],
-                                   f"{node.name}.outlier_gather", axis=ranks[x] - 1),
+        nodes += [helper.make_node("MatMul", [x, f"{x}.outlier_select"], [f"{x}.outliers"],
+                                   f"{node.name}.outlier_select"),
                   helper.make_node("MatMul", [f"{x}.outliers", f"{w}.outlier_rows"], [f"{y}.float_part"],
                                    f"{node.name}.outlier_matmul"),
                   helper.make_node("Add", [f"{y}.int8_part", f"{y}.float_part"], [y], f"{node.name}.outlier_add")]
@@ -80,26 +89,8 @@ def split_outliers(store, matmuls: list[str], stats: dict[str, tuple[np.ndarray,
     log.info("split %d outlier channels of each of %d MatMul inputs into float MatMuls (their max |X| was up to "
              "%.0fx that of the other channels)", counts[-1] if counts else 0, len(chosen), max(ratios, default=0))
     return ranges, {"fraction": fraction, "matmuls": len(matmuls), "channels": counts,
-                    "float_weight_bytes": float_bytes, "max_range_ratio": max(ratios, default=0.0)}
-
-
-def _ranks(model, names: set[str]) -> dict[str, int]:
-    """The rank of each tensor ``names`` by ONNX shape inference on the graph's structure (the weights' dims suffice);
-    3 ([batch, sequence, channels], what both exported graphs feed their linears) where inference leaves it open.
-    The Gather's axis is written as rank - 1: DeepSparse 1.8 refuses the graph with axis=-1 (an assertion in its
-    execution provider, measured on the tiny artifact), and runs it with the positive axis."""
-    import onnx
-
-    structure = onnx.ModelProto()
-    structure.CopyFrom(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(structure).graph
-    except Exception as exc:  # a graph the checker cannot type: every linear input is [batch, sequence, channels]
-        log.info("shape inference failed (%s); the outlier channels are gathered on axis 2", exc)
-        return dict.fromkeys(names, 3)
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*inferred.value_info, *inferred.input]
-             if v.name in names and v.type.tensor_type.HasField("shape")}
-    return {name: ranks.get(name, 3) for name in names}
+                    "float_weight_bytes": float_bytes, "select_bytes": select_bytes,
+                    "max_range_ratio": max(ratios, default=0.0)}
 
 
 def _zero_rows(value: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -9,7 +9,6 @@ from onnx import numpy_helper
 
 from export.quantize import linear_matmuls, quantize_artifact, quantize_graph
 from export.schemes import check_scheme
-from pipeline.common.cpuinfo import read_cpuinfo
 from pipeline.common.errors import PipelineError
 
 #: channels of down_proj's input made PLANT times larger (up_proj's columns), its rows PLANT times smaller
@@ -72,7 +71,13 @@ def test_split_keeps_the_float_logits_where_int8_of_the_whole_input_does_not(tin
     graph = onnx.load(str(tmp_path / "w8a8-static-outliers" / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("MatMulInteger") == 14 and sum(n.name.endswith(".outlier_matmul") for n in graph.node) == 2
+    selects = [n for n in graph.node if n.name.endswith(".outlier_select")]
+    assert len(selects) == 2 and {n.op_type for n in selects} == {"MatMul"}  # not a Gather: DeepSparse on VNNI
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for name in (n.input[1] for n in selects):
+        want = np.zeros((128, len(PLANTED)), np.float32)
+        want[list(PLANTED), range(len(PLANTED))] = 1
+        np.testing.assert_array_equal(inits[name], want)  # one-hot: X S is X[:, O] exactly
     for name, down in downs.items():
         q, rows = inits[f"{name}.int8"], inits[f"{name}.outlier_rows"]
         assert q.dtype == np.int8 and (q[down == 0] == 0).all()  # every pruned zero is a zero byte
@@ -80,12 +85,6 @@ def test_split_keeps_the_float_logits_where_int8_of_the_whole_input_does_not(tin
         np.testing.assert_array_equal(rows, down[list(PLANTED)])  # the float rows: copies (no smoothing here)
 
 
-# Known crash, not a pass: on an Intel Xeon with AVX-512 VNNI and AMX (2026-12-07) DeepSparse 1.8.0 died with a
-# segmentation fault running this tiny INT8 graph with its outlier split, alone and in the full suite; the graph's
-# checks above it still ran and passed. On AVX2 CPUs it runs and must pass. Only the engine's crash (PipelineError) is
-# expected; any failed assertion still fails.
-@pytest.mark.xfail("avx512_vnni" in read_cpuinfo()[1], raises=PipelineError, strict=False,
-                   reason="DeepSparse 1.8.0 segfaults on this split INT8 graph on AVX-512 VNNI CPUs")
 def test_both_graphs_split_alike_share_one_weights_file_and_run_in_deepsparse(tiny_artifact, tmp_path):
     """The artifact's two graphs (smoothed as the recipe default) get the same split from one calibration, so the
     onnxruntime graph still reads the deepsparse graph's weights file; DeepSparse compiles and decodes the INT8
