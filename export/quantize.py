@@ -190,6 +190,12 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme
         ranges.update(split_ranges)
         kept_float = done["outlier_split"]["float_weight_bytes"]
     done["float_weight_bytes_saved"] = integer_matmuls(store, linears, ranges, scheme.per_channel) - kept_float
+    if lm_head:  # the float table stays for the lookup alone: int8 too (export/int8_lookup.py)
+        from export.int8_lookup import int8_lookups
+
+        if (lookup := int8_lookups(store, config.vocab_size)) is not None:
+            done["int8_lookup"] = lookup
+            done["float_weight_bytes_saved"] += lookup["float_bytes_saved"]
     store.save(target / "model.onnx")
     return done
 

@@ -280,7 +280,9 @@ class QuantizeSection(StrictSection):
                                                       "outputs only")
     lm_head: bool = Field(False, description="the LM head's MatMul INT8 too (int8 per channel, its input the final "
                                              "norm's output, smoothed like the other norm outputs): a decode step "
-                                             "reads the head's whole weight, the largest single linear")
+                                             "reads the head's whole weight, the largest single linear; the "
+                                             "embedding table the lookup alone then reads is stored int8 too, one "
+                                             "scale per token (export/int8_lookup.py)")
     check_tokens: int = Field(32, ge=0, description="greedy tokens compared with the float artifact in each engine")
     perplexity: bool = Field(True, description="perplexity of the float and INT8 artifacts (evaluation settings): "
                                                "each exported graph's computed by its own engine (DeepSparse's by "

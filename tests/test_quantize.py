@@ -291,8 +291,9 @@ def test_scheme_with_down_proj_quantizes_all_seven_linears(tiny_artifact, tmp_pa
 @pytest.mark.parametrize("tied", [False, True])
 def test_lm_head_int8_in_both_graphs_tied_or_not(tied, tmp_path):
     """quantize.lm_head: the head's MatMul becomes MatMulInteger in both graphs. Tied to the embedding, the head
-    reads the table the lookup reads (stored once, export/tied_embedding.py): it gets its own int8 copy, the lookup
-    keeps the float table."""
+    reads the table the lookup reads (stored once, export/tied_embedding.py): it gets its own int8 copy. Either way
+    no float table is left: the table is stored int8, one scale per token, dequantized in front of the lookup
+    (export/int8_lookup.py), within half a level of the float table, and DeepSparse decodes the graph."""
     from tests.conftest import pruned_tiny, tiny_tokenizer
 
     from export.artifact import export_artifact
@@ -322,11 +323,27 @@ def test_lm_head_int8_in_both_graphs_tied_or_not(tied, tmp_path):
         assert ops.count("MatMulInteger") == 13 and "Transpose" not in [
             n.op_type for n in graph.node if n.output[0].endswith("transposed")]
         int8 = {i.name: numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
-        heads = [q for q in int8.values() if q.shape == head.shape]
+        inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        heads = [int8[n.input[1]] for n in graph.node if n.op_type == "MatMulInteger" and n.name.startswith("/lm_head")]
         assert len(heads) == 1 and (np.abs(heads[0]).max(0) == 63).all()  # int8 in [-63, 63], per output channel
         tables = [i for i in graph.initializer if sorted(i.dims) == [64, 96] and i.data_type == onnx.TensorProto.FLOAT]
-        assert len(tables) == 1  # the lookup's table stays float (tied: E^T); the head's float weight is gone
+        assert not tables  # neither the head's float weight nor the lookup's float table is left
+        dq = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8)
+        assert any(n.op_type == "Gather" and n.input[0] == dq.output[0] for n in graph.node)  # the lookup reads it
+        table, scale = int8[dq.input[0]].astype(np.float32), inits[dq.input[1]]
+        dequantized = table * (scale if table.shape[1] == scale.shape[0] else scale.reshape(-1, 1))
+        embedding = model.get_input_embeddings().weight.detach().numpy()
+        embedding = embedding.T if dequantized.shape != embedding.shape else embedding
+        assert np.abs(dequantized - embedding).max() <= 0.5 * scale.max() + 1e-6  # half a level of its token's scale
+        assert (np.abs(table).max(1 if table.shape == embedding.shape[::-1] else 0) <= 127).all()
         assert info["top1_agreement_vs_float"] >= 0.9, engine
+    if tied:  # DeepSparse compiles and decodes the int8 lookup beside the INT8 head
+        from export.engines import run_engine
+
+        spec = {"sequence_length": 64, "prompt_sequence_length": 4, "internal_kv_cache": True}
+        a = run_engine("deepsparse", folder, "test", prompt="Hello there", max_new_tokens=8, **spec)
+        b = run_engine("deepsparse", tmp_path / "int8", "test", prompt="Hello there", max_new_tokens=8, **spec)
+        assert len(b["ids"]) == len(a["ids"]) and b["ids"][:2] == a["ids"][:2]
     float_logits = onnxruntime_graph_logits(folder / "onnxruntime" / "model.onnx", model.config, ids)
     int8_logits = onnxruntime_graph_logits(tmp_path / "int8" / "onnxruntime" / "model.onnx", model.config, ids)
     assert np.abs(int8_logits - float_logits).max() < 0.1 * np.abs(float_logits).max()

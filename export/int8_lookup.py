@@ -1,0 +1,72 @@
+"""The embedding table of an INT8 artifact stored int8: with the LM head INT8 (``quantize.lm_head``) the head has its
+own int8 copy of a tied table (export/quantize.py:untie_lm_head), and the float32 table stays only for the lookup
+(890 MiB on Qwen2.5-Coder-1.5B: 151936 x 1536). It is stored int8, symmetric, one scale per token (per vocabulary
+entry, WEIGHT_MAX_LOOKUP levels), and a DequantizeLinear in front of the lookup gives the lookup its float table:
+
+    Gather(T, ids, axis)   becomes   Gather(DequantizeLinear(T_q, scales, axis=vocabulary axis), ids, axis)
+
+(T is E [vocab, hidden] read on axis 0, or E^T [hidden, vocab] read on axis 1, export/tied_embedding.py.) A quarter
+of the bytes on disk; each embedding value moves by at most half a level of its token's scale. An engine may fold
+the DequantizeLinear of a constant into a float table when it loads the graph, so the saving is the file's, not
+necessarily the engine's RAM. Not the cheaper-looking Gather of the int8 rows, then Cast and a Mul by their
+gathered scales: DeepSparse 1.8.0 stops on that graph with an assertion in its planner (`planner.hpp:70`, on an
+Intel Xeon with AVX-512 VNNI, 2026-12-07), and runs this one. A lookup multiplies nothing, so the levels need not
+stay below the MatMulInteger overflow limit (export/int8_matmul_form.py: WEIGHT_MAX): 127 of them. The decode
+step's MatMuls are unchanged, and so are its tokens/s.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+WEIGHT_MAX_LOOKUP = 127
+
+
+def quantize_rows(table: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """``table`` as int8, one symmetric scale per vocabulary entry (the entries lie along ``axis``); an all-zero
+    entry gets scale 1. Returns (int8 table, scales [vocab])."""
+    peak = np.abs(table).max(axis=1 - axis)
+    scale = np.where(peak > 0, peak / WEIGHT_MAX_LOOKUP, 1.0).astype(np.float32)
+    shaped = scale[:, None] if axis == 0 else scale[None, :]
+    return np.clip(np.round(table / shaped), -WEIGHT_MAX_LOOKUP, WEIGHT_MAX_LOOKUP).astype(np.int8), scale
+
+
+def int8_lookups(store, vocab_size: int) -> dict | None:
+    """Store, in ``store``'s graph (export/graph_tensors.py), each embedding table that nothing but lookups reads as
+    int8 with a DequantizeLinear in front of its lookups (the form above). Returns {tables, float_bytes_saved}, or
+    None when no table qualifies (a head still reading the float table, as with a float LM head)."""
+    from onnx import TensorProto, helper
+
+    graph = store.model.graph
+    inits = {i.name: i for i in graph.initializer}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    done, saved = {}, 0
+    for node in list(graph.node):
+        table = node.input[0] if node.op_type == "Gather" else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if table not in inits or inits[table].data_type != TensorProto.FLOAT or len(inits[table].dims) != 2 \
+                or inits[table].dims[axis] != vocab_size or {r.op_type for r in readers[table]} != {"Gather"}:
+            continue
+        if table not in done:
+            shape = store.shape(table)
+            scale = quantize_rows(store.array(table), axis)[1]  # the int8 table itself is made when written
+            store.add(f"{table}.int8", np.int8, shape,
+                      lambda table=table, axis=axis: quantize_rows(store.array(table), axis)[0])
+            store.add_array(scale, f"{table}.int8_scale")
+            graph.node.insert(0, helper.make_node("DequantizeLinear", [f"{table}.int8", f"{table}.int8_scale"],
+                                                  [f"{table}.dequantized"], f"{table}.dequantize", axis=axis))
+            saved += 3 * int(np.prod(shape))
+            done[table] = axis
+        node.input[0] = f"{table}.dequantized"
+    if not done:
+        return None
+    store.remove(set(done))
+    log.info("the embedding table is stored int8 (one scale per token): %.1f MiB of float32 less", saved / 2**20)
+    return {"tables": sorted(done), "float_bytes_saved": saved}
