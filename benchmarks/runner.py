@@ -185,12 +185,14 @@ def load_results(folder: Path) -> dict:
 
 
 def benchmark_artifacts(entries: list[str], settings: BenchmarkSettings, out: Path, command: str | None = None,
-                        progress: bool = True) -> tuple[dict, list[str]]:
+                        progress: bool = True, annotate=None) -> tuple[dict, list[str]]:
     """``pipeline benchmark A B ... --out OUT``: find each artifact (or run or GGUF folder), measure them interleaved,
-    write OUT/results.json, report.md and the plots. Returns the results and the names of the report's files."""
+    write OUT/results.json, report.md and the plots. ``annotate``: applied to each artifact's description before
+    the run (the CLI adds the perplexities its run recorded). Returns the results and the report's file names."""
     from benchmarks.report import write_report
 
     artifacts = [find_artifact(entry) for entry in entries]
+    artifacts = [annotate(a) for a in artifacts] if annotate else artifacts
     check_lengths(artifacts, settings, cli=True)  # before any engine loads a model
     results = run_benchmark(artifacts, settings, Path(out), progress=progress, command=command)
     return results, write_report(results, Path(out))

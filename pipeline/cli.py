@@ -189,8 +189,9 @@ def _benchmark(args) -> int:
                                 "kinds (lines above)", "fix the cause named there and run the same command again")
         return 0
     from benchmarks.runner import benchmark_artifacts
+    from pipeline.stages.benchmark import with_perplexity
 
-    _, written = benchmark_artifacts(args.artifacts, settings, out, command)
+    _, written = benchmark_artifacts(args.artifacts, settings, out, command, annotate=with_perplexity)
     for name in written:
         print(f"wrote {out / name}")
     print(f"wrote {out / 'results.json'}")

@@ -138,7 +138,7 @@ def test_each_tradeoff_row_carries_the_perplexity_its_engine_computed():
 def test_the_benchmark_stage_hands_each_artifact_its_figures_by_engine(tmp_path):
     """A run folder's records: the PyTorch figure for the float artifact, the quantize stage's per engine for both,
     the reference named by the runtime that computed it (DeepSparse's graph run in ONNX Runtime is ONNX Runtime's)."""
-    from pipeline.stages.benchmark import _with_perplexity
+    from pipeline.stages.benchmark import with_perplexity
 
     one = {"windows": 4, "context_length": 64, "tokens": 256}
     (tmp_path / "perplexity.json").write_text(json.dumps({"dataset": "d", "pruned": {"perplexity": 6.0, **one}}))
@@ -148,9 +148,33 @@ def test_the_benchmark_stage_hands_each_artifact_its_figures_by_engine(tmp_path)
         "perplexity": {"dataset": "d", "graph": "deepsparse", "run_in": "onnxruntime",
                        "float": {"perplexity": 6.0, **one}, "int8": {"perplexity": 6.2, **one}},
         "perplexity_by_engine": {"deepsparse": entry}}))
-    pruned = _with_perplexity({"key": "p", "path": str(tmp_path / "artifact")})
+    pruned = with_perplexity({"key": "p", "path": str(tmp_path / "artifact")})
     assert pruned["perplexity"]["measured_in"] == "onnxruntime"
     assert {e: f["perplexity"] for e, f in pruned["perplexity_by_engine"].items()} == {"pytorch": 6.0, "deepsparse": 6.01}
-    int8 = _with_perplexity({"key": "i", "path": str(tmp_path / "artifact-int8")})
+    int8 = with_perplexity({"key": "i", "path": str(tmp_path / "artifact-int8")})
     assert int8["perplexity"]["perplexity"] == 6.2 and int8["perplexity"]["measured_in"] == "onnxruntime"
     assert {e: f["perplexity"] for e, f in int8["perplexity_by_engine"].items()} == {"deepsparse": 6.5}
+
+
+def test_pipeline_benchmark_on_a_run_folder_artifact_carries_that_run_s_figures(tmp_path, monkeypatch):
+    """``pipeline benchmark RUN/artifact-int8 ...`` (not only the benchmark stage) hands the artifact the perplexities
+    its run recorded, so its trade-off and workload tables are not left without them."""
+    import benchmarks.report
+    import benchmarks.runner
+    from pipeline.cli import main
+
+    one = {"windows": 4, "context_length": 64, "tokens": 256}
+    entry = {"dataset": "d", "graph": "deepsparse", "engine": "deepsparse",
+             "float": {"perplexity": 6.01, **one}, "int8": {"perplexity": 6.5, **one}}
+    (tmp_path / "quantize.json").write_text(json.dumps({
+        "perplexity": {"dataset": "d", "graph": "onnxruntime", "run_in": "onnxruntime",
+                       "float": {"perplexity": 6.0, **one}, "int8": {"perplexity": 6.2, **one}},
+        "perplexity_by_engine": {"deepsparse": entry}}))
+    seen = []
+    monkeypatch.setattr(benchmarks.runner, "find_artifact", lambda entry: {"key": "i", "path": entry})
+    monkeypatch.setattr(benchmarks.runner, "check_lengths", lambda *a, **k: None)
+    monkeypatch.setattr(benchmarks.runner, "run_benchmark", lambda artifacts, *a, **k: seen.extend(artifacts) or {})
+    monkeypatch.setattr(benchmarks.report, "write_report", lambda results, out: [])
+    assert main(["benchmark", str(tmp_path / "artifact-int8"), "--out", str(tmp_path / "out")]) == 0
+    assert seen[0]["perplexity"]["perplexity"] == 6.2
+    assert seen[0]["perplexity_by_engine"]["deepsparse"]["perplexity"] == 6.5

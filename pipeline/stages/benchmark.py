@@ -125,7 +125,7 @@ def pytorch_perplexity(artifact: Path) -> dict | None:
     return None
 
 
-def _with_perplexity(described: dict) -> dict:
+def with_perplexity(described: dict) -> dict:
     """The artifact's reference perplexity and, per engine, the one that engine computed (the quantize stage's, and
     PyTorch's of the model a float artifact was exported from)."""
     from pipeline.stages.quantize import engine_perplexities
@@ -155,7 +155,7 @@ def run(ctx: Context) -> None:
     folder = {**FOLDERS, "dense": "artifact" if recipe.prune.method == "none" else FOLDERS["dense"]}
     mine = [describe_artifact(run_dir / folder[role], key=key, name=key) for role, key in roles.items()]
     out = run_dir / "benchmark"
-    artifacts = [_with_perplexity(a) for a in [*ctx.prepared["benchmark"], *mine]]
+    artifacts = [with_perplexity(a) for a in [*ctx.prepared["benchmark"], *mine]]
     results = run_benchmark([*artifacts, *ggufs], recipe.benchmark.settings(), out, progress=ctx.progress,
                             command=f"pipeline run {recipe.name} (benchmark stage)")
     files = write_report(results, out)
