@@ -129,7 +129,7 @@ def _feeds(engine: str, graph: Path, config, windows: np.ndarray) -> list[dict]:
 def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme, config,
                    smoothing_strength: float | None = None, lm_head: bool = False,
                    calibration: SharedCalibration | None = None, outlier_fraction: float | None = None,
-                   smooth_split: bool = True) -> dict:
+                   smooth_split: bool = True, embedding_int8: bool = False) -> dict:
     """Quantize ``source`` (model.onnx + model.onnx_data) into ``target`` folder; returns what was done.
 
     Activation ranges are calibrated once on the float graph (min/max over ``feeds``, ONNX Runtime reading
@@ -190,7 +190,7 @@ def quantize_graph(source: Path, target: Path, feeds: list[dict], scheme: Scheme
         ranges.update(split_ranges)
         kept_float = done["outlier_split"]["float_weight_bytes"]
     done["float_weight_bytes_saved"] = integer_matmuls(store, linears, ranges, scheme.per_channel) - kept_float
-    if lm_head:  # the float table stays for the lookup alone: int8 too (export/int8_lookup.py)
+    if lm_head and embedding_int8:  # the float table stays for the lookup alone: int8 too (export/int8_lookup.py)
         from export.int8_lookup import int8_lookups
 
         if (lookup := int8_lookups(store, config.vocab_size)) is not None:
@@ -246,7 +246,8 @@ def _share_int8_weights(tmp: Path, original: dict, config, check_ids: np.ndarray
 def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.ndarray, check_ids: np.ndarray,
                       metadata: dict | None = None, smoothing_strength: float | None = None,
                       check_from: int = 0, lm_head: bool = False, share: bool = True,
-                      outlier_fraction: float | None = None, smooth_split: bool = True) -> dict:
+                      outlier_fraction: float | None = None, smooth_split: bool = True,
+                      embedding_int8: bool = False) -> dict:
     """Quantize every graph of the artifact ``source`` into the artifact ``target`` (atomic); returns its manifest.
 
     ``share``: when both the deepsparse and onnxruntime graphs are quantized, the onnxruntime graph reads its int8
@@ -283,7 +284,7 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
             graph = source / engine / "model.onnx"
             log.info("quantizing the %s graph (%s, %d calibration windows)", engine, scheme_name, len(windows))
             done = quantize_graph(graph, folder, _feeds(engine, graph, config, windows), scheme, config,
-                                  smoothing_strength, lm_head, calibration, fraction, smooth_split)
+                                  smoothing_strength, lm_head, calibration, fraction, smooth_split, embedding_int8)
             if GRAPHS[engine].pads_weights_file:
                 pad_external_data(folder)
             before = graph_logits(engine, graph, config, check_ids)
@@ -313,7 +314,8 @@ def quantize_artifact(source: Path, target: Path, scheme_name: str, windows: np.
         manifest = {**{k: v for k, v in original.items() if k not in ("files", "engines", "export_seconds")},
                     **(metadata or {}), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "quantization": {"scheme": scheme_name, **scheme.__dict__, "outlier_fraction": fraction,
-                                     "smooth_split": smooth_split, "lm_head": lm_head, "source": str(source),
+                                     "smooth_split": smooth_split, "lm_head": lm_head,
+                                     "embedding_int8": embedding_int8, "source": str(source),
                                      "smoothing_strength": smoothing_strength,
                                      "calibration_windows": list(windows.shape)},
                     "engines": engines, "quantize_seconds": time.time() - started, "files": files}

@@ -280,9 +280,12 @@ class QuantizeSection(StrictSection):
                                                       "outputs only")
     lm_head: bool = Field(False, description="the LM head's MatMul INT8 too (int8 per channel, its input the final "
                                              "norm's output, smoothed like the other norm outputs): a decode step "
-                                             "reads the head's whole weight, the largest single linear; the "
-                                             "embedding table the lookup alone then reads is stored int8 too, one "
-                                             "scale per token (export/int8_lookup.py)")
+                                             "reads the head's whole weight, the largest single linear")
+    embedding_int8: bool = Field(False, description="with lm_head: the embedding table the lookup alone then reads "
+                                                    "stored int8 too, one scale per token (export/int8_lookup.py; "
+                                                    "3/4 of the table's bytes). Off by default: DeepSparse 1.8.0 "
+                                                    "crashed on the real Qwen2.5-Coder-1.5B graph with it (ONNX "
+                                                    "Runtime runs it)")
     check_tokens: int = Field(32, ge=0, description="greedy tokens compared with the float artifact in each engine")
     perplexity: bool = Field(True, description="perplexity of the float and INT8 artifacts (evaluation settings): "
                                                "each exported graph's computed by its own engine (DeepSparse's by "
@@ -301,6 +304,14 @@ class QuantizeSection(StrictSection):
             raise ValueError(f"quantize.{asked[0]} acts on the outlier channels split off down_proj, and scheme "
                              f"'{self.scheme}' splits none — fix: use scheme: w8a8-static-outliers, or drop "
                              f"quantize.{asked[0]}")
+        return self
+
+    @model_validator(mode="after")
+    def _embedding_int8_needs_the_head(self):
+        if self.embedding_int8 and not self.lm_head:
+            raise ValueError("quantize.embedding_int8 stores the table the lookup alone reads once the LM head is "
+                             "INT8, and lm_head is false (the float head still reads the table) — fix: set "
+                             "quantize.lm_head: true, or drop quantize.embedding_int8")
         return self
 
     @field_validator("scheme")

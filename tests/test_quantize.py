@@ -291,9 +291,10 @@ def test_scheme_with_down_proj_quantizes_all_seven_linears(tiny_artifact, tmp_pa
 @pytest.mark.parametrize("tied", [False, True])
 def test_lm_head_int8_in_both_graphs_tied_or_not(tied, tmp_path):
     """quantize.lm_head: the head's MatMul becomes MatMulInteger in both graphs. Tied to the embedding, the head
-    reads the table the lookup reads (stored once, export/tied_embedding.py): it gets its own int8 copy. Either way
-    no float table is left: the table is stored int8, one scale per token, dequantized in front of the lookup
-    (export/int8_lookup.py), within half a level of the float table, and DeepSparse decodes the graph."""
+    reads the table the lookup reads (stored once, export/tied_embedding.py): it gets its own int8 copy. With
+    quantize.embedding_int8 no float table is left: the table is stored int8, one scale per token, dequantized
+    before the lookup (export/int8_lookup.py), within half a level of the float table, and DeepSparse decodes the
+    tiny graph."""
     from tests.conftest import pruned_tiny, tiny_tokenizer
 
     from export.artifact import export_artifact
@@ -312,8 +313,8 @@ def test_lm_head_int8_in_both_graphs_tied_or_not(tied, tmp_path):
     rng = np.random.default_rng(0)
     ids = rng.integers(2, 96, (1, 16))
     manifest = quantize_artifact(folder, tmp_path / "int8", "w8a8-static", rng.integers(2, 96, (8, 32)), ids,
-                                 smoothing_strength=0.5, lm_head=True)
-    assert manifest["quantization"]["lm_head"] is True
+                                 smoothing_strength=0.5, lm_head=True, embedding_int8=True)
+    assert manifest["quantization"]["lm_head"] is True and manifest["quantization"]["embedding_int8"] is True
     head = model.lm_head.weight.detach().T.numpy()  # [hidden, vocab]
     for engine, info in manifest["engines"].items():
         assert info["quantized_matmuls"] == 13 and info["pruned_zeros_kept"], engine  # 12 decoder linears + head

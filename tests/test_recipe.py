@@ -112,6 +112,7 @@ def _error(patch: dict) -> str:
     ({"quantize.enabled": True, "export.enabled": False}, "quantize works on the exported ONNX artifact"),
     ({"quantize.scheme": "fp8"}, "quantize.scheme: quantize.scheme 'fp8' cannot run in DeepSparse"),
     ({"quantize.outlier_fraction": 0.05}, "quantize.outlier_fraction acts on the outlier channels split off down_proj"),
+    ({"quantize.embedding_int8": True}, "quantize.embedding_int8 stores the table the lookup alone reads"),
     ({"quantize.scheme": "w8a8-static-all", "quantize.outlier_smoothing": False}, "scheme 'w8a8-static-all' splits none"),
     ({"quantize.scheme": "w8a8-static-outliers", "quantize.outlier_fraction": 0.6}, "quantize.outlier_fraction"),
     ({"export.engines": ["tensorrt"]}, "export.engines.0"),

@@ -131,7 +131,7 @@ def run(ctx: Context) -> None:
                                  smoothing_strength=q.smoothing_strength,
                                  check_from=prompt.shape[1] - 1 if first else 0, lm_head=q.lm_head,
                                  share=recipe.export.share_weights, outlier_fraction=q.outlier_fraction,
-                                 smooth_split=q.outlier_smoothing)
+                                 smooth_split=q.outlier_smoothing, embedding_int8=q.embedding_int8)
     result = {"path": str(target), "scheme": q.scheme, "lm_head": q.lm_head, "smoothing_strength": q.smoothing_strength,
               "outlier_fraction": manifest["quantization"]["outlier_fraction"], "outlier_smoothing": q.outlier_smoothing,
               "quantize_seconds": manifest["quantize_seconds"],
