@@ -26,13 +26,16 @@ log = logging.getLogger(__name__)
 WEIGHT_MAX_LOOKUP = 127
 
 
-def quantize_rows(table: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """``table`` as int8, one symmetric scale per vocabulary entry (the entries lie along ``axis``); an all-zero
-    entry gets scale 1. Returns (int8 table, scales [vocab])."""
+def token_scales(table: np.ndarray, axis: int) -> np.ndarray:
+    """One symmetric scale per vocabulary entry (the entries lie along ``axis``); an all-zero entry gets scale 1."""
     peak = np.abs(table).max(axis=1 - axis)
-    scale = np.where(peak > 0, peak / WEIGHT_MAX_LOOKUP, 1.0).astype(np.float32)
+    return np.where(peak > 0, peak / WEIGHT_MAX_LOOKUP, 1.0).astype(np.float32)
+
+
+def int8_levels(table: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
+    """``table`` as int8 by the scales of :func:`token_scales`."""
     shaped = scale[:, None] if axis == 0 else scale[None, :]
-    return np.clip(np.round(table / shaped), -WEIGHT_MAX_LOOKUP, WEIGHT_MAX_LOOKUP).astype(np.int8), scale
+    return np.clip(np.round(table / shaped), -WEIGHT_MAX_LOOKUP, WEIGHT_MAX_LOOKUP).astype(np.int8)
 
 
 def int8_lookups(store, vocab_size: int) -> dict | None:
@@ -41,12 +44,11 @@ def int8_lookups(store, vocab_size: int) -> dict | None:
     None when no table qualifies (a head still reading the float table, as with a float LM head)."""
     from onnx import TensorProto, helper
 
+    from export.smooth import producers_and_consumers
+
     graph = store.model.graph
     inits = {i.name: i for i in graph.initializer}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = producers_and_consumers(graph)[1]
     done, saved = {}, 0
     for node in list(graph.node):
         table = node.input[0] if node.op_type == "Gather" else None
@@ -56,9 +58,9 @@ def int8_lookups(store, vocab_size: int) -> dict | None:
             continue
         if table not in done:
             shape = store.shape(table)
-            scale = quantize_rows(store.array(table), axis)[1]  # the int8 table itself is made when written
+            scale = token_scales(store.array(table), axis)  # the int8 table itself is made when written
             store.add(f"{table}.int8", np.int8, shape,
-                      lambda table=table, axis=axis: quantize_rows(store.array(table), axis)[0])
+                      lambda table=table, scale=scale, axis=axis: int8_levels(store.array(table), scale, axis))
             store.add_array(scale, f"{table}.int8_scale")
             graph.node.insert(0, helper.make_node("DequantizeLinear", [f"{table}.int8", f"{table}.int8_scale"],
                                                   [f"{table}.dequantized"], f"{table}.dequantize", axis=axis))

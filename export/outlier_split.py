@@ -67,10 +67,10 @@ def split_outliers(store, matmuls: list[str], stats: dict[str, tuple[np.ndarray,
             ranges[x] = (float(low[rest].min()), float(high[rest].max()))
             peak = np.maximum(-low, high)
             ratios.append(float(peak.max() / max(peak[rest].max(), 1e-12)))
-            select = np.zeros((low.size, chosen[x].size), np.float32)
-            select[chosen[x], np.arange(chosen[x].size)] = 1.0
-            select_bytes += select.nbytes
-            store.add(f"{x}.outlier_select", np.float32, select.shape, lambda select=select: select)
+            shape = (low.size, chosen[x].size)
+            select_bytes += 4 * shape[0] * shape[1]
+            store.add(f"{x}.outlier_select", np.float32, shape,
+                      lambda shape=shape, index=chosen[x]: _one_hot(shape, index))  # made when written
         index = chosen[x]
         rows = np.ascontiguousarray(store.array(w)[index], np.float32)  # W[O, :], as smoothed so far
         float_bytes += rows.nbytes
@@ -91,6 +91,13 @@ def split_outliers(store, matmuls: list[str], stats: dict[str, tuple[np.ndarray,
     return ranges, {"fraction": fraction, "matmuls": len(matmuls), "channels": counts,
                     "float_weight_bytes": float_bytes, "select_bytes": select_bytes,
                     "max_range_ratio": max(ratios, default=0.0)}
+
+
+def _one_hot(shape: tuple[int, int], index: np.ndarray) -> np.ndarray:
+    """S [in, |O|] with S[O_k, k] = 1: X S is X[:, O]."""
+    select = np.zeros(shape, np.float32)
+    select[index, np.arange(index.size)] = 1.0
+    return select
 
 
 def _zero_rows(value: np.ndarray, index: np.ndarray) -> np.ndarray:

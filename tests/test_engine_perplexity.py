@@ -135,19 +135,26 @@ def test_each_tradeoff_row_carries_the_perplexity_its_engine_computed():
     assert "| **dass 50% INT8** | OpenVINO, sparse weights asked | 4.00 | 6.200 (in ONNX Runtime) | 2,048 | 1,024 |" in lines
 
 
+def _record_quantize(run_dir, reference_graph: str) -> dict:
+    """A run folder's quantize.json: the reference figures (float 6.0, INT8 6.2, the graph ``reference_graph`` run in
+    ONNX Runtime) and DeepSparse's own (6.01, 6.5); returns the window counts each figure carries."""
+    one = {"windows": 4, "context_length": 64, "tokens": 256}
+    entry = {"dataset": "d", "graph": "deepsparse", "engine": "deepsparse",
+             "float": {"perplexity": 6.01, **one}, "int8": {"perplexity": 6.5, **one}}
+    (run_dir / "quantize.json").write_text(json.dumps({
+        "perplexity": {"dataset": "d", "graph": reference_graph, "run_in": "onnxruntime",
+                       "float": {"perplexity": 6.0, **one}, "int8": {"perplexity": 6.2, **one}},
+        "perplexity_by_engine": {"deepsparse": entry}}))
+    return one
+
+
 def test_the_benchmark_stage_hands_each_artifact_its_figures_by_engine(tmp_path):
     """A run folder's records: the PyTorch figure for the float artifact, the quantize stage's per engine for both,
     the reference named by the runtime that computed it (DeepSparse's graph run in ONNX Runtime is ONNX Runtime's)."""
     from pipeline.stages.benchmark import with_perplexity
 
-    one = {"windows": 4, "context_length": 64, "tokens": 256}
+    one = _record_quantize(tmp_path, "deepsparse")
     (tmp_path / "perplexity.json").write_text(json.dumps({"dataset": "d", "pruned": {"perplexity": 6.0, **one}}))
-    entry = {"dataset": "d", "graph": "deepsparse", "engine": "deepsparse",
-             "float": {"perplexity": 6.01, **one}, "int8": {"perplexity": 6.5, **one}}
-    (tmp_path / "quantize.json").write_text(json.dumps({
-        "perplexity": {"dataset": "d", "graph": "deepsparse", "run_in": "onnxruntime",
-                       "float": {"perplexity": 6.0, **one}, "int8": {"perplexity": 6.2, **one}},
-        "perplexity_by_engine": {"deepsparse": entry}}))
     pruned = with_perplexity({"key": "p", "path": str(tmp_path / "artifact")})
     assert pruned["perplexity"]["measured_in"] == "onnxruntime"
     assert {e: f["perplexity"] for e, f in pruned["perplexity_by_engine"].items()} == {"pytorch": 6.0, "deepsparse": 6.01}
@@ -163,13 +170,7 @@ def test_pipeline_benchmark_on_a_run_folder_artifact_carries_that_run_s_figures(
     import benchmarks.runner
     from pipeline.cli import main
 
-    one = {"windows": 4, "context_length": 64, "tokens": 256}
-    entry = {"dataset": "d", "graph": "deepsparse", "engine": "deepsparse",
-             "float": {"perplexity": 6.01, **one}, "int8": {"perplexity": 6.5, **one}}
-    (tmp_path / "quantize.json").write_text(json.dumps({
-        "perplexity": {"dataset": "d", "graph": "onnxruntime", "run_in": "onnxruntime",
-                       "float": {"perplexity": 6.0, **one}, "int8": {"perplexity": 6.2, **one}},
-        "perplexity_by_engine": {"deepsparse": entry}}))
+    _record_quantize(tmp_path, "onnxruntime")
     seen = []
     monkeypatch.setattr(benchmarks.runner, "find_artifact", lambda entry: {"key": "i", "path": entry})
     monkeypatch.setattr(benchmarks.runner, "check_lengths", lambda *a, **k: None)
