@@ -17,6 +17,7 @@ import math
 
 from benchmarks.engines import ENGINE_NAMES, engine_facts
 from benchmarks.report_format import prompt_length, sparsity_label
+from benchmarks.tradeoff import engine_figure
 
 PROMPTS = (128, 512, 2048)
 ANSWERS = (16, 128, 512)
@@ -30,7 +31,8 @@ def nearest_length(measured: list[int], prompt: int) -> int:
 
 def rates(results: dict) -> list[dict]:
     """Per (artifact, engine) with a decode and at least one prefill measurement: the median tokens/s of decode and
-    of each measured prompt length, the artifact's label and perplexity."""
+    of each measured prompt length, the artifact's label and perplexity (the one the row's engine computed where
+    the run recorded it, else the reference: benchmarks/tradeoff.py:engine_figure)."""
     arts = {a["key"]: a for a in results["artifacts"]}
     st = results["settings"]
     found: dict[tuple, dict] = {}
@@ -41,7 +43,7 @@ def rates(results: dict) -> list[dict]:
         row = found.setdefault((c["artifact"], c["engine"]), {
             "artifact": c["artifact"], "engine": c["engine"], "label": sparsity_label(a),
             "dense": a["method"] == "none" and "gguf_type" not in a,
-            "perplexity": (a.get("perplexity") or {}).get("perplexity"), "decode": None, "prefill": {}})
+            "perplexity": (engine_figure(a, c["engine"])[0] or {}).get("perplexity"), "decode": None, "prefill": {}})
         length = prompt_length(c["mode"], st)
         if c["mode"] == "decode":
             row["decode"] = c["tokens_per_s"]["median"]

@@ -88,3 +88,13 @@ def test_without_a_dense_perplexity_nothing_qualifies_for_the_margin():
     w = workloads(_results(dense_ppl=False))
     assert w["dense_perplexity"] is None and all(c["fastest_within"] is None for c in w["cells"])
     assert all(c["fastest"] for c in w["cells"])
+
+
+def test_each_workload_row_carries_the_perplexity_its_engine_computed():
+    """The INT8 artifact's DeepSparse row carries DeepSparse's own figure (12.4), not the ONNX Runtime reference
+    (12.0), as the trade-off table does; an artifact with no engine figure keeps its reference."""
+    results = _results()
+    int8 = next(a for a in results["artifacts"] if a["key"] == "int8")
+    int8["perplexity_by_engine"] = {"deepsparse": {"perplexity": 12.4}}
+    figures = {(r["artifact"], r["engine"]): r["perplexity"] for r in rates(results)}
+    assert figures[("int8", "deepsparse")] == 12.4 and figures[("pruned", "deepsparse")] == 10.8
