@@ -154,6 +154,19 @@ def _plots(results: dict, out: Path) -> list[str]:
     return made
 
 
+def _flash_attention_lines(st: dict) -> list[str]:
+    """Where llama.cpp ran with flash attention (benchmark.llamacpp_flash_attention), when it ran at all."""
+    if not any(engine_facts(e).runs_gguf for e in st.get("engines", [])):
+        return []
+    if "llamacpp_flash_attention" not in st:
+        return ["- llama.cpp flash attention: not recorded (results made before benchmark.llamacpp_flash_attention: "
+                "off in decode and prefill, llama.cpp's own default, auto, in batch)"]
+    on = [m for m in st["modes"] if m in st["llamacpp_flash_attention"]]
+    off = [m for m in st["modes"] if m not in on]
+    return [f"- llama.cpp flash attention: on in {', '.join(on) or 'no mode'}; off in {', '.join(off) or 'no mode'} "
+            "(benchmark.llamacpp_flash_attention: the peer at its best per mode)"]
+
+
 def render(results: dict, command: str | None = None) -> str:
     m, st = results["machine"], results["settings"]
     ds = m.get("deepsparse") or {}
@@ -164,6 +177,7 @@ def render(results: dict, command: str | None = None) -> str:
               (f"- DeepSparse detects: instruction set `{ds.get('isa')}`, VNNI {ds.get('vnni')}, "
                f"{ds.get('physical_cores')} physical cores" if ds else "- DeepSparse: not measured"),
               *llamacpp_build_lines(m.get("llamacpp")),  # beside DeepSparse's ISA: the peer's instruction sets
+              *_flash_attention_lines(st),
               f"- settings: context (sequence length) {st['sequence_length']}, prefill "
               f"{', '.join(map(str, sorted(set(st.get('prefill_lengths') or [st['prefill_length']]))))} tokens, "
               f"threads {st['threads'] or 'all'}, warm-up {st['warmup_seconds']} s, {st['seconds']} s per measurement, "

@@ -45,6 +45,12 @@ class BenchmarkSettings(BaseModel):
     seconds: float = Field(10.0, gt=0, description="timed seconds per measurement")
     repeats: int = Field(3, gt=0, description="interleaved rounds")
     time_budget_seconds: float = Field(3 * 3600, gt=0, description="stop (keeping partial results) past this")
+    llamacpp_flash_attention: list[Mode] = Field(
+        default_factory=lambda: ["prefill"],
+        description="the modes in which llama.cpp runs with flash attention on (off in the others; [] in a recipe: off "
+                    "everywhere): on an AVX-512 Xeon it prefilled 2,048 tokens 10-13% faster and decoded 6-8% slower "
+                    "(benchmarks/results/qwen2.5-coder-1.5b/deploy-xeon/llamacpp_flash_attention.json), so the peer "
+                    "is measured at its best per mode")
     extrapolate_to_layers: Optional[int] = Field(None, gt=0, description="fit ms/token over the artifacts' depths "
                                                                          "and extrapolate to this many layers")
 
@@ -86,21 +92,22 @@ def add_settings_arguments(parser, **defaults) -> None:
     for name, field in BenchmarkSettings.model_fields.items():
         default = defaults.get(name, field.get_default(call_default_factory=True))
         option = "--" + name.replace("_", "-")
+        help_text = field.description.replace("%", "%%")  # argparse formats help with %
         kind = field.annotation
         listed = next((t for t in typing.get_args(kind) if typing.get_origin(t) is list), None)  # Optional[list[int]]
         if listed is not None:
             parser.add_argument(option, nargs="+", type=typing.get_args(listed)[0], default=default,
-                                help=field.description)
+                                help=help_text)
         elif typing.get_origin(kind) is list:
             item = typing.get_args(kind)[0]
             if typing.get_origin(item) is Literal:  # engines, modes: their names
                 parser.add_argument(option, nargs="+", default=default, choices=typing.get_args(item),
-                                    help=field.description)
+                                    help=help_text)
             else:  # numbers
-                parser.add_argument(option, nargs="+", type=item, default=default, help=field.description)
+                parser.add_argument(option, nargs="+", type=item, default=default, help=help_text)
         else:
             base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # Optional[int] -> int
-            parser.add_argument(option, type=base, default=default, help=field.description)
+            parser.add_argument(option, type=base, default=default, help=help_text)
 
 
 def settings_from_arguments(args) -> BenchmarkSettings:

@@ -40,6 +40,19 @@ def test_help_explains_the_commands(workspace):
     assert proc.returncode == 0 and "run" in proc.stdout and "validate" in proc.stdout and "recipe" in proc.stdout
 
 
+def test_every_command_prints_its_help(workspace):
+    """argparse formats help with %: a setting's description with a literal % broke ``pipeline benchmark --help``."""
+    import argparse
+
+    from pipeline.cli import _parser
+
+    parser = _parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert "benchmark" in commands
+    for name, sub in commands.items():
+        assert sub.format_help(), name
+
+
 def test_run_writes_a_complete_run_folder(workspace):
     path = recipe(workspace, "ok-run")
     proc = run_cli("run", str(path), "--no-progress", cwd=workspace)

@@ -178,6 +178,27 @@ def _results(rows):
     return {"artifacts": artifacts, "measurements": measurements, "settings": {}}
 
 
+def test_flash_attention_reaches_llama_cpp_in_the_modes_asked_only():
+    """benchmark.llamacpp_flash_attention: each llama.cpp measurement carries it for its mode; other engines never;
+    the report says where it was on (and that results made before the setting did not record it)."""
+    from benchmarks.engines import MeasureSpec
+    from benchmarks.report import _flash_attention_lines
+    from benchmarks.settings import BenchmarkSettings
+
+    settings = BenchmarkSettings(engines=["deepsparse", "llamacpp"], modes=["decode", "prefill", "batch"],
+                                 llamacpp_flash_attention=["prefill"])
+    on = {mode: MeasureSpec.of("llamacpp", "a", mode, settings, size=4).flash_attention
+          for mode in ("decode", "prefill", "batch")}
+    assert on == {"decode": False, "prefill": True, "batch": False}
+    assert not MeasureSpec.of("deepsparse", "a", "prefill", settings).flash_attention
+    st = settings.model_dump()
+    assert _flash_attention_lines(st) == ["- llama.cpp flash attention: on in prefill; off in decode, batch "
+                                          "(benchmark.llamacpp_flash_attention: the peer at its best per mode)"]
+    assert _flash_attention_lines({**st, "engines": ["deepsparse"]}) == []
+    del st["llamacpp_flash_attention"]
+    assert "not recorded" in _flash_attention_lines(st)[0]
+
+
 def test_vs_llamacpp_pairs_rounds_and_the_report_shows_it():
     from benchmarks.peers import llamacpp_table as _llamacpp_table
     from benchmarks.stats import summarize
@@ -260,15 +281,17 @@ def test_llama_cpp_perplexity_matches_pytorch(written):
 
 
 @needs_llama_cpp
-def test_batched_decode_gives_each_sequence_its_own_next_token(written):
+@pytest.mark.parametrize("flash_attention", [False, True])
+def test_batched_decode_gives_each_sequence_its_own_next_token(written, flash_attention):
     """The batch mode's llama.cpp step: N sequences with the same cached prefix, a different token each; each row's
-    logits are those of one sequence decoding its token alone, and the step can be repeated (its cells are removed)."""
+    logits are those of one sequence decoding its token alone, and the step can be repeated (its cells are removed).
+    With flash attention on or off (benchmark.llamacpp_flash_attention), against a single sequence with it off."""
     from benchmarks.engines.llamacpp_batch import BatchedDecoder
     from benchmarks.engines.llamacpp_runner import open_gguf
 
     _, _, folders = written
     path = folders["f32"] / "llamacpp" / "model.gguf"
-    decoder = BatchedDecoder(path, 3, 16, 1)
+    decoder = BatchedDecoder(path, 3, 16, 1, flash_attention=flash_attention)
     tokens = [5, 17, 42]
     try:
         decoder.step(tokens)
@@ -306,6 +329,7 @@ def test_runner_returns_tokens_per_s_like_the_other_engines(written, mode):
     for key in ("ms_median", "ms_mean", "ms_min", "iterations", "load_seconds", "threads", "engine_version", "kv_cache"):
         assert key in result
     assert result["gguf_type"] == "q8_0" and result["iterations"] >= 3
+    assert result["flash_attention"] is (mode in settings.llamacpp_flash_attention)  # the default: prefill
     step = {"decode": 1, "prefill": 16, "batch": 4}[mode]
     assert result["tokens_per_s"] == pytest.approx(step * 1000.0 / result["ms_median"])
     machine = result["machine"]  # what llama.cpp was compiled for, and how it fits this CPU (the report shows it)

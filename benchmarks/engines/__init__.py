@@ -116,6 +116,7 @@ class MeasureSpec:
     warmup_seconds: float
     seconds: float
     batch_size: int = 1
+    flash_attention: bool = False  # llama.cpp only: its flash attention on (benchmark.llamacpp_flash_attention)
 
     @classmethod
     def of(cls, engine: str, artifact: str, mode: str, settings: BenchmarkSettings,
@@ -126,7 +127,8 @@ class MeasureSpec:
             raise ValueError("a batch measurement needs its batch size")
         return cls(engine, str(artifact), mode, settings.sequence_length,
                    size if mode == "prefill" and size else settings.prefill_length, settings.threads,
-                   settings.warmup_seconds, settings.seconds, size if mode == "batch" else 1)
+                   settings.warmup_seconds, settings.seconds, size if mode == "batch" else 1,
+                   engine_facts(engine).runs_gguf and mode in settings.llamacpp_flash_attention)
 
     @property
     def step_shape(self) -> tuple[int, int, int]:

@@ -19,7 +19,8 @@ from pipeline.common.errors import PipelineError
 
 
 class BatchedDecoder:
-    def __init__(self, path: Path, sequences: int, sequence_length: int, threads: int | None, seed: int = 0):
+    def __init__(self, path: Path, sequences: int, sequence_length: int, threads: int | None, seed: int = 0,
+                 flash_attention: bool = False):
         from benchmarks.engines.llamacpp_runner import binding, system_info, uses_extra_buffers
 
         self.api = api = binding()
@@ -36,6 +37,8 @@ class BatchedDecoder:
         params.n_ctx = sequences * sequence_length
         params.n_batch = params.n_ubatch = max(sequence_length, sequences)
         params.n_seq_max, params.n_threads, params.n_threads_batch = sequences, threads, threads
+        # on or off as asked, as the single-sequence runner sets it (llama.cpp's own default is "auto")
+        params.flash_attn_type = api.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention else api.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = api.llama_init_from_model(self.model, params)
         if not self.ctx:
             raise PipelineError(f"llama.cpp could not make a context of {sequences} x {sequence_length} positions",

@@ -39,9 +39,11 @@ def binding():
     return llama_cpp
 
 
-def open_gguf(path: Path, context: int, threads: int | None, logits_all: bool = False, f32_cache: bool = False):
-    """A llama.cpp context on ``path``: ``context`` positions, one batch as large, ``threads`` (None: all cores).
-    The KV cache is llama.cpp's default (float16, what its users run) unless ``f32_cache``."""
+def open_gguf(path: Path, context: int, threads: int | None, logits_all: bool = False, f32_cache: bool = False,
+              flash_attention: bool = False):
+    """A llama.cpp context on ``path``: ``context`` positions, one batch as large, ``threads`` (None: all cores),
+    flash attention on or off (the binding's default: off). The KV cache is llama.cpp's default (float16, what its
+    users run) unless ``f32_cache``."""
     llama_cpp = binding()
     if not Path(path).is_file():
         raise PipelineError(f"no GGUF file at {path}", "write it first (pipeline gguf, or the benchmark stage)")
@@ -49,7 +51,7 @@ def open_gguf(path: Path, context: int, threads: int | None, logits_all: bool = 
     with _extra_buffers(llama_cpp, uses_extra_buffers(system_info())):
         return llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context,
                                n_threads=threads, n_threads_batch=threads, logits_all=logits_all, verbose=False,
-                               seed=0, **({"type_k": 0, "type_v": 0} if f32_cache else {}))  # 0: GGML_TYPE_F32
+                               seed=0, flash_attn=flash_attention, **({"type_k": 0, "type_v": 0} if f32_cache else {}))  # 0: GGML_TYPE_F32
 
 
 #: why a build with AMX runs without llama.cpp's extra buffer types (its AMX and repacked weight layouts)
@@ -107,7 +109,7 @@ def measure(spec: MeasureSpec) -> dict:
     if spec.mode == "batch":
         return _measure_batch(spec, folder)
     t0 = time.perf_counter()
-    llm = open_gguf(folder / MODEL_FILE, spec.sequence_length, spec.threads)
+    llm = open_gguf(folder / MODEL_FILE, spec.sequence_length, spec.threads, flash_attention=spec.flash_attention)
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     vocab = llm.n_vocab()
@@ -128,7 +130,7 @@ def measure(spec: MeasureSpec) -> dict:
 
     result = time_steps(step, spec.warmup_seconds, spec.seconds)
     return {**result, "load_seconds": load_s, "threads": llm.n_threads if hasattr(llm, "n_threads") else spec.threads,
-            **_facts(folder), "kv_cache": "internal (llama.cpp)"}
+            **_facts(folder), "kv_cache": "internal (llama.cpp)", "flash_attention": spec.flash_attention}
 
 
 def _facts(folder: Path) -> dict:
@@ -141,14 +143,15 @@ def _measure_batch(spec: MeasureSpec, folder: Path) -> dict:
     from benchmarks.engines.llamacpp_batch import BatchedDecoder
 
     t0 = time.perf_counter()
-    decoder = BatchedDecoder(folder / MODEL_FILE, spec.batch_size, spec.sequence_length, spec.threads)
+    decoder = BatchedDecoder(folder / MODEL_FILE, spec.batch_size, spec.sequence_length, spec.threads,
+                             flash_attention=spec.flash_attention)
     load_s = time.perf_counter() - t0
     try:
         result = time_steps(decoder.step, spec.warmup_seconds, spec.seconds)
     finally:
         decoder.close()
     return {**result, "load_seconds": load_s, "threads": spec.threads or os.cpu_count(), **_facts(folder),
-            "kv_cache": f"internal (llama.cpp), {spec.batch_size} sequences"}
+            "kv_cache": f"internal (llama.cpp), {spec.batch_size} sequences", "flash_attention": spec.flash_attention}
 
 
 def window_nll(llm, window: list[int]) -> float:
