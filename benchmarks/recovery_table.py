@@ -28,6 +28,7 @@ from pipeline.core.prune.options import BlockOptions
 TARGETS = {("0.5", "mlp"): 1.15, ("2:4", "mlp"): 1.35, ("0.7", "mlp"): 3.0, ("0.5", "attention+mlp"): 1.25}
 DASS_FAMILY = ("dass", "dass_outlier")
 DEFAULT_BLOCK_STEPS = BlockOptions().steps  # a run trained for another number of steps says so in its label
+DEFAULT_BLOCK_TOKENS = BlockOptions().tokens  # ... and one trained on more (or fewer) tokens of each window
 
 
 def _read(path: Path) -> dict | None:
@@ -96,6 +97,12 @@ def block_steps(row: dict) -> int | None:
     return (row.get("block") or {}).get("steps")
 
 
+def block_tokens(row: dict) -> int | None:
+    """The tokens of each window the block training read (prune.block.tokens; None: whole windows, or, where the
+    run recorded no block settings, the default)."""
+    return (row.get("block") or {}).get("tokens", DEFAULT_BLOCK_TOKENS)
+
+
 def config(row: dict, usual: int | None = None) -> str:
     calibration = "" if row.get("calibration", "embedded") == "embedded" else f", calibrated on {row['calibration']}"
     windows = row.get("calibration_windows")
@@ -104,6 +111,9 @@ def config(row: dict, usual: int | None = None) -> str:
     steps = block_steps(row)
     if "block" in row["reconstruct"] and steps and steps != DEFAULT_BLOCK_STEPS:
         calibration += f", block {steps} steps"
+    if "block" in row["reconstruct"] and block_tokens(row) != DEFAULT_BLOCK_TOKENS:
+        tokens = block_tokens(row)
+        calibration += " on whole windows" if tokens is None else f" on {tokens} tokens a window"
     return row["method"] + ("" if row["reconstruct"] == "none" else f" + {row['reconstruct']}") + calibration
 
 
@@ -129,7 +139,8 @@ def rule_lines(rows: list[dict], texts: list[str]) -> list[str]:
     as the paired ratio of their perplexities on the same windows with its standard error."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (pattern(r), r["reconstruct"], r.get("calibration"), r.get("calibration_windows"), block_steps(r))
+        key = (pattern(r), r["reconstruct"], r.get("calibration"), r.get("calibration_windows"), block_steps(r),
+               block_tokens(r))
         groups.setdefault(key, []).append(r)
     main = texts[0] if texts else None
     table, winners, decisive = [], set(), True

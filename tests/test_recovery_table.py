@@ -84,6 +84,17 @@ def test_a_run_with_other_block_steps_says_so_and_is_its_own_row(tmp_path):
     assert "block 16 steps" not in text
 
 
+def test_a_run_trained_on_whole_windows_says_so_and_is_its_own_row(tmp_path):
+    for name, tokens in (("a", 256), ("b", None)):
+        fake_run(tmp_path / name, "wanda", "0.5", "obs+block", 0.2 if tokens else 0.1)
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        summary["reconstruct"]["block"] = {"steps": 32, "batch_windows": 2, "tokens": tokens}
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    text = render(collect([tmp_path]), None, "Test CPU")
+    assert "| wanda + obs+block, block 32 steps | " in text
+    assert "| wanda + obs+block, block 32 steps on whole windows | " in text
+
+
 def test_the_rule_that_wins_under_the_same_update_is_named_with_its_margin(tmp_path):
     """Two rules with the same reconstruction on the same windows: the better one, and the other's paired ratio
     against it in standard errors; a run with another reconstruction is not paired with them."""
