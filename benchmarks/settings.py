@@ -48,9 +48,9 @@ class BenchmarkSettings(BaseModel):
     llamacpp_flash_attention: list[Mode] = Field(
         default_factory=lambda: ["prefill"],
         description="the modes in which llama.cpp runs with flash attention on (off in the others; [] in a recipe: off "
-                    "everywhere): on an AVX-512 Xeon it prefilled 2,048 tokens 10-13% faster and decoded 6-8% slower "
-                    "(benchmarks/results/qwen2.5-coder-1.5b/deploy-xeon/llamacpp_flash_attention.json), so the peer "
-                    "is measured at its best per mode")
+                    "everywhere): on an AVX-512 Xeon it prefilled 2,048 tokens 10-13% faster, decoded 6-8% slower and "
+                    "changed nothing in batch decode (benchmarks/results/qwen2.5-coder-1.5b/deploy-xeon/"
+                    "llamacpp_flash_attention*.json), so the peer is measured at its best per mode")
     extrapolate_to_layers: Optional[int] = Field(None, gt=0, description="fit ms/token over the artifacts' depths "
                                                                          "and extrapolate to this many layers")
 
