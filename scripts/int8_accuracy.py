@@ -91,13 +91,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--keep", action="store_true", help="keep the INT8 copies")
     parser.add_argument("--max-windows", type=int, default=None, help="evaluation windows (default: all)")
+    parser.add_argument("--num-samples", type=int, default=16,
+                        help="calibration windows for the activation ranges (quantize.num_samples)")
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per calibration window (quantize.seq_len)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     strengths = [None if s.lower() == "none" else float(s) for s in args.smoothing]
     result = measure(args.run_dir, args.schemes, strengths, args.graph, args.keep,
                      tuple(head == "int8" for head in args.lm_head), max_windows=args.max_windows,
                      fractions=tuple(args.outlier_fractions or [None]),
-                     split_smoothing=tuple(s == "on" for s in args.outlier_smoothing))
+                     split_smoothing=tuple(s == "on" for s in args.outlier_smoothing), num_samples=args.num_samples,
+                     seq_len=args.seq_len)
     result["command"] = "python -m scripts.int8_accuracy " + " ".join(sys.argv[1:])
     write_json_atomic(args.out, result)
     for row in result["int8"]:
