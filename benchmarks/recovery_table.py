@@ -108,12 +108,12 @@ def config(row: dict, usual: int | None = None) -> str:
     windows = row.get("calibration_windows")
     if usual and windows and windows != usual:
         calibration += f", {windows} calibration windows"
-    steps = block_steps(row)
-    if "block" in row["reconstruct"] and steps and steps != DEFAULT_BLOCK_STEPS:
-        calibration += f", block {steps} steps"
-    if "block" in row["reconstruct"] and block_tokens(row) != DEFAULT_BLOCK_TOKENS:
-        tokens = block_tokens(row)
-        calibration += " on whole windows" if tokens is None else f" on {tokens} tokens a window"
+    if "block" in row["reconstruct"]:
+        steps, tokens = block_steps(row), block_tokens(row)
+        if steps and steps != DEFAULT_BLOCK_STEPS:
+            calibration += f", block {steps} steps"
+        if tokens != DEFAULT_BLOCK_TOKENS:
+            calibration += " on whole windows" if tokens is None else f" on {tokens} tokens a window"
     return row["method"] + ("" if row["reconstruct"] == "none" else f" + {row['reconstruct']}") + calibration
 
 

@@ -38,7 +38,8 @@ class BatchedDecoder:
         params.n_batch = params.n_ubatch = max(sequence_length, sequences)
         params.n_seq_max, params.n_threads, params.n_threads_batch = sequences, threads, threads
         # on or off as asked, as the single-sequence runner sets it (llama.cpp's own default is "auto")
-        params.flash_attn_type = api.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention else api.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.flash_attn_type = (api.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention
+                                  else api.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         self.ctx = api.llama_init_from_model(self.model, params)
         if not self.ctx:
             raise PipelineError(f"llama.cpp could not make a context of {sequences} x {sequence_length} positions",

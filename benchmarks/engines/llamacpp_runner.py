@@ -51,7 +51,8 @@ def open_gguf(path: Path, context: int, threads: int | None, logits_all: bool = 
     with _extra_buffers(llama_cpp, uses_extra_buffers(system_info())):
         return llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_ubatch=context,
                                n_threads=threads, n_threads_batch=threads, logits_all=logits_all, verbose=False,
-                               seed=0, flash_attn=flash_attention, **({"type_k": 0, "type_v": 0} if f32_cache else {}))  # 0: GGML_TYPE_F32
+                               seed=0, flash_attn=flash_attention,
+                               **({"type_k": 0, "type_v": 0} if f32_cache else {}))  # 0: GGML_TYPE_F32
 
 
 #: why a build with AMX runs without llama.cpp's extra buffer types (its AMX and repacked weight layouts)
