@@ -294,7 +294,7 @@ def test_lm_head_int8_in_both_graphs_tied_or_not(tied, tmp_path):
     reads the table the lookup reads (stored once, export/tied_embedding.py): it gets its own int8 copy. With
     quantize.embedding_int8 no float table is left: the table is stored int8, one scale per token, dequantized
     before the lookup (export/int8_lookup.py), within half a level of the float table, and DeepSparse decodes the
-    tiny graph."""
+    tiny graph, tied or not."""
     from tests.conftest import pruned_tiny, tiny_tokenizer
 
     from export.artifact import export_artifact
@@ -338,13 +338,18 @@ def test_lm_head_int8_in_both_graphs_tied_or_not(tied, tmp_path):
         assert np.abs(dequantized - embedding).max() <= 0.5 * scale.max() + 1e-6  # half a level of its token's scale
         assert (np.abs(table).max(1 if table.shape == embedding.shape[::-1] else 0) <= 127).all()
         assert info["top1_agreement_vs_float"] >= 0.9, engine
-    if tied:  # DeepSparse compiles and decodes the int8 lookup beside the INT8 head
-        from export.engines import run_engine
+        assert dq.input[0] in int8 and list(int8[dq.input[0]].shape) == [64, 96]  # stored [hidden, vocab], read on axis 1
+        if not tied:  # the untied lookup read rows of E: now columns of E^T, turned back by a Transpose
+            gather = next(n for n in graph.node if n.op_type == "Gather" and n.input[0] == dq.output[0])
+            assert any(n.op_type == "Transpose" and n.input[0] == gather.output[0] for n in graph.node)
+    # DeepSparse compiles and decodes the int8 lookup beside the INT8 head, tied or not (the untied table read on
+    # axis 0 through a DequantizeLinear on axis 0 was a segmentation fault in DeepSparse 1.8.0)
+    from export.engines import run_engine
 
-        spec = {"sequence_length": 64, "prompt_sequence_length": 4, "internal_kv_cache": True}
-        a = run_engine("deepsparse", folder, "test", prompt="Hello there", max_new_tokens=8, **spec)
-        b = run_engine("deepsparse", tmp_path / "int8", "test", prompt="Hello there", max_new_tokens=8, **spec)
-        assert len(b["ids"]) == len(a["ids"]) and b["ids"][:2] == a["ids"][:2]
+    spec = {"sequence_length": 64, "prompt_sequence_length": 4, "internal_kv_cache": True}
+    a = run_engine("deepsparse", folder, "test", prompt="Hello there", max_new_tokens=8, **spec)
+    b = run_engine("deepsparse", tmp_path / "int8", "test", prompt="Hello there", max_new_tokens=8, **spec)
+    assert len(b["ids"]) == len(a["ids"]) and b["ids"][:2] == a["ids"][:2]
     float_logits = onnxruntime_graph_logits(folder / "onnxruntime" / "model.onnx", model.config, ids)
     int8_logits = onnxruntime_graph_logits(tmp_path / "int8" / "onnxruntime" / "model.onnx", model.config, ids)
     assert np.abs(int8_logits - float_logits).max() < 0.1 * np.abs(float_logits).max()
