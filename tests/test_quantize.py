@@ -338,7 +338,7 @@ def test_lm_head_int8_in_both_graphs_tied_or_not(tied, tmp_path):
         assert np.abs(dequantized - embedding).max() <= 0.5 * scale.max() + 1e-6  # half a level of its token's scale
         assert (np.abs(table).max(1 if table.shape == embedding.shape[::-1] else 0) <= 127).all()
         assert info["top1_agreement_vs_float"] >= 0.9, engine
-        assert dq.input[0] in int8 and list(int8[dq.input[0]].shape) == [64, 96]  # stored [hidden, vocab], read on axis 1
+        assert dq.input[0] in int8 and list(int8[dq.input[0]].shape) == [64, 96]  # [hidden, vocab]
         if not tied:  # the untied lookup read rows of E: now columns of E^T, turned back by a Transpose
             gather = next(n for n in graph.node if n.op_type == "Gather" and n.input[0] == dq.output[0])
             assert any(n.op_type == "Transpose" and n.input[0] == gather.output[0] for n in graph.node)
