@@ -292,9 +292,9 @@ def test_scheme_with_down_proj_quantizes_all_seven_linears(tiny_artifact, tmp_pa
 def test_lm_head_int8_in_both_graphs_tied_or_not(tied, tmp_path):
     """quantize.lm_head: the head's MatMul becomes MatMulInteger in both graphs. Tied to the embedding, the head
     reads the table the lookup reads (stored once, export/tied_embedding.py): it gets its own int8 copy. With
-    quantize.embedding_int8 no float table is left: the table is stored int8, one scale per token, dequantized
-    before the lookup (export/int8_lookup.py), within half a level of the float table, and DeepSparse decodes the
-    tiny graph, tied or not."""
+    quantize.embedding_int8 no float table is left: the table is stored int8 rows, one scale per token; a lookup
+    gathers a token's int8 row and its scale (export/int8_lookup.py), within half a level of the float table, and
+    DeepSparse decodes the tiny graph, tied or not."""
     from tests.conftest import pruned_tiny, tiny_tokenizer
 
     from export.artifact import export_artifact
@@ -329,21 +329,19 @@ def test_lm_head_int8_in_both_graphs_tied_or_not(tied, tmp_path):
         assert len(heads) == 1 and (np.abs(heads[0]).max(0) == 63).all()  # int8 in [-63, 63], per output channel
         tables = [i for i in graph.initializer if sorted(i.dims) == [64, 96] and i.data_type == onnx.TensorProto.FLOAT]
         assert not tables  # neither the head's float weight nor the lookup's float table is left
-        dq = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8)
-        assert any(n.op_type == "Gather" and n.input[0] == dq.output[0] for n in graph.node)  # the lookup reads it
-        table, scale = int8[dq.input[0]].astype(np.float32), inits[dq.input[1]]
-        dequantized = table * (scale if table.shape[1] == scale.shape[0] else scale.reshape(-1, 1))
+        rows = next(n for n in graph.node if n.op_type == "Gather" and n.input[0] in int8)  # the int8 rows' lookup
+        levels = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == rows.output[0])
+        mul = next(n for n in graph.node if n.op_type == "Mul" and levels.output[0] in n.input)
+        scaled_by = next(n for n in graph.node if n.op_type == "Gather" and n.output[0] in mul.input)
+        assert rows.input[1] == scaled_by.input[1] == "input_ids"  # each token's row, times that token's scale
+        table, scale = int8[rows.input[0]].astype(np.float32), inits[scaled_by.input[0]]
+        assert table.shape == (96, 64) and scale.shape == (96, 1)  # [vocab, hidden], one scale a token
         embedding = model.get_input_embeddings().weight.detach().numpy()
-        embedding = embedding.T if dequantized.shape != embedding.shape else embedding
-        assert np.abs(dequantized - embedding).max() <= 0.5 * scale.max() + 1e-6  # half a level of its token's scale
-        assert (np.abs(table).max(1 if table.shape == embedding.shape[::-1] else 0) <= 127).all()
+        assert np.abs(table * scale - embedding).max() <= 0.5 * scale.max() + 1e-6  # half a level of its token's scale
+        assert (np.abs(table).max(1) <= 127).all()
+        assert not [n for n in graph.node if n.op_type == "Transpose" and n.input[0] == rows.output[0]]
         assert info["top1_agreement_vs_float"] >= 0.9, engine
-        assert dq.input[0] in int8 and list(int8[dq.input[0]].shape) == [64, 96]  # [hidden, vocab]
-        if not tied:  # the untied lookup read rows of E: now columns of E^T, turned back by a Transpose
-            gather = next(n for n in graph.node if n.op_type == "Gather" and n.input[0] == dq.output[0])
-            assert any(n.op_type == "Transpose" and n.input[0] == gather.output[0] for n in graph.node)
-    # DeepSparse compiles and decodes the int8 lookup beside the INT8 head, tied or not (the untied table read on
-    # axis 0 through a DequantizeLinear on axis 0 was a segmentation fault in DeepSparse 1.8.0)
+    # DeepSparse compiles and decodes the int8 lookup beside the INT8 head, tied or not
     from export.engines import run_engine
 
     spec = {"sequence_length": 64, "prompt_sequence_length": 4, "internal_kv_cache": True}
