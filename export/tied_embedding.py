@@ -32,8 +32,7 @@ def _attribute(node, name, default):
     return next((a.i if a.type == a.INT else list(a.ints) for a in node.attribute if a.name == name), default)
 
 
-def input_rank(graph, name: str) -> int | None:
-    """The rank of graph input or value ``name`` where the graph records its shape."""
+def _rank(graph, name: str) -> int | None:
     for value in [*graph.input, *graph.value_info]:
         if value.name == name and value.type.tensor_type.HasField("shape"):
             return len(value.type.tensor_type.shape.dim)
@@ -50,7 +49,7 @@ def plan(store, vocab_size: int) -> dict | None:
     producers, consumers = producers_and_consumers(graph)
     lookups = [n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits
                and len(inits[n.input[0]]) == 2 and inits[n.input[0]][0] == vocab_size and _attribute(n, "axis", 0) == 0]
-    if len(lookups) != 1 or input_rank(graph, lookups[0].input[1]) is None:
+    if len(lookups) != 1 or _rank(graph, lookups[0].input[1]) is None:
         return None
     lookup = lookups[0]
     table = lookup.input[0]
@@ -92,7 +91,7 @@ def store_tied_once(graph_path: Path, vocab_size: int) -> dict | None:
         graph.node.remove(transpose)
     saved = int(np.prod(store.shape(table))) * 4
     store.remove({table})
-    rank = input_rank(graph, lookup.input[1])
+    rank = _rank(graph, lookup.input[1])
     out = lookup.output[0]
     lookup.input[0], lookup.output[0] = columns, f"{out}.columns"
     del lookup.attribute[:]
